@@ -1,0 +1,53 @@
+# Stencil: `make run` (zero-setup demo) and `make test` (the whole suite on PostgreSQL).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/stencil
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: run test bench lint lock venv system-packages services clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "python3 -m venv failed: installing python3-venv"; \
+	  apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Chromium drives the browser test; installed from Debian, never downloaded by Playwright.
+system-packages:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+# PostgreSQL and Redis must answer; start them if installed but down. Never fall back to SQLite.
+services:
+	@bash scripts/ensure-services.sh
+
+run: $(STAMP)
+	@bash scripts/run.sh
+
+test: $(STAMP) system-packages services
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python manage.py makemigrations --check --dry-run
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) \
+	  $(BIN)/pytest -n 2 --dist loadgroup -p no:cacheprovider
+
+bench: $(STAMP) services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/gc_sweep.py
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/list_templates.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | sed '1i # Pinned set that CI and make run install (pip install -c constraints.txt). Regenerate with: make lock' > constraints.txt
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,27 @@
+"""/api/v1/ routes."""
+
+from django.urls import path
+from rest_framework.routers import DefaultRouter
+
+from agents_app.api.views import VirtualMachineViewSet
+from templates_app.api.views import (
+    AccountViewSet,
+    EventViewSet,
+    GcSweepView,
+    ImageStoreViewSet,
+    TemplateViewSet,
+    ZoneViewSet,
+)
+
+router = DefaultRouter()
+router.register("templates", TemplateViewSet, basename="template")
+router.register("zones", ZoneViewSet, basename="zone")
+router.register("image-stores", ImageStoreViewSet, basename="image-store")
+router.register("accounts", AccountViewSet, basename="account")
+router.register("events", EventViewSet, basename="event")
+router.register("vms", VirtualMachineViewSet, basename="vm")
+
+urlpatterns = [
+    path("gc/sweep/", GcSweepView.as_view(), name="gc-sweep"),
+    *router.urls,
+]

@@ -1,0 +1,188 @@
+"""REST endpoints of the catalogue. Declarative: one action per service call."""
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from templates_app import selectors, services
+from templates_app.choices import TemplateFilter
+from templates_app.filtersets import EventFilterSet, TemplateFilterSet
+from templates_app.models import Template
+
+from .permissions import IsStaff, IsStaffOrReadOnly
+from .serializers import (
+    AccountSerializer,
+    EventSerializer,
+    GcSweepRequestSerializer,
+    GcSweepResultSerializer,
+    ImageStoreSerializer,
+    ReferenceSerializer,
+    TemplateCreateSerializer,
+    TemplateDeleteResultSerializer,
+    TemplateDetailViewSerializer,
+    TemplateSerializer,
+    TemplateUpdateSerializer,
+    ZoneSerializer,
+)
+
+
+def reference_rows(template: Template) -> list[dict]:
+    return [
+        {
+            "kind": "vm",
+            "id": vm.uuid,
+            "name": vm.name,
+            "state": vm.state,
+            "account": vm.account.name,
+            "zone": vm.zone.name,
+        }
+        for vm in selectors.template_references(template=template)
+    ]
+
+
+class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Templates and ISOs. DELETE deactivates; the GC sweep removes the bytes later."""
+
+    lookup_field = "uuid"
+    lookup_url_kwarg = "id"
+    filterset_class = TemplateFilterSet
+    search_fields = ["name", "display_text"]
+    ordering_fields = ["name", "created_at", "updated_at", "format", "kind"]
+    ordering = ["-created_at", "-id"]
+
+    def get_queryset(self) -> QuerySet[Template]:
+        user = self.request.user
+        if self.action == "list":
+            return selectors.template_list(
+                user=user,
+                template_filter=self.request.query_params.get(
+                    "templatefilter", TemplateFilter.EXECUTABLE
+                ),
+                states=self.request.query_params.getlist("state"),
+            )
+        return selectors.template_detail_queryset(user=user)
+
+    def get_serializer_class(self):
+        return TemplateSerializer if self.action == "list" else TemplateDetailViewSerializer
+
+    def _owned_template(self) -> Template:
+        """Writes belong to the owning account or staff; others get 404, not a hint."""
+        template = self.get_object()
+        user = self.request.user
+        if not user.is_staff and not template.account.members.filter(pk=user.pk).exists():
+            raise NotFound()
+        return template
+
+    def _detail(self, template_id: int) -> dict:
+        fresh = self.get_queryset().get(pk=template_id)
+        return TemplateDetailViewSerializer(fresh, context=self.get_serializer_context()).data
+
+    @extend_schema(request=TemplateCreateSerializer, responses={201: TemplateDetailViewSerializer})
+    def create(self, request: Request) -> Response:
+        serializer = TemplateCreateSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        account = data.pop("account", None) or selectors.account_of(request.user)
+        template = services.template_register(
+            account=account,
+            actor=request.user,
+            image_format=data.pop("format"),
+            **data,
+        )
+        return Response(self._detail(template.pk), status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=TemplateUpdateSerializer, responses=TemplateDetailViewSerializer)
+    def partial_update(self, request: Request, id=None) -> Response:
+        template = self._owned_template()
+        serializer = TemplateUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.template_update(
+            template_id=template.pk, actor=request.user, changes=serializer.validated_data
+        )
+        return Response(self._detail(template.pk))
+
+    @extend_schema(responses=TemplateDeleteResultSerializer)
+    def destroy(self, request: Request, id=None) -> Response:
+        template = self._owned_template()
+        services.template_deactivate(template_id=template.pk, actor=request.user)
+        detail = self._detail(template.pk)
+        return Response({"template": detail, "references": detail["references"]})
+
+    @extend_schema(request=None, responses=TemplateDetailViewSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[IsStaff])
+    def reactivate(self, request: Request, id=None) -> Response:
+        template = self.get_object()
+        services.template_reactivate(template_id=template.pk, actor=request.user)
+        return Response(self._detail(template.pk))
+
+    @extend_schema(responses=ReferenceSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def references(self, request: Request, id=None) -> Response:
+        template = self.get_object()
+        return Response(ReferenceSerializer(reference_rows(template), many=True).data)
+
+
+class ZoneViewSet(viewsets.ModelViewSet):
+    serializer_class = ZoneSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    lookup_field = "uuid"
+    lookup_url_kwarg = "id"
+    filterset_fields = ["name"]
+
+    def get_queryset(self):
+        return selectors.zones_list()
+
+
+class ImageStoreViewSet(viewsets.ModelViewSet):
+    serializer_class = ImageStoreSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    lookup_field = "uuid"
+    lookup_url_kwarg = "id"
+    filterset_fields = ["state"]
+
+    def get_queryset(self):
+        return selectors.image_stores_list()
+
+
+class AccountViewSet(viewsets.ModelViewSet):
+    serializer_class = AccountSerializer
+    permission_classes = [IsStaff]
+    lookup_field = "uuid"
+    lookup_url_kwarg = "id"
+
+    def get_queryset(self):
+        return selectors.accounts_list()
+
+
+class EventViewSet(viewsets.ReadOnlyModelViewSet):
+    """State changes: what, from, to, who, why, when. Users see their account's."""
+
+    serializer_class = EventSerializer
+    filterset_class = EventFilterSet
+
+    def get_queryset(self):
+        return selectors.events_visible_to(self.request.user)
+
+
+class GcSweepView(APIView):
+    """Run the GC sweep now (staff). `dry_run` lists what would go and what holds the rest."""
+
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        request=GcSweepRequestSerializer,
+        responses=GcSweepResultSerializer,
+    )
+    def post(self, request: Request) -> Response:
+        serializer = GcSweepRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = services.gc_sweep(
+            dry_run=serializer.validated_data["dry_run"],
+            actor=request.user,
+        )
+        return Response(result.as_dict())

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class TemplatesAppConfig(AppConfig):
+    """The catalogue: zones, image stores, accounts, templates and their store copies."""
+
+    name = "templates_app"
+    verbose_name = "Templates"

@@ -1,0 +1,31 @@
+"""The periodic GC sweep, stored with django-celery-beat so operators can edit it in admin."""
+
+from django.conf import settings
+from django.db import migrations
+
+TASK_NAME = "Template GC sweep"
+
+
+def create_schedule(apps, schema_editor):
+    IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
+    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
+    every, _ = IntervalSchedule.objects.get_or_create(
+        every=settings.STENCIL_GC_INTERVAL_SECONDS, period="seconds"
+    )
+    PeriodicTask.objects.get_or_create(
+        name=TASK_NAME,
+        defaults={"task": "templates_app.tasks.gc_sweep_task", "interval": every, "enabled": True},
+    )
+
+
+def drop_schedule(apps, schema_editor):
+    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(name=TASK_NAME).delete()
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("templates_app", "0001_catalogue"),
+        ("django_celery_beat", "0019_alter_periodictasks_options"),
+    ]
+
+    operations = [migrations.RunPython(create_schedule, drop_schedule)]

@@ -1,0 +1,250 @@
+"""Catalogue models. State fields are protected FSM fields: only services move them."""
+
+import uuid as uuid_lib
+
+from django.conf import settings
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django_fsm import ConcurrentTransitionMixin, FSMField, FSMModelMixin, transition
+
+from .choices import (
+    DownloadState,
+    Hypervisor,
+    ImageStoreState,
+    PrimaryPolicy,
+    StoreRefState,
+    TemplateFormat,
+    TemplateKind,
+    TemplateState,
+)
+
+
+class Account(models.Model):
+    """A tenant. Members are Django users; limits of None mean unlimited."""
+
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=128, unique=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="accounts", blank=True)
+    max_templates = models.PositiveIntegerField(null=True, blank=True)
+    max_secondary_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    used_templates = models.PositiveIntegerField(default=0)
+    used_secondary_bytes = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Zone(models.Model):
+    """An availability zone: hosts, pools and image stores live in exactly one."""
+
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=128, unique=True)
+    description = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ImageStore(models.Model):
+    """Secondary storage of a zone: a directory (local path or a mount of NFS/other)."""
+
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    zone = models.ForeignKey(Zone, on_delete=models.PROTECT, related_name="image_stores")
+    name = models.CharField(max_length=128)
+    path = models.CharField(max_length=1024, help_text="Local path or mount point of the store.")
+    state = models.CharField(
+        max_length=16, choices=ImageStoreState.choices, default=ImageStoreState.UP
+    )
+    capacity_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    used_bytes = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["zone__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["zone", "name"], name="image_store_unique_name_in_zone")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.zone.name}/{self.name}"
+
+
+class Template(ConcurrentTransitionMixin, models.Model):
+    """A VM template or an ISO. `state` is what users may do; `removed_at`: the bytes are gone."""
+
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    unique_name = models.CharField(max_length=64, unique=True, editable=False)
+    name = models.CharField(max_length=128)
+    display_text = models.CharField(max_length=4096, blank=True)
+    kind = models.CharField(
+        max_length=16, choices=TemplateKind.choices, default=TemplateKind.TEMPLATE
+    )
+    format = models.CharField(max_length=8, choices=TemplateFormat.choices)
+    url = models.URLField(max_length=2048, blank=True)
+    checksum = models.CharField(max_length=160, blank=True)
+    os_type = models.CharField(max_length=128, blank=True)
+    hypervisor = models.CharField(max_length=16, choices=Hypervisor.choices, default=Hypervisor.KVM)
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="templates")
+    zones = models.ManyToManyField(Zone, related_name="templates", blank=True)
+    shared_with = models.ManyToManyField(
+        Account, related_name="shared_templates", blank=True, help_text="Launch permissions."
+    )
+    is_public = models.BooleanField(default=False)
+    is_featured = models.BooleanField(default=False)
+    cross_zones = models.BooleanField(default=False)
+    direct_download = models.BooleanField(default=False)
+    primary_policy = models.CharField(
+        max_length=8, choices=PrimaryPolicy.choices, default=PrimaryPolicy.CACHE
+    )
+    state = FSMField(
+        max_length=16, choices=TemplateState.choices, default=TemplateState.ACTIVE, protected=True
+    )
+    removed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["state", "is_public", "is_featured"], name="template_visibility_idx"
+            ),
+            models.Index(fields=["account", "state"], name="template_account_state_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @transition(
+        field=state,
+        source=TemplateState.ACTIVE,
+        target=TemplateState.INACTIVE,
+        custom={"label": "Deactivate (delete)"},
+    )
+    def deactivate(self) -> None:
+        """Hide from listings and new deployments; bytes and record stay for existing VMs."""
+
+    @transition(
+        field=state,
+        source=TemplateState.INACTIVE,
+        target=TemplateState.ACTIVE,
+        custom={"label": "Reactivate"},
+    )
+    def reactivate(self) -> None:
+        """Undo a delete before the sweep removed the bytes."""
+
+    @transition(field=state, source=TemplateState.INACTIVE, target=TemplateState.REMOVED)
+    def remove(self) -> None:
+        """Bytes are going from every store; only the GC sweep calls this."""
+
+
+class TemplateDetail(models.Model):
+    """A key/value detail of a template. Keys may repeat (several HTTP_HEADER rows)."""
+
+    template = models.ForeignKey(Template, on_delete=models.CASCADE, related_name="details")
+    key = models.CharField(max_length=255)
+    value = models.CharField(max_length=4096, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}"
+
+
+class TemplateStoreRef(FSMModelMixin, models.Model):
+    """A template's copy on an image store, or the BYPASSED row of a direct-download template."""
+
+    template = models.ForeignKey(Template, on_delete=models.CASCADE, related_name="store_refs")
+    store = models.ForeignKey(
+        ImageStore, on_delete=models.PROTECT, related_name="template_refs", null=True, blank=True
+    )
+    download_state = FSMField(
+        max_length=24,
+        choices=DownloadState.choices,
+        default=DownloadState.NOT_DOWNLOADED,
+        protected=True,
+    )
+    state = FSMField(
+        max_length=16,
+        choices=StoreRefState.choices,
+        default=StoreRefState.ALLOCATED,
+        protected=True,
+    )
+    download_percent = models.PositiveSmallIntegerField(default=0)
+    downloaded_bytes = models.PositiveBigIntegerField(default=0)
+    size = models.PositiveBigIntegerField(null=True, blank=True, help_text="Virtual size in bytes.")
+    physical_size = models.PositiveBigIntegerField(null=True, blank=True)
+    install_path = models.CharField(max_length=1024, blank=True)
+    error_text = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["template", "store"],
+                name="template_store_ref_unique",
+                condition=models.Q(store__isnull=False),
+            ),
+            models.UniqueConstraint(
+                fields=["template"],
+                name="template_bypassed_ref_unique",
+                condition=models.Q(store__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = self.store or "direct download"
+        return f"{self.template} on {where}"
+
+    @transition(
+        field=state,
+        source=[StoreRefState.ALLOCATED, StoreRefState.CREATING, StoreRefState.READY],
+        target=StoreRefState.DESTROYING,
+    )
+    def start_destroying(self) -> None:
+        """The template is removed; its bytes are being deleted from the store."""
+
+    @transition(field=state, source=StoreRefState.DESTROYING, target=StoreRefState.DESTROYED)
+    def finish_destroying(self) -> None:
+        """The bytes are gone."""
+
+
+class Event(models.Model):
+    """One state change of one object: what, from, to, who or what did it, why, when."""
+
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE)
+    object_id = models.PositiveBigIntegerField()
+    target = GenericForeignKey("content_type", "object_id")
+    object_uuid = models.UUIDField(null=True, blank=True, db_index=True)
+    object_repr = models.CharField(max_length=255)
+    account = models.ForeignKey(
+        Account, on_delete=models.SET_NULL, null=True, blank=True, related_name="events"
+    )
+    field = models.CharField(max_length=32, default="state")
+    from_state = models.CharField(max_length=32, blank=True)
+    to_state = models.CharField(max_length=32)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    actor_label = models.CharField(max_length=128, help_text="User name or system component.")
+    reason = models.CharField(max_length=1024, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["content_type", "object_id"], name="event_object_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.object_repr}: {self.from_state} -> {self.to_state}"

@@ -1,0 +1,490 @@
+"""Every state change of the catalogue: registration, edits, the life cycle and the GC sweep."""
+
+import logging
+import random
+import uuid as uuid_lib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Greatest
+from django.utils import timezone
+from django.utils.text import slugify
+from django_fsm import can_proceed
+
+from .checksums import normalize_checksum
+from .choices import (
+    DownloadState,
+    ImageStoreState,
+    StoreRefState,
+    TemplateFormat,
+    TemplateKind,
+    TemplateState,
+)
+from .errors import InvalidInput, LimitExceeded, TransitionConflict
+from .events import build_event, record_event, record_events
+from .locks import lock_account, lock_template
+from .models import Account, ImageStore, Template, TemplateDetail, TemplateStoreRef, Zone
+from .selectors import has_live_reference
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_URL_SCHEMES = ("http", "https")
+GC_ADVISORY_LOCK_KEY = 0x5E_7C_11  # any constant shared by every sweeper
+HELD_LIST_LIMIT = 1000
+
+
+# Registration -----------------------------------------------------------------------------
+
+
+def _validate_url(url: str, *, direct_download: bool) -> str:
+    url = (url or "").strip()
+    if not url:
+        raise InvalidInput("a URL is required to register a template", field="url")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ALLOWED_URL_SCHEMES:
+        raise InvalidInput(
+            f"unsupported URL scheme '{parts.scheme}'; allowed: http, https", field="url"
+        )
+    if not parts.hostname:
+        raise InvalidInput("the URL has no host", field="url")
+    return url
+
+
+def _validate_kind_and_format(kind: str, image_format: str) -> None:
+    if kind == TemplateKind.ISO and image_format != TemplateFormat.ISO:
+        raise InvalidInput("an ISO must have format ISO", field="format")
+    if kind == TemplateKind.TEMPLATE and image_format == TemplateFormat.ISO:
+        raise InvalidInput("format ISO is only for kind ISO", field="format")
+
+
+def _unique_name_for(name: str, template_uuid: uuid_lib.UUID) -> str:
+    """Stable file-system name: never changes when the template is renamed."""
+    stem = slugify(name)[:40] or "template"
+    return f"{stem}-{template_uuid.hex[:16]}"
+
+
+def _charge_template(account: Account) -> None:
+    if account.max_templates is not None and account.used_templates >= account.max_templates:
+        raise LimitExceeded(
+            f"account '{account}' already has {account.used_templates} of "
+            f"{account.max_templates} templates allowed",
+            field="max_templates",
+        )
+    Account.objects.filter(pk=account.pk).update(used_templates=F("used_templates") + 1)
+
+
+def _release_template_charge(account_id: int) -> None:
+    Account.objects.filter(pk=account_id, used_templates__gt=0).update(
+        used_templates=F("used_templates") - 1
+    )
+
+
+def _stores_for(zones: Iterable[Zone], *, is_public: bool) -> list[ImageStore]:
+    """A public template goes to every store of a zone; a private one to one random store."""
+    chosen: list[ImageStore] = []
+    for zone in zones:
+        stores = list(zone.image_stores.filter(state=ImageStoreState.UP).order_by("pk"))
+        if not stores:
+            raise InvalidInput(f"zone '{zone.name}' has no image store that is up", field="zones")
+        chosen.extend(stores if is_public else [random.choice(stores)])
+    return chosen
+
+
+def _normalize_details(details: Any) -> list[tuple[str, str]]:
+    if not details:
+        return []
+    if isinstance(details, dict):
+        pairs = list(details.items())
+    else:
+        try:
+            pairs = [(item["key"], item.get("value", "")) for item in details]
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise InvalidInput(
+                "details must be an object of key: value or a list of {key, value}",
+                field="details",
+            ) from exc
+    result = []
+    for key, value in pairs:
+        key, value = str(key).strip(), "" if value is None else str(value)
+        if not key or len(key) > 255:
+            raise InvalidInput("detail keys must be 1 to 255 characters", field="details")
+        if len(value) > 4096:
+            raise InvalidInput(f"detail '{key}' is longer than 4096 characters", field="details")
+        result.append((key, value))
+    return result
+
+
+@transaction.atomic
+def template_register(
+    *,
+    account: Account,
+    actor,
+    name: str,
+    image_format: str,
+    url: str,
+    zones: list[Zone] | None = None,
+    cross_zones: bool = False,
+    kind: str = TemplateKind.TEMPLATE,
+    display_text: str = "",
+    checksum: str = "",
+    os_type: str = "",
+    hypervisor: str = "KVM",
+    is_public: bool = False,
+    is_featured: bool = False,
+    direct_download: bool = False,
+    primary_policy: str = "CACHE",
+    details: Any = None,
+) -> Template:
+    """Register a template by URL: validate, charge the account, create its store copies.
+
+    A direct-download template gets one BYPASSED/READY row and no secondary copy. Everything
+    happens in one transaction, so a refused registration leaves nothing behind.
+    """
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("a name is required", field="name")
+    _validate_kind_and_format(kind, image_format)
+    url = _validate_url(url, direct_download=direct_download)
+    checksum = normalize_checksum(checksum)
+    detail_pairs = _normalize_details(details)
+    if not cross_zones and not zones:
+        raise InvalidInput("give at least one zone, or cross_zones=true", field="zones")
+    target_zones = list(Zone.objects.all()) if cross_zones else list(zones or [])
+    stores = [] if direct_download else _stores_for(target_zones, is_public=is_public)
+
+    account = lock_account(account.pk)
+    _charge_template(account)
+    template_uuid = uuid_lib.uuid4()
+    template = Template.objects.create(
+        uuid=template_uuid,
+        unique_name=_unique_name_for(name, template_uuid),
+        name=name,
+        display_text=display_text or name,
+        kind=kind,
+        format=image_format,
+        url=url,
+        checksum=checksum,
+        os_type=os_type,
+        hypervisor=hypervisor,
+        account=account,
+        is_public=is_public,
+        is_featured=is_featured,
+        cross_zones=cross_zones,
+        direct_download=direct_download,
+        primary_policy=primary_policy,
+    )
+    if not cross_zones:
+        template.zones.set(target_zones)
+    TemplateDetail.objects.bulk_create(
+        [TemplateDetail(template=template, key=k, value=v) for k, v in detail_pairs]
+    )
+    if direct_download:
+        TemplateStoreRef.objects.create(
+            template=template,
+            store=None,
+            download_state=DownloadState.BYPASSED,
+            state=StoreRefState.READY,
+        )
+    else:
+        TemplateStoreRef.objects.bulk_create(
+            [TemplateStoreRef(template=template, store=store) for store in stores]
+        )
+    record_event(template, from_state="", to_state=template.state, actor=actor, reason="registered")
+    return template
+
+
+EDITABLE_FIELDS = ("name", "display_text", "os_type", "is_public", "is_featured")
+STAFF_ONLY_FIELDS = ("is_featured",)
+
+
+@transaction.atomic
+def template_update(*, template_id: int, actor, changes: dict[str, Any]) -> Template:
+    """Edit what users may edit; `is_featured` is for staff only; a REMOVED template is frozen."""
+    template = lock_template(template_id)
+    unknown = sorted(set(changes) - set(EDITABLE_FIELDS))
+    if unknown:
+        raise InvalidInput(
+            f"field cannot be changed (editable: {', '.join(EDITABLE_FIELDS)})", field=unknown[0]
+        )
+    for name in STAFF_ONLY_FIELDS:
+        if name in changes and not getattr(actor, "is_staff", False):
+            raise InvalidInput("only administrators may change this", field=name)
+    if template.state == TemplateState.REMOVED:
+        raise TransitionConflict(template, "edit")
+    if "name" in changes and not str(changes["name"]).strip():
+        raise InvalidInput("the name cannot be blank", field="name")
+    for name, value in changes.items():
+        setattr(template, name, value)
+    template.save(update_fields=[*changes, "updated_at"])
+    return template
+
+
+# Life cycle -------------------------------------------------------------------------------
+
+
+def _enqueue_sweep_of(template_ids: list[int]) -> None:
+    from .tasks import gc_sweep_task
+
+    transaction.on_commit(lambda: gc_sweep_task.delay(template_ids=template_ids))
+
+
+@transaction.atomic
+def template_deactivate(*, template_id: int, actor, reason: str = "deleted") -> Template:
+    """The delete API: ACTIVE -> INACTIVE at once, whatever uses it; the sweep removes later."""
+    template = lock_template(template_id)
+    if template.state == TemplateState.INACTIVE:
+        return template
+    if not can_proceed(template.deactivate):
+        raise TransitionConflict(template, "delete")
+    template.deactivate()
+    template.save(update_fields=["state", "updated_at"])
+    _release_template_charge(template.account_id)
+    record_event(
+        template,
+        from_state=TemplateState.ACTIVE,
+        to_state=template.state,
+        actor=actor,
+        reason=reason,
+    )
+    # A template nobody uses can go at once instead of waiting for the periodic sweep.
+    if not Template.objects.filter(pk=template.pk).filter(has_live_reference()).exists():
+        _enqueue_sweep_of([template.pk])
+    return template
+
+
+@transaction.atomic
+def template_reactivate(*, template_id: int, actor, reason: str = "reactivated") -> Template:
+    """Staff undo of a delete, possible until the sweep has removed the bytes."""
+    template = lock_template(template_id)
+    if template.state == TemplateState.ACTIVE:
+        return template
+    if not can_proceed(template.reactivate):
+        raise TransitionConflict(template, "reactivate", reason="its bytes are already removed")
+    template.reactivate()
+    template.save(update_fields=["state", "updated_at"])
+    Account.objects.filter(pk=template.account_id).update(used_templates=F("used_templates") + 1)
+    record_event(
+        template,
+        from_state=TemplateState.INACTIVE,
+        to_state=template.state,
+        actor=actor,
+        reason=reason,
+    )
+    return template
+
+
+# GC sweep ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    """What a sweep removed (or would remove) and what held the rest."""
+
+    dry_run: bool
+    skipped: bool = False
+    removed: list[dict] = field(default_factory=list)
+    removed_count: int = 0
+    held: list[dict] = field(default_factory=list)
+    held_count: int = 0
+    copies_destroyed: int = 0
+    batches: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "dry_run": self.dry_run,
+            "skipped": self.skipped,
+            "removed_count": self.removed_count,
+            "removed": self.removed,
+            "held_count": self.held_count,
+            "held": self.held,
+            "copies_destroyed": self.copies_destroyed,
+        }
+
+
+def _inactive(template_ids: list[int] | None):
+    queryset = Template.objects.filter(state=TemplateState.INACTIVE)
+    if template_ids is not None:
+        queryset = queryset.filter(pk__in=template_ids)
+    return queryset
+
+
+def _describe_holders(template_ids: list[int] | None) -> tuple[list[dict], int]:
+    from agents_app.choices import VmState
+
+    held = _inactive(template_ids).filter(has_live_reference())
+    rows = (
+        held.annotate(
+            live_vms=Count("vms", filter=~Q(vms__state=VmState.EXPUNGED)),
+            destroyed_vms=Count("vms", filter=Q(vms__state=VmState.DESTROYED)),
+        )
+        .order_by("pk")
+        .values("uuid", "name", "live_vms", "destroyed_vms")[:HELD_LIST_LIMIT]
+    )
+    listed = [
+        {
+            "id": str(row["uuid"]),
+            "name": row["name"],
+            "references": {"vms": row["live_vms"], "destroyed_vms": row["destroyed_vms"]},
+        }
+        for row in rows
+    ]
+    return listed, held.count()
+
+
+def _remove_batch(candidate_ids: list[int], *, actor, actor_label: str) -> list[dict]:
+    """Lock, re-check, transition: a deploy that committed a reference first always wins."""
+    with transaction.atomic():
+        locked_ids = list(
+            Template.objects.select_for_update()
+            .filter(pk__in=candidate_ids, state=TemplateState.INACTIVE)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        # A new statement after the locks sees every reference committed before we got them.
+        removable = list(
+            Template.objects.filter(pk__in=locked_ids)
+            .exclude(has_live_reference())
+            .values("pk", "uuid", "name", "account_id", "unique_name")
+        )
+        if not removable:
+            return []
+        ids = [row["pk"] for row in removable]
+        now = timezone.now()
+        Template.objects.filter(pk__in=ids).update(
+            state=TemplateState.REMOVED, removed_at=now, updated_at=now
+        )
+        _release_secondary_bytes(ids)
+        TemplateStoreRef.objects.filter(
+            template_id__in=ids,
+            state__in=[StoreRefState.ALLOCATED, StoreRefState.CREATING, StoreRefState.READY],
+        ).update(state=StoreRefState.DESTROYING, updated_at=now)
+        record_events(
+            build_event(
+                Template(
+                    pk=row["pk"], uuid=row["uuid"], name=row["name"], account_id=row["account_id"]
+                ),
+                from_state=TemplateState.INACTIVE,
+                to_state=TemplateState.REMOVED,
+                actor=actor,
+                actor_label=actor_label,
+                reason="no live reference",
+            )
+            for row in removable
+        )
+    return removable
+
+
+def _release_secondary_bytes(template_ids: list[int]) -> None:
+    charges = (
+        TemplateStoreRef.objects.filter(template_id__in=template_ids, physical_size__isnull=False)
+        .values("template__account_id")
+        .annotate(total=Sum("physical_size"))
+    )
+    for charge in charges:
+        Account.objects.filter(pk=charge["template__account_id"]).update(
+            used_secondary_bytes=Greatest(F("used_secondary_bytes") - charge["total"], 0)
+        )
+
+
+def _delete_copy_files(ref: TemplateStoreRef) -> None:
+    """Delete a copy's file, its template.properties and its folder, never outside the store."""
+    if ref.store is None or not ref.install_path:
+        return
+    root = Path(ref.store.path).resolve()
+    image = (root / ref.install_path).resolve()
+    if not image.is_relative_to(root) or image == root:
+        logger.error("refusing to delete %s: outside store %s", image, root)
+        return
+    folder = image.parent
+    for path in (image, folder / "template.properties"):
+        path.unlink(missing_ok=True)
+    if folder != root and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def destroy_removed_copies(*, batch_size: int) -> int:
+    """Delete the bytes of copies in DESTROYING. A crash here is finished by the next sweep."""
+    destroyed = 0
+    while True:
+        refs = list(
+            TemplateStoreRef.objects.filter(state=StoreRefState.DESTROYING)
+            .select_related("store")
+            .order_by("pk")[:batch_size]
+        )
+        if not refs:
+            return destroyed
+        for ref in refs:
+            _delete_copy_files(ref)
+        TemplateStoreRef.objects.filter(
+            pk__in=[ref.pk for ref in refs], state=StoreRefState.DESTROYING
+        ).update(state=StoreRefState.DESTROYED, updated_at=timezone.now())
+        destroyed += len(refs)
+
+
+class _SweepLock:
+    """At most one sweep at a time (PostgreSQL advisory lock); a second one is skipped."""
+
+    def __enter__(self) -> bool:
+        self.held = True
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [GC_ADVISORY_LOCK_KEY])
+                self.held = cursor.fetchone()[0]
+        return self.held
+
+    def __exit__(self, *exc_info) -> None:
+        if self.held and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [GC_ADVISORY_LOCK_KEY])
+
+
+def gc_sweep(
+    *,
+    dry_run: bool = False,
+    template_ids: list[int] | None = None,
+    actor=None,
+    actor_label: str = "gc-sweep",
+    batch_size: int | None = None,
+) -> SweepResult:
+    """Remove every INACTIVE template that nothing can need any more, and delete its bytes.
+
+    Set-based: candidates come from one NOT EXISTS query per batch of ids; each batch is
+    locked, re-checked and transitioned in its own transaction.
+    """
+    batch_size = batch_size or settings.STENCIL_GC_BATCH_SIZE
+    result = SweepResult(dry_run=dry_run)
+    candidates = _inactive(template_ids).exclude(has_live_reference()).order_by("pk")
+    if dry_run:
+        rows = candidates.values("uuid", "name")
+        result.removed = [{"id": str(r["uuid"]), "name": r["name"]} for r in rows[:HELD_LIST_LIMIT]]
+        result.removed_count = candidates.count()
+        result.held, result.held_count = _describe_holders(template_ids)
+        return result
+    with _SweepLock() as acquired:
+        if not acquired:
+            result.skipped = True
+            return result
+        last_id = 0
+        while True:
+            batch = list(
+                candidates.filter(pk__gt=last_id).values_list("pk", flat=True)[:batch_size]
+            )
+            if not batch:
+                break
+            last_id = batch[-1]
+            result.batches += 1
+            removed = _remove_batch(batch, actor=actor, actor_label=actor_label)
+            result.removed_count += len(removed)
+            room = HELD_LIST_LIMIT - len(result.removed)
+            result.removed.extend(
+                {"id": str(r["uuid"]), "name": r["name"]} for r in removed[: max(room, 0)]
+            )
+        result.copies_destroyed = destroy_removed_copies(batch_size=batch_size)
+    result.held, result.held_count = _describe_holders(template_ids)
+    return result

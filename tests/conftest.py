@@ -1,0 +1,111 @@
+"""Shared fixtures. The suite runs on PostgreSQL only: row locks and races need the real thing."""
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from agents_app import services as vm_services
+from templates_app import services
+
+from .factories import AccountFactory, ImageStoreFactory, UserFactory, ZoneFactory
+
+
+def pytest_configure(config):
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if "postgresql" not in engine:
+        raise pytest.UsageError(
+            f"the test suite needs PostgreSQL (DATABASE_URL=postgres://...), not {engine}; "
+            "run it with `make test`"
+        )
+
+
+@pytest.fixture
+def zone(db):
+    return ZoneFactory(name="zone-a")
+
+
+@pytest.fixture
+def store(zone, tmp_path):
+    path = tmp_path / "store-a"
+    path.mkdir()
+    return ImageStoreFactory(zone=zone, name="store-a", path=str(path))
+
+
+@pytest.fixture
+def account(db):
+    return AccountFactory(name="acme")
+
+
+@pytest.fixture
+def user(account):
+    member = UserFactory(username="alice")
+    account.members.add(member)
+    return member
+
+
+@pytest.fixture
+def other_account(db):
+    return AccountFactory(name="globex")
+
+
+@pytest.fixture
+def other_user(other_account):
+    member = UserFactory(username="bob")
+    other_account.members.add(member)
+    return member
+
+
+@pytest.fixture
+def admin_user(db):
+    staff = UserFactory(username="root", is_staff=True, is_superuser=True)
+    return staff
+
+
+@pytest.fixture
+def api(user):
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def other_api(other_user):
+    client = APIClient()
+    client.force_authenticate(other_user)
+    return client
+
+
+@pytest.fixture
+def admin_api(admin_user):
+    client = APIClient()
+    client.force_authenticate(admin_user)
+    return client
+
+
+@pytest.fixture
+def register(store, account, user):
+    """Register a template through the service, as the API would."""
+
+    def _register(**overrides):
+        params = {
+            "account": account,
+            "actor": user,
+            "name": "debian-12",
+            "image_format": "QCOW2",
+            "url": "https://mirror.example/debian-12.qcow2",
+            "zones": [store.zone],
+        }
+        params.update(overrides)
+        return services.template_register(**params)
+
+    return _register
+
+
+@pytest.fixture
+def make_vm(account, user, zone):
+    def _make_vm(template, name="vm-1"):
+        return vm_services.vm_create(
+            name=name, template_id=template.pk, zone=zone, account=account, actor=user
+        )
+
+    return _make_vm

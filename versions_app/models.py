@@ -1,0 +1,1 @@
+"""Versions live on Template (`base`, `version_number`) once the versions issue lands."""
