@@ -99,7 +99,7 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @extend_schema(request=TemplateUpdateSerializer, responses=TemplateDetailViewSerializer)
     def partial_update(self, request: Request, id=None) -> Response:
         template = self._owned_template()
-        serializer = TemplateUpdateSerializer(data=request.data)
+        serializer = TemplateUpdateSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         services.template_update(
             template_id=template.pk, actor=request.user, changes=serializer.validated_data

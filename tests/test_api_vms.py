@@ -1,0 +1,68 @@
+"""VM records through the API: create on ACTIVE templates; destroy, recover, expunge."""
+
+import pytest
+
+from templates_app.models import Template
+
+pytestmark = pytest.mark.django_db
+
+
+def create_vm(api, template, zone, name="web-1"):
+    return api.post(
+        "/api/v1/vms/", {"name": name, "template": str(template.uuid), "zone": str(zone.uuid)}
+    )
+
+
+def test_vm_life_cycle_and_the_template_it_holds(api, admin_api, register, zone):
+    template = register()
+    vm = create_vm(api, template, zone).data
+    assert vm["state"] == "STOPPED"
+    api.delete(f"/api/v1/templates/{template.uuid}/")
+    base = f"/api/v1/vms/{vm['id']}/"
+
+    assert api.post(base + "start/").data["state"] == "RUNNING"
+    assert api.post(base + "destroy/").data["state"] == "DESTROYED"
+    admin_api.post("/api/v1/gc/sweep/", {}, format="json")
+    assert Template.objects.get(pk=template.pk).state == "INACTIVE"
+    assert api.post(base + "recover/").data["state"] == "STOPPED"
+    api.post(base + "destroy/", {"expunge": True}, format="json")
+    assert api.get(base).data["state"] == "EXPUNGED"
+    admin_api.post("/api/v1/gc/sweep/", {}, format="json")
+    assert Template.objects.get(pk=template.pk).state == "REMOVED"
+
+
+def test_illegal_vm_transition_is_409(api, register, zone):
+    vm = create_vm(api, register(), zone).data
+    response = api.post(f"/api/v1/vms/{vm['id']}/expunge/")
+    assert response.status_code == 409
+    assert "STOPPED" in response.data["detail"]
+
+
+def test_vm_in_a_zone_the_template_is_not_in_is_400(api, register):
+    from tests.factories import ZoneFactory
+
+    elsewhere = ZoneFactory(name="zone-b")
+    response = create_vm(api, register(), elsewhere)
+    assert response.status_code == 400
+    assert "not available in zone" in str(response.data["zone"])
+
+
+def test_vm_bad_input_names_the_field(api, register, zone):
+    template = register()
+    assert "name" in create_vm(api, template, zone, name="").data
+    response = api.post("/api/v1/vms/", {"name": "x", "template": str(template.uuid)})
+    assert response.status_code == 400
+    assert "zone" in response.data
+
+
+def test_vm_list_query_count_is_constant(
+    api, register, zone, make_vm, django_assert_max_num_queries
+):
+    template = register()
+    make_vm(template)
+    with django_assert_max_num_queries(3):
+        assert len(api.get("/api/v1/vms/").data["results"]) == 1
+    for n in range(20):
+        make_vm(template, name=f"vm-{n}")
+    with django_assert_max_num_queries(3):
+        assert len(api.get("/api/v1/vms/").data["results"]) == 21
