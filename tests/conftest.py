@@ -1,5 +1,7 @@
 """Shared fixtures. The suite runs on PostgreSQL only: row locks and races need the real thing."""
 
+import os
+
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
@@ -109,3 +111,15 @@ def make_vm(account, user, zone):
         )
 
     return _make_vm
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_celery_queue(worker_id):
+    """Tasks that tests enqueue go to the real broker, on a queue of this test process only."""
+    from project.celery import app
+
+    queue = f"stencil-test-{worker_id}-{os.getpid()}"
+    app.conf.task_default_queue = queue
+    yield queue
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(queue)

@@ -1,0 +1,87 @@
+"""A real Celery worker process on the real broker runs the sweep end to end."""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from project.celery import app
+from templates_app import services
+from templates_app.models import Template
+from templates_app.tasks import gc_sweep_task
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
+    return f"postgres://{db['USER']}@{host}:{port}/{db['NAME']}"
+
+
+@pytest.fixture
+def worker(private_celery_queue):
+    name = f"stencil-test-{uuid.uuid4().hex[:8]}@localhost"
+    env = {**os.environ, "DATABASE_URL": database_url()}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "project",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            private_celery_queue,
+            "-n",
+            name,
+            "--loglevel=WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not app.control.ping(destination=[name], timeout=0.5):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start: {process.stdout.read().decode()}")
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def wait_for_state(template: Template, state: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        template.refresh_from_db()
+        if template.state == state:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{template} stayed {template.state}, expected {state}")
+
+
+def test_deleting_an_unused_template_is_swept_by_the_worker(worker, register, make_vm, user):
+    unused = register(name="unused")
+    used = register(name="used")
+    make_vm(used)
+
+    services.template_deactivate(template_id=unused.pk, actor=user)
+    services.template_deactivate(template_id=used.pk, actor=user)
+
+    wait_for_state(unused, "REMOVED")
+    result = gc_sweep_task.delay().get(timeout=20)
+    assert result["removed_count"] == 0, "a repeat finds nothing left to do"
+    assert [h["name"] for h in result["held"]] == ["used"]
+    used.refresh_from_db()
+    assert used.state == "INACTIVE"
