@@ -414,7 +414,7 @@ def destroy_removed_copies(*, batch_size: int) -> int:
     while True:
         refs = list(
             TemplateStoreRef.objects.filter(state=StoreRefState.DESTROYING)
-            .select_related("store")
+            .select_related("store__zone", "template")
             .order_by("pk")[:batch_size]
         )
         if not refs:
@@ -424,6 +424,16 @@ def destroy_removed_copies(*, batch_size: int) -> int:
         TemplateStoreRef.objects.filter(
             pk__in=[ref.pk for ref in refs], state=StoreRefState.DESTROYING
         ).update(state=StoreRefState.DESTROYED, updated_at=timezone.now())
+        record_events(
+            build_event(
+                ref,
+                from_state=StoreRefState.DESTROYING,
+                to_state=StoreRefState.DESTROYED,
+                actor_label="gc-sweep",
+                reason="bytes deleted",
+            )
+            for ref in refs
+        )
         destroyed += len(refs)
 
 
