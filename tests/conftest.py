@@ -21,6 +21,12 @@ def pytest_configure(config):
         )
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    # The user factories hash passwords; PBKDF2 would spend most of each test's setup on it.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def zone(db):
     return ZoneFactory(name="zone-a")
@@ -120,6 +126,7 @@ def private_celery_queue(worker_id):
 
     queue = f"stencil-test-{worker_id}-{os.getpid()}"
     app.conf.task_default_queue = queue
+    app.conf.task_routes = {"*": {"queue": queue}}
     yield queue
     with app.connection_for_write() as conn:
         conn.default_channel.queue_delete(queue)

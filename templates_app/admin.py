@@ -1,0 +1,623 @@
+"""Django admin of the catalogue. Every state change goes through `services`; the admin calls them.
+
+Template pages: registration through `template_register`, edits through `template_update`,
+Deactivate/Reactivate buttons and actions, the GC sweep (button, actions, dry run), the copies,
+live references and events of a template. Zones, image stores and accounts are plain
+configuration; events and store copies are read-only.
+"""
+
+from collections.abc import Callable, Iterable
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat, pluralize
+from django.urls import NoReverseMatch, path, reverse
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
+
+from . import selectors, services
+from .admin_forms import TemplateChangeForm, TemplateRegisterForm
+from .choices import TemplateState
+from .errors import StencilError
+from .models import Account, Event, ImageStore, Template, TemplateDetail, TemplateStoreRef, Zone
+
+REFERENCES_SHOWN = 100
+EVENTS_SHOWN = 50
+NAMES_IN_MESSAGE = 10
+# The service's refusal of a first submission, kept on the request for the second rendering.
+REFUSAL_ATTRIBUTE = "_stencil_service_refusal"
+
+
+class ServiceRefused(Exception):
+    """A service refused a form's input after the form validated; carries the StencilError."""
+
+    def __init__(self, error: StencilError):
+        super().__init__(error.message)
+        self.error = error
+
+
+# Helpers shared with agents_app.admin ------------------------------------------------------
+
+
+def call_for_each(
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    ids: Iterable[int],
+    call: Callable[[int], object],
+    done: str,
+) -> None:
+    """Call a service once per object; report how many went through and each refusal."""
+    succeeded = 0
+    for object_id in ids:
+        try:
+            call(object_id)
+        except StencilError as error:
+            modeladmin.message_user(request, error.message, messages.ERROR)
+        else:
+            succeeded += 1
+    if succeeded:
+        modeladmin.message_user(request, f"{done}: {succeeded}.", messages.SUCCESS)
+
+
+def admin_link(app_label: str, model_name: str, object_id: int, text: str) -> str:
+    """A link to an object's admin page, or plain text when its model is not in the admin."""
+    try:
+        url = reverse(f"admin:{app_label}_{model_name}_change", args=[object_id])
+    except NoReverseMatch:
+        return text
+    return format_html('<a href="{}">{}</a>', url, text)
+
+
+def progress_bar(percent: int) -> str:
+    return format_html('<progress max="100" value="{}"></progress> {}%', percent, percent)
+
+
+def human_size(value: int | None) -> str:
+    return "—" if value is None else filesizeformat(value)
+
+
+def _names(rows: list[dict], total: int) -> str:
+    names = ", ".join(row["name"] for row in rows[:NAMES_IN_MESSAGE])
+    more = total - min(len(rows), NAMES_IN_MESSAGE)
+    return f"{names} and {more} more" if more > 0 else names
+
+
+def _holder(row: dict) -> str:
+    vms, destroyed = row["references"]["vms"], row["references"]["destroyed_vms"]
+    return f"{row['name']} ({vms} VM{pluralize(vms)}, {destroyed} destroyed)"
+
+
+def sweep_message(result: services.SweepResult) -> str:
+    """One line saying what a sweep removed (or would remove) and what holds the rest."""
+    if result.skipped:
+        return "Another GC sweep is running; this one did nothing. Try again in a moment."
+    did = "GC sweep dry run would remove" if result.dry_run else "GC sweep removed"
+    text = f"{did} {result.removed_count} template(s)"
+    if result.removed_count:
+        text += f" ({_names(result.removed, result.removed_count)})"
+    text += f"; {result.held_count} held by live references"
+    if result.held_count:
+        holders = [_holder(row) for row in result.held[:NAMES_IN_MESSAGE]]
+        more = result.held_count - len(holders)
+        text += ": " + ", ".join(holders) + (f" and {more} more" if more > 0 else "")
+    return text + "."
+
+
+# Template ----------------------------------------------------------------------------------
+
+
+class TemplateStoreRefInline(admin.TabularInline):
+    """The template's copies on image stores (or its BYPASSED row): shown, never edited."""
+
+    model = TemplateStoreRef
+    verbose_name = "copy"
+    verbose_name_plural = "Copies on image stores"
+    fields = (
+        "store",
+        "download_state",
+        "state",
+        "progress",
+        "virtual_size",
+        "physical",
+        "install_path",
+        "error_text",
+    )
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("store__zone")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Progress")
+    def progress(self, ref: TemplateStoreRef) -> str:
+        return progress_bar(ref.download_percent)
+
+    @admin.display(description="Size")
+    def virtual_size(self, ref: TemplateStoreRef) -> str:
+        return human_size(ref.size)
+
+    @admin.display(description="Physical size")
+    def physical(self, ref: TemplateStoreRef) -> str:
+        return human_size(ref.physical_size)
+
+
+class TemplateDetailInline(admin.TabularInline):
+    """Key/value details (e.g. HTTP_HEADER), set at registration."""
+
+    model = TemplateDetail
+    fields = ("key", "value")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+# Buttons of the change page: action -> (service, label, the state it is offered in).
+TRANSITIONS = {
+    "deactivate": (services.template_deactivate, "Deactivate (delete)", TemplateState.ACTIVE),
+    "reactivate": (services.template_reactivate, "Reactivate", TemplateState.INACTIVE),
+}
+
+
+@admin.register(Template)
+class TemplateAdmin(admin.ModelAdmin):
+    """Templates and ISOs: registration, edits, the life cycle and the GC sweep."""
+
+    form = TemplateChangeForm
+    add_form = TemplateRegisterForm
+    change_form_template = "admin/templates_app/template/change_form.html"
+    change_list_template = "admin/templates_app/template/change_list.html"
+    list_display = (
+        "name",
+        "kind",
+        "format",
+        "account",
+        "state_badge",
+        "removed_at",
+        "references",
+        "is_public",
+        "is_featured",
+        "created_at",
+    )
+    list_filter = ("state", "kind", "zones", "account", "is_public", "is_featured")
+    list_select_related = ("account",)
+    search_fields = ("name", "display_text", "unique_name", "uuid")
+    inlines = (TemplateStoreRefInline, TemplateDetailInline)
+    actions = ("deactivate_selected", "reactivate_selected", "sweep_selected", "sweep_dry_run")
+    add_fieldsets = (
+        (None, {"fields": ("name", "display_text", "kind", "format", "url", "checksum")}),
+        ("Placement", {"fields": ("account", "zones", "cross_zones", "os_type")}),
+        (
+            "Options",
+            {"fields": ("is_public", "is_featured", "direct_download", "primary_policy")},
+        ),
+    )
+    fieldsets = (
+        (None, {"fields": ("name", "display_text", "os_type", "is_public", "is_featured")}),
+        ("Life cycle", {"fields": ("state_badge", "removed_at", "references")}),
+        (
+            "Image",
+            {
+                "fields": (
+                    "kind",
+                    "format",
+                    "url",
+                    "checksum",
+                    "hypervisor",
+                    "direct_download",
+                    "primary_policy",
+                )
+            },
+        ),
+        ("Placement", {"fields": ("account", "zones", "cross_zones", "shared_with")}),
+        ("Identity", {"fields": ("uuid", "unique_name", "created_at", "updated_at")}),
+    )
+    # `state` is a protected FSM field: never in a form, even if a fieldset names it one day.
+    readonly_fields = (
+        "state",
+        "state_badge",
+        "removed_at",
+        "references",
+        "kind",
+        "format",
+        "url",
+        "checksum",
+        "hypervisor",
+        "direct_download",
+        "primary_policy",
+        "account",
+        "zones",
+        "cross_zones",
+        "shared_with",
+        "uuid",
+        "unique_name",
+        "created_at",
+        "updated_at",
+    )
+
+    # Columns ---------------------------------------------------------------------------
+
+    def get_queryset(self, request):
+        # The live reference count is one subquery of the list query, not a query per row.
+        return selectors.with_reference_count(super().get_queryset(request))
+
+    @admin.display(description="State", ordering="state")
+    def state_badge(self, template: Template) -> str:
+        return format_html(
+            '<span class="stencil-state stencil-state-{}">{}</span>',
+            template.state.lower(),
+            template.state,
+        )
+
+    @admin.display(description="References", ordering="references")
+    def references(self, template: Template) -> int:
+        return template.references
+
+    # Forms -----------------------------------------------------------------------------
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "url":
+            # A scheme-less URL typed in the form means https (Django 6's default, set now).
+            kwargs["assume_scheme"] = "https"
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    def get_fieldsets(self, request, obj=None):
+        return self.add_fieldsets if obj is None else super().get_fieldsets(request, obj)
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        if obj.state == TemplateState.REMOVED:
+            # A removed template is frozen: the service would refuse any edit.
+            return self.readonly_fields + TemplateChangeForm.Meta.fields
+        return self.readonly_fields
+
+    def get_inline_instances(self, request, obj=None):
+        return [] if obj is None else super().get_inline_instances(request, obj)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = self.add_form
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        refusal = getattr(request, REFUSAL_ATTRIBUTE, None)
+        if refusal is None:
+            return form_class
+        return type(form_class.__name__, (form_class,), {"service_error": refusal})
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ServiceRefused as refused:
+            # The first pass rolled back and saved nothing. Validate the same POST again with
+            # the service's error attached, so the form comes back with the message on its field.
+            setattr(request, REFUSAL_ATTRIBUTE, refused.error)
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def save_model(self, request, obj, form, change):
+        """Register or update through the services; the admin never saves the row itself."""
+        try:
+            if change:
+                self._update(request, obj, form)
+            else:
+                self._register(request, obj, form)
+        except StencilError as error:
+            raise ServiceRefused(error) from error
+
+    def _register(self, request, obj: Template, form: TemplateRegisterForm) -> None:
+        template = services.template_register(actor=request.user, **form.register_kwargs())
+        # The admin goes on with `obj` (history entry, redirect): load the registered row into it.
+        obj.pk = template.pk
+        obj.refresh_from_db()
+
+    def _update(self, request, obj: Template, form: TemplateChangeForm) -> None:
+        changes = {name: form.cleaned_data[name] for name in form.changed_data}
+        if changes:
+            services.template_update(template_id=obj.pk, actor=request.user, changes=changes)
+
+    def save_related(self, request, form, formsets, change):
+        """No form.save_m2m(): the service set the zones. The read-only inlines save nothing."""
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
+    def has_delete_permission(self, request, obj=None):
+        # Rows are never deleted: "delete" is Deactivate, and only the GC sweep removes.
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        # The sweep buttons are shown to whoever may change templates.
+        context = {"has_change_permission": self.has_change_permission(request)}
+        return super().changelist_view(request, {**context, **(extra_context or {})})
+
+    # Change page: buttons, references, events ------------------------------------------
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context.update(self._life_cycle_context(request, obj))
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _life_cycle_context(self, request, template: Template) -> dict:
+        references = list(selectors.template_references(template=template)[:REFERENCES_SHOWN])
+        # One more than shown tells whether to link to the full list.
+        events = list(self._events_of(request, template)[: EVENTS_SHOWN + 1])
+        more_events = len(events) > EVENTS_SHOWN
+        vm_filter = f"template__id__exact={template.pk}"
+        return {
+            "transition_buttons": self._transition_buttons(request, template),
+            "live_references": references,
+            "reference_count": getattr(template, "references", len(references)),
+            "all_references_url": self._list_url("agents_app_virtualmachine", vm_filter),
+            "template_events": events[:EVENTS_SHOWN],
+            "more_events_url": self._more_events_url(template) if more_events else "",
+        }
+
+    def _transition_buttons(self, request, template: Template) -> list[dict]:
+        if not self.has_change_permission(request, template):
+            return []
+        return [
+            {"label": label, "url": self._url(action, template.pk), "action": action}
+            for action, (_service, label, source) in TRANSITIONS.items()
+            if template.state == source
+        ]
+
+    def _events_of(self, request, template: Template):
+        content_type = ContentType.objects.get_for_model(Template)
+        return selectors.events_visible_to(request.user).filter(
+            content_type=content_type, object_id=template.pk
+        )
+
+    def _more_events_url(self, template: Template) -> str:
+        content_type = ContentType.objects.get_for_model(Template)
+        query = f"content_type__id__exact={content_type.pk}&object_id={template.pk}"
+        return self._list_url("templates_app_event", query)
+
+    @staticmethod
+    def _list_url(model: str, query: str) -> str:
+        """An admin changelist URL with a filter, or '' when that model is not in the admin."""
+        try:
+            return f"{reverse(f'admin:{model}_changelist')}?{query}"
+        except NoReverseMatch:
+            return ""
+
+    # Custom URLs: POST-only life-cycle buttons -----------------------------------------
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        opts = self.opts
+        prefix = f"{opts.app_label}_{opts.model_name}"
+        own = [
+            path("sweep/", wrap(require_POST(self.sweep_view)), name=f"{prefix}_sweep"),
+            path(
+                "sweep/dry-run/",
+                wrap(require_POST(self.sweep_dry_run_view)),
+                name=f"{prefix}_sweep_dry_run",
+            ),
+        ]
+        own += [
+            path(
+                f"<path:object_id>/{action}/",
+                wrap(require_POST(self.transition_view)),
+                {"action": action},
+                name=f"{prefix}_{action}",
+            )
+            for action in TRANSITIONS
+        ]
+        # Before the admin's own patterns: `<path:object_id>/` would swallow these.
+        return own + super().get_urls()
+
+    def _url(self, name: str, *args) -> str:
+        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{name}", args=args)
+
+    def transition_view(self, request, object_id: str, action: str) -> HttpResponse:
+        template = self.get_object(request, unquote(object_id))
+        if template is None:
+            raise Http404(f"no template with id {object_id!r}")
+        if not self.has_change_permission(request, template):
+            raise PermissionDenied
+        service, label, _source = TRANSITIONS[action]
+        try:
+            template = service(template_id=template.pk, actor=request.user)
+        except StencilError as error:
+            self.message_user(request, error.message, messages.ERROR)
+        else:
+            done = f"{label}: template “{template}” is now {template.state}."
+            self.message_user(request, done, messages.SUCCESS)
+        return HttpResponseRedirect(self._url("change", template.pk))
+
+    def sweep_view(self, request) -> HttpResponse:
+        return self._sweep_and_return(request, dry_run=False)
+
+    def sweep_dry_run_view(self, request) -> HttpResponse:
+        return self._sweep_and_return(request, dry_run=True)
+
+    def _sweep_and_return(self, request, *, dry_run: bool) -> HttpResponse:
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        self._sweep(request, dry_run=dry_run)
+        return HttpResponseRedirect(self._url("changelist"))
+
+    def _sweep(self, request, *, dry_run: bool, template_ids: list[int] | None = None) -> None:
+        result = services.gc_sweep(dry_run=dry_run, template_ids=template_ids, actor=request.user)
+        level = messages.WARNING if result.skipped else messages.SUCCESS
+        self.message_user(request, sweep_message(result), level)
+
+    # Actions -----------------------------------------------------------------------------
+
+    @admin.action(description="Deactivate (delete) selected templates", permissions=["change"])
+    def deactivate_selected(self, request, queryset):
+        self._transition_each(request, queryset, "deactivate", "Deactivated")
+
+    @admin.action(description="Reactivate selected templates", permissions=["change"])
+    def reactivate_selected(self, request, queryset):
+        self._transition_each(request, queryset, "reactivate", "Reactivated")
+
+    def _transition_each(self, request, queryset, action: str, done: str) -> None:
+        service = TRANSITIONS[action][0]
+        ids = queryset.order_by("pk").values_list("pk", flat=True)
+        call_for_each(
+            self, request, ids, lambda pk: service(template_id=pk, actor=request.user), done
+        )
+
+    @admin.action(description="Run GC sweep now on selected templates", permissions=["change"])
+    def sweep_selected(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True))
+        self._sweep(request, dry_run=False, template_ids=ids)
+
+    @admin.action(description="GC sweep dry run on selected templates", permissions=["change"])
+    def sweep_dry_run(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True))
+        self._sweep(request, dry_run=True, template_ids=ids)
+
+
+# Configuration -----------------------------------------------------------------------------
+
+
+@admin.register(Zone)
+class ZoneAdmin(admin.ModelAdmin):
+    """Availability zones."""
+
+    list_display = ("name", "description", "created_at")
+    search_fields = ("name", "description")
+    readonly_fields = ("uuid", "created_at")
+
+
+@admin.register(ImageStore)
+class ImageStoreAdmin(admin.ModelAdmin):
+    """Secondary storage: one directory per store, in one zone."""
+
+    list_display = ("name", "zone", "path", "state", "capacity", "used")
+    list_filter = ("zone", "state")
+    list_select_related = ("zone",)
+    search_fields = ("name", "path")
+    # Usage is counted by the storage services, not typed in.
+    readonly_fields = ("uuid", "used_bytes", "created_at")
+
+    @admin.display(description="Capacity", ordering="capacity_bytes")
+    def capacity(self, store: ImageStore) -> str:
+        return "unknown" if store.capacity_bytes is None else filesizeformat(store.capacity_bytes)
+
+    @admin.display(description="Used", ordering="used_bytes")
+    def used(self, store: ImageStore) -> str:
+        return filesizeformat(store.used_bytes)
+
+
+@admin.register(Account)
+class AccountAdmin(admin.ModelAdmin):
+    """Tenants: members, limits (empty = unlimited) and what they use."""
+
+    list_display = (
+        "name",
+        "used_templates",
+        "max_templates",
+        "used_secondary",
+        "max_secondary",
+        "created_at",
+    )
+    search_fields = ("name",)
+    filter_horizontal = ("members",)
+    fields = (
+        "name",
+        "members",
+        ("used_templates", "max_templates"),
+        ("used_secondary_bytes", "max_secondary_bytes"),
+        "uuid",
+        "created_at",
+    )
+    # Usage moves only with registrations and removals (services), never by hand.
+    readonly_fields = ("used_templates", "used_secondary_bytes", "uuid", "created_at")
+
+    @admin.display(description="Secondary used", ordering="used_secondary_bytes")
+    def used_secondary(self, account: Account) -> str:
+        return filesizeformat(account.used_secondary_bytes)
+
+    @admin.display(description="Secondary limit", ordering="max_secondary_bytes")
+    def max_secondary(self, account: Account) -> str:
+        if account.max_secondary_bytes is None:
+            return "unlimited"
+        return filesizeformat(account.max_secondary_bytes)
+
+
+# Read-only records -------------------------------------------------------------------------
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records written only by services: listed and shown, never added, changed or deleted."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    """The state changes of every object: what, from, to, who, why, when."""
+
+    list_display = (
+        "created_at",
+        "object_link",
+        "content_type",
+        "from_state",
+        "to_state",
+        "actor_label",
+        "reason",
+    )
+    list_filter = ("to_state", ("content_type", admin.RelatedOnlyFieldListFilter))
+    list_select_related = ("content_type",)
+    search_fields = ("object_repr", "actor_label", "reason")
+
+    @admin.display(description="Object", ordering="object_repr")
+    def object_link(self, event: Event) -> str:
+        content_type = event.content_type
+        return admin_link(
+            content_type.app_label, content_type.model, event.object_id, event.object_repr
+        )
+
+
+@admin.register(TemplateStoreRef)
+class TemplateStoreRefAdmin(ReadOnlyAdmin):
+    """Every copy on every image store, with its download progress and errors."""
+
+    list_display = (
+        "template",
+        "store",
+        "download_state",
+        "state",
+        "progress",
+        "virtual_size",
+        "physical",
+        "updated_at",
+    )
+    list_filter = ("download_state", "state", "store")
+    list_select_related = ("template", "store__zone")
+    search_fields = ("template__name", "install_path", "error_text")
+
+    @admin.display(description="Progress", ordering="download_percent")
+    def progress(self, ref: TemplateStoreRef) -> str:
+        return progress_bar(ref.download_percent)
+
+    @admin.display(description="Size", ordering="size")
+    def virtual_size(self, ref: TemplateStoreRef) -> str:
+        return human_size(ref.size)
+
+    @admin.display(description="Physical size", ordering="physical_size")
+    def physical(self, ref: TemplateStoreRef) -> str:
+        return human_size(ref.physical_size)

@@ -1,0 +1,105 @@
+"""An operator's round trip in a real browser: register, delete, sweep, through the admin pages."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connections
+from playwright.sync_api import Page, expect, sync_playwright
+
+from templates_app.choices import TemplateState
+from templates_app.models import Account, ImageStore, Template, Zone
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PASSWORD = "operator-pw-1"
+
+
+@pytest.fixture(autouse=True)
+def allow_orm_beside_playwright(monkeypatch):
+    # Playwright's sync API runs an asyncio loop in this thread; the ORM calls made here are
+    # plain synchronous ones, which Django refuses next to a loop unless told they are safe.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture
+def catalogue(tmp_path, settings):
+    zone = Zone.objects.create(name="zone-b")
+    store_dir = tmp_path / "store-b"
+    store_dir.mkdir()
+    ImageStore.objects.create(zone=zone, name="store-b", path=str(store_dir))
+    Account.objects.create(name="initech")
+    get_user_model().objects.create_superuser("operator", "op@example.com", PASSWORD)
+
+
+@pytest.fixture
+def page(live_server):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(base_url=live_server.url)
+            context.set_default_timeout(5_000)
+            yield context.new_page()
+        finally:
+            browser.close()
+            # While Playwright's loop runs, Django keys connections by async context, so ORM
+            # calls in the test got a connection of their own: close it, or the test database
+            # cannot be dropped at the end of the session.
+            connections.close_all()
+
+
+def log_in(page: Page) -> None:
+    page.goto("/admin/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    expect(page.locator("#user-tools")).to_contain_text("operator")
+
+
+def register_template(page: Page) -> None:
+    page.goto("/admin/templates_app/template/add/")
+    page.fill("#id_name", "fedora-41")
+    page.select_option("#id_format", "QCOW2")
+    page.fill("#id_url", "https://mirror.example/fedora-41.qcow2")
+    page.fill("#id_checksum", "{SHA-256}" + "0f" * 32)
+    page.select_option("#id_zones", label="zone-b")
+    page.select_option("#id_account", label="initech")
+    page.click("input[name=_save]")
+
+
+def open_from_list(page: Page, name: str) -> None:
+    page.locator("#result_list").get_by_role("link", name=name).click()
+
+
+def state_on_page(page: Page):
+    return page.locator(".field-state_badge .readonly")
+
+
+def test_register_deactivate_and_sweep_from_the_admin(catalogue, page):
+    log_in(page)
+
+    register_template(page)
+    expect(page.locator(".messagelist")).to_contain_text("was added successfully")
+    expect(page.locator("#result_list")).to_contain_text("fedora-41")
+
+    open_from_list(page, "fedora-41")
+    expect(state_on_page(page)).to_have_text("ACTIVE")
+    page.get_by_role("button", name="Deactivate (delete)").click()
+    expect(page.locator(".messagelist")).to_contain_text("is now INACTIVE")
+    expect(state_on_page(page)).to_have_text("INACTIVE")
+
+    page.goto("/admin/templates_app/template/")
+    page.get_by_role("button", name="Run GC sweep now").click()
+    expect(page.locator(".messagelist")).to_contain_text("GC sweep removed 1 template(s)")
+
+    open_from_list(page, "fedora-41")
+    expect(state_on_page(page)).to_have_text("REMOVED")
+    assert Template.objects.get(name="fedora-41").state == TemplateState.REMOVED
