@@ -78,6 +78,10 @@ DATABASES = {
         conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # The listing's visibility subqueries push plan costs over jit_above_cost; compiling took
+    # most of each request's time (docs/benchmarks.md).
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", "-c jit=off")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker and beat share one SQLite file in the zero-setup run: wait instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
@@ -163,3 +167,39 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# Downloads to image stores (storage worker).
+STENCIL_DOWNLOAD_CONNECT_TIMEOUT = float(os.environ.get("STENCIL_DOWNLOAD_CONNECT_TIMEOUT", "10"))
+STENCIL_DOWNLOAD_READ_TIMEOUT = float(os.environ.get("STENCIL_DOWNLOAD_READ_TIMEOUT", "30"))
+STENCIL_DOWNLOAD_STALL_TIMEOUT = float(os.environ.get("STENCIL_DOWNLOAD_STALL_TIMEOUT", "60"))
+STENCIL_DOWNLOAD_MAX_ATTEMPTS = int(os.environ.get("STENCIL_DOWNLOAD_MAX_ATTEMPTS", "4"))
+STENCIL_DOWNLOAD_BACKOFF_BASE = float(os.environ.get("STENCIL_DOWNLOAD_BACKOFF_BASE", "0.5"))
+STENCIL_STORAGE_QUEUE = os.environ.get("STENCIL_STORAGE_QUEUE", "storage")
+CELERY_TASK_ROUTES = {
+    "templates_app.tasks.store_copy_download_task": {"queue": STENCIL_STORAGE_QUEUE},
+    "templates_app.tasks.template_sync_task": {"queue": STENCIL_STORAGE_QUEUE},
+}
+STENCIL_SYNC_PRUNE_GRACE_SECONDS = int(os.environ.get("STENCIL_SYNC_PRUNE_GRACE_SECONDS", "86400"))
+
+# Signed uploads: the pre-shared key that signs upload URLs, and how long they stay valid.
+STENCIL_UPLOAD_SECRET = os.environ.get("STENCIL_UPLOAD_SECRET", SECRET_KEY + ":uploads")
+STENCIL_UPLOAD_EXPIRY_SECONDS = int(os.environ.get("STENCIL_UPLOAD_EXPIRY_SECONDS", "3600"))
+
+# Outbound URLs: rules for every URL the storage worker and the agents fetch (first request,
+# redirects, mirrors); see templates_app/urlsafety.py. Private ranges (10/8, 172.16/12,
+# 192.168/16, fc00::/7) stay allowed: internal mirrors are normal. An unset or empty variable
+# keeps the default, so a blank value in a deployment file cannot switch the protection off.
+STENCIL_URL_DENIED_NETWORKS = [
+    n.strip()
+    for n in (
+        os.environ.get("STENCIL_URL_DENIED_NETWORKS", "").strip()
+        or "127.0.0.0/8,::1/128,169.254.0.0/16,fe80::/10,0.0.0.0/8,::/128,224.0.0.0/4,"
+        "ff00::/8,100.100.100.200/32,fd00:ec2::254/128"
+    ).split(",")
+    if n.strip()
+]
+STENCIL_URL_ALLOWED_PORTS = [
+    int(p) for p in os.environ.get("STENCIL_URL_ALLOWED_PORTS", "").split(",") if p.strip()
+]
+STENCIL_URL_ALLOW_LOOPBACK = env_bool("STENCIL_URL_ALLOW_LOOPBACK", False)
+STENCIL_PUBLIC_URL = os.environ.get("STENCIL_PUBLIC_URL", "http://127.0.0.1:8000")

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
+from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, FSMModelMixin, transition
 
 from .choices import (
@@ -119,6 +120,7 @@ class Template(ConcurrentTransitionMixin, models.Model):
                 fields=["state", "is_public", "is_featured"], name="template_visibility_idx"
             ),
             models.Index(fields=["account", "state"], name="template_account_state_idx"),
+            models.Index(fields=["state", "-created_at", "-id"], name="template_state_created_idx"),
         ]
 
     def __str__(self) -> str:
@@ -185,7 +187,15 @@ class TemplateStoreRef(FSMModelMixin, models.Model):
     size = models.PositiveBigIntegerField(null=True, blank=True, help_text="Virtual size in bytes.")
     physical_size = models.PositiveBigIntegerField(null=True, blank=True)
     install_path = models.CharField(max_length=1024, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True, help_text="Computed while downloading.")
     error_text = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    upload_expires_at = models.DateTimeField(null=True, blank=True)
+    charged_bytes = models.PositiveBigIntegerField(
+        default=0, help_text="Secondary bytes charged to the account for this copy."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -207,6 +217,106 @@ class TemplateStoreRef(FSMModelMixin, models.Model):
     def __str__(self) -> str:
         where = self.store or "direct download"
         return f"{self.template} on {where}"
+
+    def lease_is_free(self) -> bool:
+        """Nobody works on it, or its worker's lease ran out (the worker died)."""
+        if self.download_state != DownloadState.DOWNLOAD_IN_PROGRESS:
+            return True
+        return self.lease_expires_at is None or self.lease_expires_at <= timezone.now()
+
+    @transition(
+        field=download_state,
+        source=[
+            DownloadState.NOT_DOWNLOADED,
+            DownloadState.DOWNLOAD_ERROR,
+            DownloadState.ABANDONED,
+            DownloadState.DOWNLOAD_IN_PROGRESS,
+        ],
+        target=DownloadState.DOWNLOAD_IN_PROGRESS,
+        conditions=[lease_is_free],
+    )
+    def start_download(self) -> None:
+        """A storage worker takes the copy (or takes over one whose worker died)."""
+
+    @transition(
+        field=download_state,
+        source=DownloadState.DOWNLOAD_IN_PROGRESS,
+        target=DownloadState.DOWNLOADED,
+    )
+    def finish_download(self) -> None:
+        """Bytes written, verified and inspected."""
+
+    @transition(
+        field=download_state,
+        source=DownloadState.DOWNLOAD_IN_PROGRESS,
+        target=DownloadState.DOWNLOAD_ERROR,
+    )
+    def fail_download(self) -> None:
+        """The download or the inspection failed; error_text says why."""
+
+    @transition(
+        field=download_state,
+        source=[DownloadState.NOT_UPLOADED, DownloadState.UPLOAD_ERROR],
+        target=DownloadState.UPLOAD_IN_PROGRESS,
+    )
+    def start_upload(self) -> None:
+        """A signed upload started streaming into the store."""
+
+    @transition(
+        field=download_state,
+        source=DownloadState.UPLOAD_IN_PROGRESS,
+        target=DownloadState.UPLOADED,
+    )
+    def finish_upload(self) -> None:
+        """Uploaded bytes verified and inspected."""
+
+    @transition(
+        field=download_state,
+        source=DownloadState.UPLOAD_IN_PROGRESS,
+        target=DownloadState.UPLOAD_ERROR,
+    )
+    def fail_upload(self) -> None:
+        """The upload broke or failed verification; it may be sent again before expiry."""
+
+    @transition(
+        field=download_state,
+        source=[
+            DownloadState.NOT_UPLOADED,
+            DownloadState.UPLOAD_IN_PROGRESS,
+            DownloadState.UPLOAD_ERROR,
+        ],
+        target=DownloadState.UPLOAD_ABANDONED,
+    )
+    def abandon_upload(self) -> None:
+        """The upload URL expired before a good upload arrived."""
+
+    @transition(
+        field=download_state,
+        source=[DownloadState.DOWNLOADED, DownloadState.UPLOADED],
+        target=DownloadState.DOWNLOAD_ERROR,
+    )
+    def lose_bytes(self) -> None:
+        """Template sync found the file gone from the store."""
+
+    @transition(field=state, source=StoreRefState.READY, target=StoreRefState.ALLOCATED)
+    def unready(self) -> None:
+        """The copy's bytes are gone; it waits for a new download."""
+
+    @transition(
+        field=state,
+        source=[StoreRefState.ALLOCATED, StoreRefState.CREATING],
+        target=StoreRefState.CREATING,
+    )
+    def start_creating(self) -> None:
+        """Bytes are being written."""
+
+    @transition(field=state, source=StoreRefState.CREATING, target=StoreRefState.READY)
+    def mark_ready(self) -> None:
+        """The copy can be used."""
+
+    @transition(field=state, source=StoreRefState.CREATING, target=StoreRefState.ALLOCATED)
+    def release(self) -> None:
+        """Creation failed; the row waits for a retry."""
 
     @transition(
         field=state,

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, Sum
-from django.db.models.functions import Greatest
+from django.db.models import BigIntegerField, Count, F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 from django.utils.text import slugify
 from django_fsm import can_proceed
@@ -195,6 +195,7 @@ def template_register(
         TemplateStoreRef.objects.bulk_create(
             [TemplateStoreRef(template=template, store=store) for store in stores]
         )
+        _enqueue_downloads(template.pk)
     record_event(template, from_state="", to_state=template.state, actor=actor, reason="registered")
     return template
 
@@ -223,6 +224,22 @@ def template_update(*, template_id: int, actor, changes: dict[str, Any]) -> Temp
         setattr(template, name, value)
     template.save(update_fields=[*changes, "updated_at"])
     return template
+
+
+def _enqueue_downloads(template_id: int) -> None:
+    """After commit, one storage-worker task per copy still to download."""
+    from .tasks import store_copy_download_task
+
+    def send() -> None:
+        pending = TemplateStoreRef.objects.filter(
+            template_id=template_id,
+            store__isnull=False,
+            download_state=DownloadState.NOT_DOWNLOADED,
+        ).values_list("pk", flat=True)
+        for ref_id in pending:
+            store_copy_download_task.delay(ref_id=ref_id)
+
+    transaction.on_commit(send)
 
 
 # Life cycle -------------------------------------------------------------------------------
@@ -381,46 +398,71 @@ def _remove_batch(candidate_ids: list[int], *, actor, actor_label: str) -> list[
 
 
 def _release_secondary_bytes(template_ids: list[int]) -> None:
-    charges = (
-        TemplateStoreRef.objects.filter(template_id__in=template_ids, physical_size__isnull=False)
-        .values("template__account_id")
-        .annotate(total=Sum("physical_size"))
-    )
-    for charge in charges:
-        Account.objects.filter(pk=charge["template__account_id"]).update(
-            used_secondary_bytes=Greatest(F("used_secondary_bytes") - charge["total"], 0)
+    """One UPDATE for the whole batch: each owner gives back what its copies were charged."""
+    per_account = (
+        TemplateStoreRef.objects.filter(
+            template_id__in=template_ids,
+            charged_bytes__gt=0,
+            template__account_id=OuterRef("pk"),
         )
+        .order_by()
+        .values("template__account_id")
+        .annotate(total=Sum("charged_bytes"))
+        .values("total")
+    )
+    Account.objects.filter(
+        pk__in=Template.objects.filter(pk__in=template_ids).values("account_id")
+    ).update(
+        used_secondary_bytes=Greatest(
+            F("used_secondary_bytes")
+            - Coalesce(Subquery(per_account, output_field=BigIntegerField()), Value(0)),
+            Value(0),
+        )
+    )
 
 
-def _delete_copy_files(ref: TemplateStoreRef) -> None:
-    """Delete a copy's file, its template.properties and its folder, never outside the store."""
+def _delete_copy_files(ref: TemplateStoreRef) -> bool:
+    """Delete a copy's file, its template.properties and its folder, never outside the store.
+
+    False when the store cannot be reached now: the copy stays DESTROYING for the next sweep.
+    """
     if ref.store is None or not ref.install_path:
-        return
+        return True
+    if ref.store.state == ImageStoreState.DISABLED or not Path(ref.store.path).is_dir():
+        return False
     root = Path(ref.store.path).resolve()
     image = (root / ref.install_path).resolve()
     if not image.is_relative_to(root) or image == root:
         logger.error("refusing to delete %s: outside store %s", image, root)
-        return
+        return True
     folder = image.parent
-    for path in (image, folder / "template.properties"):
-        path.unlink(missing_ok=True)
-    if folder != root and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    try:
+        for path in (image, folder / "template.properties"):
+            path.unlink(missing_ok=True)
+        if folder != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    except OSError as exc:
+        logger.warning(
+            "store %s: could not delete %s (%s); retried next sweep", ref.store, image, exc
+        )
+        return False
+    return True
 
 
 def destroy_removed_copies(*, batch_size: int) -> int:
     """Delete the bytes of copies in DESTROYING. A crash here is finished by the next sweep."""
     destroyed = 0
+    last_id = 0
     while True:
-        refs = list(
-            TemplateStoreRef.objects.filter(state=StoreRefState.DESTROYING)
+        batch = list(
+            TemplateStoreRef.objects.filter(state=StoreRefState.DESTROYING, pk__gt=last_id)
             .select_related("store__zone", "template")
             .order_by("pk")[:batch_size]
         )
-        if not refs:
+        if not batch:
             return destroyed
-        for ref in refs:
-            _delete_copy_files(ref)
+        last_id = batch[-1].pk
+        refs = [ref for ref in batch if _delete_copy_files(ref)]
         TemplateStoreRef.objects.filter(
             pk__in=[ref.pk for ref in refs], state=StoreRefState.DESTROYING
         ).update(state=StoreRefState.DESTROYED, updated_at=timezone.now())

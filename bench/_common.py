@@ -1,0 +1,246 @@
+"""Shared setup of the benchmarks: their own database, Django, fast fixture loading.
+
+Every benchmark runs against the PostgreSQL database `stencil_bench`, whatever database
+DATABASE_URL names (the Makefile passes the tests' one): the name is swapped before Django
+reads its settings, so a benchmark never touches the tests' data.
+"""
+
+import itertools
+import os
+import sys
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DB_NAME = "stencil_bench"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/stencil"
+# A fixed instant, so that reruns load identical rows.
+FIXTURE_NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+# Catalogue tables a benchmark owns in stencil_bench (CASCADE takes what points at them).
+APP_TABLES = [
+    "agents_app_virtualmachine",
+    "templates_app_event",
+    "templates_app_templatestoreref",
+    "templates_app_templatedetail",
+    "templates_app_template_zones",
+    "templates_app_template_shared_with",
+    "templates_app_template",
+    "templates_app_imagestore",
+    "templates_app_account_members",
+    "templates_app_account",
+    "templates_app_zone",
+]
+
+
+def bench_database_url(url: str | None = None) -> str:
+    """DATABASE_URL with its database name replaced by stencil_bench (PostgreSQL only)."""
+    parts = urlsplit(url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
+    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
+        sys.exit(f"benchmarks need PostgreSQL; DATABASE_URL is {parts.scheme}://…")
+    return urlunsplit(parts._replace(path=f"/{BENCH_DB_NAME}"))
+
+
+def ensure_database(url: str, *, recreate: bool = False) -> None:
+    """Create stencil_bench if it does not exist (through the `postgres` maintenance database)."""
+    import psycopg
+
+    maintenance = urlunsplit(urlsplit(url)._replace(path="/postgres"))
+    with psycopg.connect(maintenance, autocommit=True) as conn:
+        if recreate:
+            conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB_NAME}"')
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB_NAME]
+        ).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{BENCH_DB_NAME}"')
+            print(f"created database {BENCH_DB_NAME}")
+
+
+def setup_django() -> str:
+    """Point DATABASE_URL at stencil_bench, create and migrate it, set Django up.
+
+    Returns the benchmark database URL (for subprocesses such as gunicorn).
+    """
+    url = bench_database_url()
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    os.chdir(REPO_ROOT)
+    ensure_database(url)
+
+    import django
+
+    django.setup()
+
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import DatabaseError, connections
+
+    assert settings.DATABASES["default"]["NAME"] == BENCH_DB_NAME, settings.DATABASES["default"]
+    try:
+        call_command("migrate", verbosity=0, interactive=False)
+    except DatabaseError as exc:
+        # The schema of this scratch database no longer matches the migrations (one was
+        # edited or renamed since the last run): start it over. It only ever holds fixtures.
+        print(f"migrate failed ({str(exc).strip()}); recreating {BENCH_DB_NAME}")
+        connections.close_all()
+        ensure_database(url, recreate=True)
+        call_command("migrate", verbosity=0, interactive=False)
+    return url
+
+
+def truncate_app_tables() -> None:
+    """Empty the catalogue tables of stencil_bench so that every run starts from the same data."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {', '.join(APP_TABLES)} RESTART IDENTITY CASCADE")
+
+
+def copy_rows(table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
+    """COPY rows into a table through psycopg (protected FSM fields are plain columns here)."""
+    from django.db import connection
+
+    count = 0
+    with connection.cursor() as cursor:
+        sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        with cursor.cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+                count += 1
+    return count
+
+
+def reset_sequence(table: str) -> None:
+    """After COPY with explicit ids, move the id sequence past them."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+            f"COALESCE((SELECT MAX(id) FROM {table}), 1))"
+        )
+
+
+def analyze(tables: Iterable[str] = APP_TABLES) -> None:
+    """Fresh planner statistics (and visibility maps) after a bulk load, as autovacuum would."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f"VACUUM ANALYZE {table}")
+
+
+def det_uuid(namespace: int, n: int) -> uuid.UUID:
+    """A reproducible, unique UUID per (namespace, n)."""
+    return uuid.UUID(int=(namespace << 96) | n, version=4)
+
+
+def make_zone_store_accounts(*, accounts: int, store_path: str) -> tuple[int, int, list[int]]:
+    """One zone, one image store (UP) at store_path, `accounts` accounts. Returns their ids."""
+    from templates_app.models import Account, ImageStore, Zone
+
+    zone = Zone.objects.create(name="bench-zone", description="benchmark zone")
+    store = ImageStore.objects.create(zone=zone, name="bench-store", path=store_path)
+    created = Account.objects.bulk_create(
+        [Account(name=f"bench-account-{i:03d}") for i in range(accounts)]
+    )
+    return zone.pk, store.pk, [account.pk for account in created]
+
+
+def copy_model_rows(model, rows: Iterable[dict]) -> int:
+    """COPY rows (dicts keyed by attname, e.g. account_id) into a model's table.
+
+    Columns a row leaves out take the model field's default, so fixtures survive new columns
+    that other changes add; auto_now(_add) timestamps default to FIXTURE_NOW.
+    """
+    rows = iter(rows)
+    first = next(rows, None)
+    if first is None:
+        return 0
+    pk_name = model._meta.pk.attname
+    # The id comes from its sequence unless the rows give it.
+    fields = [f for f in model._meta.concrete_fields if f.attname != pk_name or pk_name in first]
+
+    def fallback(field):
+        if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+            return lambda: FIXTURE_NOW
+        if field.has_default() and callable(field.default):
+            return field.get_default
+        value = field.get_default()
+        return lambda: value
+
+    fallbacks = {field.attname: fallback(field) for field in fields}
+    attnames = [field.attname for field in fields]
+
+    def tuples():
+        for row in itertools.chain([first], rows):
+            yield tuple(row[name] if name in row else fallbacks[name]() for name in attnames)
+
+    return copy_rows(model._meta.db_table, [field.column for field in fields], tuples())
+
+
+def template_row(
+    pk: int, *, account_id: int, state: str, is_public: bool, is_featured: bool = False
+) -> dict:
+    """One Template row (created 1 s apart, newest first by id)."""
+    template_uuid = det_uuid(1, pk)
+    name = f"bench-template-{pk:06d}"
+    created = FIXTURE_NOW - timedelta(seconds=pk)
+    return {
+        "id": pk,
+        "uuid": template_uuid,
+        "unique_name": f"{name}-{template_uuid.hex[:16]}",
+        "name": name,
+        "display_text": f"Benchmark template {pk}",
+        "kind": "TEMPLATE",
+        "format": ("QCOW2", "RAW")[pk % 2],
+        "url": f"http://images.example.invalid/{name}.qcow2",
+        "os_type": "Debian GNU/Linux 12 (64-bit)",
+        "account_id": account_id,
+        "is_public": is_public,
+        "is_featured": is_featured,
+        "state": state,
+        "created_at": created,
+        "updated_at": created,
+    }
+
+
+COPY_BYTES = 1 << 30  # every fixture copy is 1 GiB, charged to its account
+
+
+def store_ref_row(template_id: int, store_id: int) -> dict:
+    """A READY, downloaded copy of 1 GiB; install_path empty (no file to delete)."""
+    return {
+        "template_id": template_id,
+        "store_id": store_id,
+        "download_state": "DOWNLOADED",
+        "state": "READY",
+        "download_percent": 100,
+        "downloaded_bytes": COPY_BYTES,
+        "size": COPY_BYTES,
+        "physical_size": COPY_BYTES,
+        "charged_bytes": COPY_BYTES,  # ignored if the model has no such field
+        "install_path": "",
+    }
+
+
+def vm_row(pk: int, *, template_id: int, account_id: int, zone_id: int, state: str) -> dict:
+    gone = state in ("DESTROYED", "EXPUNGED")
+    return {
+        "id": pk,
+        "uuid": det_uuid(2, pk),
+        "name": f"bench-vm-{pk:06d}",
+        "account_id": account_id,
+        "template_id": template_id,
+        "zone_id": zone_id,
+        "state": state,
+        "destroyed_at": FIXTURE_NOW if gone else None,
+        "expunged_at": FIXTURE_NOW if state == "EXPUNGED" else None,
+    }
