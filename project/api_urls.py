@@ -4,6 +4,7 @@ from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from agents_app.api.views import VirtualMachineViewSet
+from templates_app.api.upload_views import upload_template_bytes
 from templates_app.api.views import (
     AccountViewSet,
     EventViewSet,
@@ -23,5 +24,6 @@ router.register("vms", VirtualMachineViewSet, basename="vm")
 
 urlpatterns = [
     path("gc/sweep/", GcSweepView.as_view(), name="gc-sweep"),
+    path("uploads/<uuid:template_id>/", upload_template_bytes, name="template-upload"),
     *router.urls,
 ]

@@ -9,3 +9,27 @@ from . import services
 def gc_sweep_task(template_ids: list[int] | None = None, dry_run: bool = False) -> dict:
     """Periodic (beat) and on-demand sweep; a repeat finds nothing left to do."""
     return services.gc_sweep(template_ids=template_ids, dry_run=dry_run).as_dict()
+
+
+@shared_task(name="templates_app.tasks.store_copy_download_task", acks_late=True)
+def store_copy_download_task(ref_id: int) -> str:
+    """Storage worker: download one copy. A redelivery after a crash takes over the lease."""
+    from .copies import store_copy_download
+
+    return store_copy_download(ref_id=ref_id).download_state
+
+
+@shared_task(name="templates_app.tasks.template_sync_task")
+def template_sync_task(dry_run: bool = False) -> dict:
+    """Template sync (also sent when a storage worker starts)."""
+    from .sync import template_sync
+
+    return template_sync(dry_run=dry_run).as_dict()
+
+
+@shared_task(name="templates_app.tasks.abandon_expired_uploads_task")
+def abandon_expired_uploads_task() -> int:
+    """Beat: uploads past their expiry are abandoned and their charge released."""
+    from .uploads import abandon_expired_uploads
+
+    return abandon_expired_uploads()

@@ -272,3 +272,27 @@ class GcSweepResultSerializer(serializers.Serializer):
     held_count = serializers.IntegerField()
     held = serializers.ListField(child=serializers.DictField())
     copies_destroyed = serializers.IntegerField()
+
+
+class UploadParamsRequestSerializer(serializers.Serializer):
+    """Input of POST /templates/upload-params/ (CloudStack's getUploadParamsForTemplate)."""
+
+    name = serializers.CharField(max_length=128)
+    display_text = serializers.CharField(max_length=4096, required=False, allow_blank=True)
+    kind = serializers.ChoiceField(choices=TemplateKind.choices, default=TemplateKind.TEMPLATE)
+    format = serializers.ChoiceField(choices=TemplateFormat.choices)
+    zone = UuidRelatedField(queryset=Zone.objects.all())
+    os_type = serializers.CharField(max_length=128, required=False, allow_blank=True)
+    checksum = serializers.CharField(max_length=160, required=False, allow_blank=True)
+    size = serializers.IntegerField(
+        min_value=0, required=False, default=0, help_text="Bytes to charge to the account."
+    )
+    is_public = serializers.BooleanField(default=False)
+
+
+class UploadParamsSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    post_url = serializers.URLField()
+    metadata = serializers.CharField(help_text="Send back as the X-Metadata header.")
+    expires = serializers.CharField(help_text="UTC; send back as the X-Expires header.")
+    signature = serializers.CharField(help_text="Send back as the X-Signature header.")

@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from templates_app import selectors, services
+from templates_app import selectors, services, uploads
 from templates_app.choices import TemplateFilter
 from templates_app.filtersets import EventFilterSet, TemplateFilterSet
 from templates_app.models import Template
@@ -27,6 +27,8 @@ from .serializers import (
     TemplateDetailViewSerializer,
     TemplateSerializer,
     TemplateUpdateSerializer,
+    UploadParamsRequestSerializer,
+    UploadParamsSerializer,
     ZoneSerializer,
 )
 
@@ -95,6 +97,22 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             **data,
         )
         return Response(self._detail(template.pk), status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=UploadParamsRequestSerializer, responses={201: UploadParamsSerializer})
+    @action(detail=False, methods=["post"], url_path="upload-params")
+    def upload_params(self, request: Request) -> Response:
+        """Persist the template, charge limits, and return a signed URL to POST the bytes to."""
+        serializer = UploadParamsRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        params = uploads.template_upload_params(
+            account=selectors.account_of(request.user),
+            actor=request.user,
+            image_format=data.pop("format"),
+            base_url=request.build_absolute_uri("/"),
+            **data,
+        )
+        return Response(params.as_dict(), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=TemplateUpdateSerializer, responses=TemplateDetailViewSerializer)
     def partial_update(self, request: Request, id=None) -> Response:

@@ -1,0 +1,224 @@
+"""Services for template copies on image stores: download, verify, inspect, mark READY.
+
+The storage worker (Celery queue `storage`) runs `store_copy_download`. It claims the copy under
+a row lock with a lease, works outside any transaction, and finishes under the lock again. A
+worker that dies leaves a lease that runs out; the next attempt takes the copy over.
+"""
+
+import logging
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django_fsm import can_proceed
+
+from . import storepaths
+from .choices import DownloadState, StoreRefState, TemplateState
+from .downloader import DownloadError, download_to_file
+from .events import record_event
+from .inspection import ImageRejected, inspect_image
+from .models import Account, Template, TemplateStoreRef
+from .urlsafety import UnsafeUrl
+
+logger = logging.getLogger(__name__)
+
+LEASE = timedelta(seconds=120)
+
+
+def _lock_copy(ref_id: int) -> TemplateStoreRef:
+    return (
+        TemplateStoreRef.objects.select_for_update(of=("self",))
+        .select_related("template", "store")
+        .get(pk=ref_id)
+    )
+
+
+def http_headers_of(template: Template) -> dict[str, str]:
+    """HTTP_HEADER details (`NAME:VALUE`, or key `HTTP_HEADER:NAME`) as request headers."""
+    headers: dict[str, str] = {}
+    for detail in template.details.all():
+        if detail.key == "HTTP_HEADER":
+            name, _, value = detail.value.partition(":")
+        elif detail.key.startswith("HTTP_HEADER:"):
+            name, value = detail.key.partition(":")[2], detail.value
+        else:
+            continue
+        if name.strip():
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+@transaction.atomic
+def _claim(ref_id: int, owner: str) -> TemplateStoreRef | None:
+    """Take the copy for this worker, or None when there is nothing to do (a repeat is a no-op)."""
+    from .locks import lock_template
+
+    template_id = TemplateStoreRef.objects.values_list("template_id", flat=True).get(pk=ref_id)
+    template = lock_template(template_id)  # lock order: template -> copy
+    ref = _lock_copy(ref_id)
+    if template.state != TemplateState.ACTIVE or ref.store is None:
+        return None
+    if ref.state not in (StoreRefState.ALLOCATED, StoreRefState.CREATING):
+        return None
+    if not can_proceed(ref.start_download):
+        return None  # another worker holds a live lease
+    before = ref.download_state
+    ref.start_download()
+    ref.start_creating()
+    ref.install_path = storepaths.relative_install_path(template)
+    ref.lease_owner = owner
+    ref.lease_expires_at = timezone.now() + LEASE
+    ref.attempts += 1
+    ref.error_text = ""
+    ref.download_percent = 0
+    ref.downloaded_bytes = 0
+    ref.save()
+    record_event(
+        ref,
+        from_state=before,
+        to_state=ref.download_state,
+        field="download_state",
+        actor_label="storage-worker",
+        reason=f"download attempt {ref.attempts}",
+    )
+    return ref
+
+
+def _progress_saver(ref_id: int, owner: str):
+    def save(done: int, total: int | None) -> None:
+        percent = min(100, done * 100 // total) if total else 0
+        TemplateStoreRef.objects.filter(pk=ref_id, lease_owner=owner).update(
+            downloaded_bytes=done,
+            download_percent=percent,
+            lease_expires_at=timezone.now() + LEASE,
+            updated_at=timezone.now(),
+        )
+
+    return save
+
+
+def _properties(template: Template, ref_path: Path, info, sha256: str) -> dict[str, object]:
+    return {
+        "uniquename": template.unique_name,
+        "filename": ref_path.name,
+        "id": template.pk,
+        "uuid": template.uuid,
+        "format": template.format,
+        "checksum": template.checksum,
+        "sha256": sha256,
+        "size": info.virtual_size,
+        "virtualsize": info.virtual_size,
+        "physicalsize": ref_path.stat().st_size,
+    }
+
+
+@transaction.atomic
+def _finish(ref_id: int, owner: str, *, info, sha256: str, physical_size: int) -> bool:
+    ref = _lock_copy(ref_id)
+    if ref.lease_owner != owner or ref.download_state != DownloadState.DOWNLOAD_IN_PROGRESS:
+        return False
+    if ref.state != StoreRefState.CREATING:
+        return False  # the sweep removed the template meanwhile: the bytes go with it
+    ref.finish_download()
+    ref.mark_ready()
+    ref.size = info.virtual_size
+    ref.physical_size = physical_size
+    ref.sha256 = sha256
+    ref.charged_bytes = physical_size
+    ref.download_percent = 100
+    ref.downloaded_bytes = physical_size
+    ref.lease_owner = ""
+    ref.lease_expires_at = None
+    ref.save()
+    Account.objects.filter(pk=ref.template.account_id).update(
+        used_secondary_bytes=F("used_secondary_bytes") + physical_size
+    )
+    record_event(
+        ref,
+        from_state=DownloadState.DOWNLOAD_IN_PROGRESS,
+        to_state=ref.download_state,
+        field="download_state",
+        actor_label="storage-worker",
+        reason="verified",
+    )
+    return True
+
+
+@transaction.atomic
+def _fail(ref_id: int, owner: str, reason: str) -> None:
+    ref = _lock_copy(ref_id)
+    if ref.lease_owner != owner or ref.download_state != DownloadState.DOWNLOAD_IN_PROGRESS:
+        return
+    ref.fail_download()
+    if ref.state == StoreRefState.CREATING:
+        ref.release()
+    ref.error_text = reason[:4000]
+    ref.lease_owner = ""
+    ref.lease_expires_at = None
+    ref.save()
+    record_event(
+        ref,
+        from_state=DownloadState.DOWNLOAD_IN_PROGRESS,
+        to_state=ref.download_state,
+        field="download_state",
+        actor_label="storage-worker",
+        reason=reason,
+    )
+
+
+def _remove_quietly(*paths: Path) -> None:
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            logger.warning("could not delete %s", path)
+
+
+def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
+    """Download a template's bytes into its image store; READY only when verified and inspected.
+
+    Idempotent: a copy that is READY, taken by a live worker, or whose template is no longer
+    ACTIVE is left as it is.
+    """
+    owner = uuid.uuid4().hex
+    ref = _claim(ref_id, owner)
+    if ref is None:
+        return TemplateStoreRef.objects.get(pk=ref_id)
+    template = ref.template
+    image = storepaths.absolute(ref.store, ref.install_path)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result = download_to_file(
+            template.url,
+            image,
+            checksum=template.checksum,
+            headers=http_headers_of(template),
+            progress=_progress_saver(ref.pk, owner),
+            connect_timeout=settings.STENCIL_DOWNLOAD_CONNECT_TIMEOUT,
+            read_timeout=settings.STENCIL_DOWNLOAD_READ_TIMEOUT,
+            stall_timeout=settings.STENCIL_DOWNLOAD_STALL_TIMEOUT,
+            max_attempts=settings.STENCIL_DOWNLOAD_MAX_ATTEMPTS,
+            backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
+        )
+        info = inspect_image(image, template.format)
+        properties = storepaths.write_properties(
+            image.parent, _properties(template, image, info, result.sha256)
+        )
+    except (DownloadError, UnsafeUrl, ImageRejected, OSError) as exc:
+        _remove_quietly(image, image.parent / storepaths.PROPERTIES_NAME)
+        _fail(ref.pk, owner, _reason(exc))
+        return TemplateStoreRef.objects.get(pk=ref_id)
+    if not _finish(ref.pk, owner, info=info, sha256=result.sha256, physical_size=result.size):
+        _remove_quietly(image, properties)
+    return TemplateStoreRef.objects.get(pk=ref_id)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ImageRejected):
+        return f"image rejected: {exc.reason}"
+    message = getattr(exc, "message", None) or str(exc)
+    return f"{type(exc).__name__}: {message}" if isinstance(exc, OSError) else message

@@ -1,0 +1,401 @@
+"""Signed uploads (CloudStack's getUploadParamsForTemplate) and their expiry.
+
+`template_upload_params` persists the template, charges the account and returns a URL with
+metadata signed (HMAC-SHA256) with a pre-shared key and an expiry. `template_upload_receive`
+checks signature and expiry, streams the body into the store under the unique name, verifies
+checksum and image, and ends UPLOADED/READY. Expired uploads are abandoned and uncharged.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import uuid as uuid_lib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from . import storepaths
+from .checksums import normalize_checksum, split_checksum
+from .choices import DownloadState, ImageStoreState, TemplateKind, TemplateState
+from .errors import InvalidInput, LimitExceeded, StencilError
+from .events import record_event
+from .inspection import ImageRejected, inspect_image
+from .locks import lock_account, lock_template
+from .models import Account, Template, TemplateStoreRef, Zone
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+class UploadForbidden(StencilError):
+    """Bad or expired signature."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class UploadConflict(StencilError):
+    """Already uploaded, or an upload is under way."""
+
+    status_code = 409
+    code = "conflict"
+
+
+@dataclass
+class UploadParams:
+    id: str
+    post_url: str
+    metadata: str
+    expires: str
+    signature: str
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _key() -> bytes:
+    return settings.STENCIL_UPLOAD_SECRET.encode()
+
+
+def sign(metadata: str, post_url: str, expires: str) -> str:
+    message = "\n".join([metadata, post_url, expires]).encode()
+    return hmac.new(_key(), message, hashlib.sha256).hexdigest()
+
+
+def _encode(payload: dict) -> str:
+    raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode(metadata: str) -> dict:
+    try:
+        return json.loads(base64.urlsafe_b64decode(metadata.encode()))
+    except (ValueError, TypeError) as exc:
+        raise UploadForbidden("metadata is not valid") from exc
+
+
+def _charge(account: Account, size: int) -> None:
+    if account.max_templates is not None and account.used_templates >= account.max_templates:
+        raise LimitExceeded(
+            f"account '{account}' already has {account.used_templates} of "
+            f"{account.max_templates} templates allowed",
+            field="max_templates",
+        )
+    limit = account.max_secondary_bytes
+    if limit is not None and account.used_secondary_bytes + size > limit:
+        raise LimitExceeded(
+            f"account '{account}' uses {account.used_secondary_bytes} of {limit} secondary "
+            f"storage bytes; {size} more would exceed it",
+            field="max_secondary_bytes",
+        )
+    Account.objects.filter(pk=account.pk).update(
+        used_templates=F("used_templates") + 1,
+        used_secondary_bytes=F("used_secondary_bytes") + size,
+    )
+
+
+@transaction.atomic
+def template_upload_params(
+    *,
+    account: Account,
+    actor,
+    name: str,
+    image_format: str,
+    zone: Zone,
+    base_url: str,
+    os_type: str = "",
+    checksum: str = "",
+    size: int = 0,
+    kind: str = TemplateKind.TEMPLATE,
+    display_text: str = "",
+    is_public: bool = False,
+) -> UploadParams:
+    """Persist the template and its NOT_UPLOADED copy, charge the account, sign the URL."""
+    from .services import _unique_name_for, _validate_kind_and_format
+
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("a name is required", field="name")
+    _validate_kind_and_format(kind, image_format)
+    checksum = normalize_checksum(checksum)
+    if size < 0:
+        raise InvalidInput("size must be a number of bytes, 0 or more", field="size")
+    stores = list(zone.image_stores.filter(state=ImageStoreState.UP))
+    if not stores:
+        raise InvalidInput(f"zone '{zone.name}' has no image store that is up", field="zone")
+    account = lock_account(account.pk)
+    _charge(account, size)
+    template_uuid = uuid_lib.uuid4()
+    template = Template.objects.create(
+        uuid=template_uuid,
+        unique_name=_unique_name_for(name, template_uuid),
+        name=name,
+        display_text=display_text or name,
+        kind=kind,
+        format=image_format,
+        checksum=checksum,
+        os_type=os_type,
+        account=account,
+        is_public=is_public,
+    )
+    template.zones.set([zone])
+    expires_at = timezone.now() + timedelta(seconds=settings.STENCIL_UPLOAD_EXPIRY_SECONDS)
+    ref = TemplateStoreRef.objects.create(
+        template=template,
+        store=random.choice(stores),
+        download_state=DownloadState.NOT_UPLOADED,
+        upload_expires_at=expires_at,
+        charged_bytes=size,
+    )
+    record_event(
+        template, from_state="", to_state=template.state, actor=actor, reason="upload requested"
+    )
+    post_url = f"{base_url.rstrip('/')}/api/v1/uploads/{template.uuid}/"
+    metadata = _encode(
+        {
+            "template": str(template.uuid),
+            "copy": ref.pk,
+            "size": size,
+            "unique_name": template.unique_name,
+            "format": image_format,
+            "checksum": checksum,
+        }
+    )
+    expires = expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return UploadParams(
+        id=str(template.uuid),
+        post_url=post_url,
+        metadata=metadata,
+        expires=expires,
+        signature=sign(metadata, post_url, expires),
+    )
+
+
+def verify_signature(
+    *, template_uuid: str, post_url: str, metadata: str, expires: str, signature: str
+) -> dict:
+    """403 unless the signature matches (constant time) and the expiry is in the future."""
+    expected = sign(metadata, post_url, expires)
+    if not hmac.compare_digest(expected, signature or ""):
+        raise UploadForbidden("upload signature does not match")
+    try:
+        deadline = datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise UploadForbidden("expires is not a UTC timestamp") from exc
+    if deadline <= timezone.now():
+        raise UploadForbidden("upload URL has expired")
+    payload = _decode(metadata)
+    if payload.get("template") != str(template_uuid):
+        raise UploadForbidden("metadata is for another template")
+    return payload
+
+
+@transaction.atomic
+def _claim_upload(ref_id: int) -> TemplateStoreRef:
+    template_id = TemplateStoreRef.objects.values_list("template_id", flat=True).get(pk=ref_id)
+    template = lock_template(template_id)
+    ref = (
+        TemplateStoreRef.objects.select_for_update(of=("self",))
+        .select_related("store", "template")
+        .get(pk=ref_id)
+    )
+    if ref.download_state == DownloadState.UPLOADED:
+        raise UploadConflict("this template was already uploaded")
+    if ref.download_state == DownloadState.UPLOAD_IN_PROGRESS:
+        raise UploadConflict("an upload of this template is under way")
+    if ref.download_state == DownloadState.UPLOAD_ABANDONED or template.state != "ACTIVE":
+        raise UploadConflict("this upload was abandoned")
+    ref.start_upload()
+    ref.start_creating()
+    ref.install_path = storepaths.relative_install_path(template)
+    ref.attempts += 1
+    ref.error_text = ""
+    ref.save()
+    return ref
+
+
+def _stream(
+    body: BinaryIO, dest: Path, *, algorithm: str, progress: Callable[[int], None] | None
+) -> tuple[int, str, str]:
+    """Write the body to dest in 1 MiB chunks, hashing as we go; never holds it in memory."""
+    declared = hashlib.new(algorithm)
+    sha256 = declared if algorithm == "sha256" else hashlib.sha256()
+    size = 0
+    with open(dest, "wb") as out:
+        while chunk := body.read(CHUNK):
+            out.write(chunk)
+            declared.update(chunk)
+            if sha256 is not declared:
+                sha256.update(chunk)
+            size += len(chunk)
+            if progress:
+                progress(size)
+        out.flush()
+        os.fsync(out.fileno())
+    return size, declared.hexdigest(), sha256.hexdigest()
+
+
+@transaction.atomic
+def _finish_upload(ref_id: int, *, size: int, sha256: str, virtual_size: int) -> TemplateStoreRef:
+    ref = (
+        TemplateStoreRef.objects.select_for_update(of=("self",))
+        .select_related("template")
+        .get(pk=ref_id)
+    )
+    ref.finish_upload()
+    ref.mark_ready()
+    Account.objects.filter(pk=ref.template.account_id).update(
+        used_secondary_bytes=Greatest(F("used_secondary_bytes") - ref.charged_bytes + size, 0)
+    )
+    ref.charged_bytes = size
+    ref.physical_size = ref.downloaded_bytes = size
+    ref.size = virtual_size
+    ref.sha256 = sha256
+    ref.download_percent = 100
+    ref.save()
+    record_event(
+        ref,
+        from_state=DownloadState.UPLOAD_IN_PROGRESS,
+        to_state=ref.download_state,
+        field="download_state",
+        actor_label="upload",
+        reason="verified",
+    )
+    return ref
+
+
+@transaction.atomic
+def _fail_upload(ref_id: int, reason: str) -> None:
+    ref = TemplateStoreRef.objects.select_for_update(of=("self",)).get(pk=ref_id)
+    if ref.download_state != DownloadState.UPLOAD_IN_PROGRESS:
+        return
+    ref.fail_upload()
+    ref.release()
+    ref.error_text = reason[:4000]
+    ref.save()
+    record_event(
+        ref,
+        from_state=DownloadState.UPLOAD_IN_PROGRESS,
+        to_state=ref.download_state,
+        field="download_state",
+        actor_label="upload",
+        reason=reason,
+    )
+
+
+def template_upload_receive(
+    *,
+    template_uuid: str,
+    post_url: str,
+    metadata: str,
+    expires: str,
+    signature: str,
+    body: BinaryIO,
+    progress: Callable[[int], None] | None = None,
+) -> TemplateStoreRef:
+    """The upload endpoint's work: verify, stream, check, inspect, READY. Errors leave no file."""
+    payload = verify_signature(
+        template_uuid=template_uuid,
+        post_url=post_url,
+        metadata=metadata,
+        expires=expires,
+        signature=signature,
+    )
+    ref = _claim_upload(int(payload["copy"]))
+    template = ref.template
+    image = storepaths.absolute(ref.store, ref.install_path)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    temp = image.with_name(f".{image.name}.upload-{uuid_lib.uuid4().hex[:8]}")
+    try:
+        algorithm, expected = (
+            split_checksum(template.checksum) if template.checksum else ("sha256", "")
+        )
+        size, digest, sha256 = _stream(body, temp, algorithm=algorithm, progress=progress)
+        if expected and not hmac.compare_digest(digest, expected):
+            algorithm_label = template.checksum.partition("}")[0] + "}"
+            raise ImageRejected(
+                f"checksum mismatch: expected {template.checksum}, got {algorithm_label}{digest}"
+            )
+        info = inspect_image(temp, template.format)
+        temp.replace(image)
+        storepaths.write_properties(
+            image.parent,
+            {
+                "uniquename": template.unique_name,
+                "filename": image.name,
+                "id": template.pk,
+                "uuid": template.uuid,
+                "format": template.format,
+                "checksum": template.checksum,
+                "sha256": sha256,
+                "size": info.virtual_size,
+                "virtualsize": info.virtual_size,
+                "physicalsize": size,
+            },
+        )
+    except (ImageRejected, OSError) as exc:
+        for path in (temp, image, image.parent / storepaths.PROPERTIES_NAME):
+            path.unlink(missing_ok=True)
+        reason = exc.reason if isinstance(exc, ImageRejected) else f"upload failed: {exc}"
+        _fail_upload(ref.pk, reason)
+        raise InvalidInput(reason, field="file") from exc
+    return _finish_upload(ref.pk, size=size, sha256=sha256, virtual_size=info.virtual_size)
+
+
+def abandon_expired_uploads(*, now: datetime | None = None) -> int:
+    """Sweep: uploads past their expiry become UPLOAD_ABANDONED, their charge released and
+    their template deactivated (the GC sweep then removes it)."""
+    from .services import template_deactivate
+
+    now = now or timezone.now()
+    expired = TemplateStoreRef.objects.filter(
+        upload_expires_at__lte=now,
+        download_state__in=[DownloadState.NOT_UPLOADED, DownloadState.UPLOAD_ERROR],
+    ).values_list("pk", "template_id")
+    count = 0
+    for ref_id, template_id in expired:
+        if _abandon(ref_id, template_id):
+            template_deactivate(template_id=template_id, actor=None, reason="upload abandoned")
+            count += 1
+    return count
+
+
+@transaction.atomic
+def _abandon(ref_id: int, template_id: int) -> bool:
+    lock_template(template_id)
+    ref = (
+        TemplateStoreRef.objects.select_for_update(of=("self",))
+        .select_related("template")
+        .get(pk=ref_id)
+    )
+    if ref.download_state not in (DownloadState.NOT_UPLOADED, DownloadState.UPLOAD_ERROR):
+        return False
+    before = ref.download_state
+    ref.abandon_upload()
+    Account.objects.filter(pk=ref.template.account_id).update(
+        used_secondary_bytes=Greatest(F("used_secondary_bytes") - ref.charged_bytes, 0)
+    )
+    ref.charged_bytes = 0
+    ref.save()
+    record_event(
+        ref,
+        from_state=before,
+        to_state=ref.download_state,
+        field="download_state",
+        actor_label="upload-expiry",
+        reason="upload URL expired",
+    )
+    return ref.template.state == TemplateState.ACTIVE

@@ -1,0 +1,260 @@
+"""The outbound URL rules: what validate_url refuses, what it lets through, and where it connects.
+
+No test here connects anywhere: validate_url resolves names but never opens a socket.
+"""
+
+import importlib
+import os
+import socket
+
+import pytest
+
+from templates_app import urlsafety
+from templates_app.errors import InvalidInput
+from templates_app.urlsafety import (
+    DEFAULT_DENIED_NETWORKS,
+    HostNotResolved,
+    ResolvedTarget,
+    UnsafeUrl,
+    validate_url,
+)
+
+
+@pytest.fixture(autouse=True)
+def default_rules(settings):
+    """The shipped defaults, whatever the environment of the test run says."""
+    settings.STENCIL_URL_DENIED_NETWORKS = list(DEFAULT_DENIED_NETWORKS)
+    settings.STENCIL_URL_ALLOWED_PORTS = []
+    settings.STENCIL_URL_ALLOW_LOOPBACK = False
+
+
+@pytest.fixture
+def fake_dns(monkeypatch):
+    """Stand-in for DNS, which this sandbox has none of: name -> addresses, as getaddrinfo gives.
+
+    The mock replaces the resolver validate_url calls; everything after resolution is real.
+    """
+    table: dict[str, list[str]] = {}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host not in table:
+            return real(host, port, *args, **kwargs)
+        answers = []
+        for address in table[host]:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sockaddr = (address, port, 0, 0) if family == socket.AF_INET6 else (address, port)
+            answers.append((family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr))
+        return answers
+
+    monkeypatch.setattr(urlsafety.socket, "getaddrinfo", getaddrinfo)
+    return table
+
+
+BAD_URLS = [
+    # scheme
+    ("file:///etc/passwd", "unsupported URL scheme 'file'; allowed: http, https"),
+    ("ftp://mirror.example/x.iso", "unsupported URL scheme 'ftp'"),
+    ("gopher://10.0.0.1:70/", "unsupported URL scheme 'gopher'"),
+    ("//mirror.example/x", "unsupported URL scheme '(none)'"),
+    ("javascript:alert(1)", "unsupported URL scheme 'javascript'"),
+    # userinfo
+    ("http://user:secret@10.1.2.3/x", "must not contain credentials"),
+    ("http://user@10.1.2.3/x", "must not contain credentials"),
+    ("http://mirror.example@127.0.0.1/x", "must not contain credentials"),
+    # host and form
+    ("http:///x", "URL has no host"),
+    ("http://", "URL has no host"),
+    ("http://a..b/x", "invalid host name"),
+    ("http://10.1.2.3/a b", "spaces or control characters"),
+    ("http://10.1.2.3/a\r\nX-Injected: 1", "spaces or control characters"),
+    ("http://10.1.2.3:99999/", "malformed URL"),
+    ("http://10.1.2.3:0/", "port 0 is not allowed"),
+    ("http://[fe80::1%25eth0]/", "zone identifiers"),
+    ("http://[not-ipv6]/", "malformed URL"),
+    # every spelling of loopback
+    ("http://127.0.0.1/", "URL host 127.0.0.1 is in denied network 127.0.0.0/8"),
+    ("http://127.0.0.1:8000/", "denied network 127.0.0.0/8"),
+    ("http://127.255.255.254/", "denied network 127.0.0.0/8"),
+    ("http://2130706433/", "URL host 2130706433 (127.0.0.1) is in denied network 127.0.0.0/8"),
+    ("http://0x7f000001/", "(127.0.0.1) is in denied network 127.0.0.0/8"),
+    ("http://0x7F.0.0.1/", "(127.0.0.1) is in denied network 127.0.0.0/8"),
+    ("http://0177.0.0.1/", "(127.0.0.1) is in denied network 127.0.0.0/8"),
+    ("http://0177.1/", "(127.0.0.1) is in denied network 127.0.0.0/8"),
+    ("http://127.1/", "(127.0.0.1) is in denied network 127.0.0.0/8"),
+    ("http://127.0.1/", "(127.0.0.1) is in denied network 127.0.0.0/8"),
+    ("http://127.0.0.1./", "(127.0.0.1) is in denied network 127.0.0.0/8"),
+    ("http://[::1]/", "URL host ::1 is in denied network ::1/128"),
+    ("http://[0:0:0:0:0:0:0:1]:8080/", "is in denied network ::1/128"),
+    ("http://[::ffff:127.0.0.1]/", "(127.0.0.1) is in denied network 127.0.0.0/8"),
+    ("http://[::ffff:7f00:1]/", "(127.0.0.1) is in denied network 127.0.0.0/8"),
+    # metadata services, link-local, "this host", multicast
+    ("http://169.254.169.254/latest/meta-data/", "denied network 169.254.0.0/16"),
+    ("http://2852039166/latest/", "(169.254.169.254) is in denied network 169.254.0.0/16"),
+    ("http://[::ffff:169.254.169.254]/", "denied network 169.254.0.0/16"),
+    ("http://100.100.100.200/", "denied network 100.100.100.200/32"),
+    ("http://[fd00:ec2::254]/", "denied network fd00:ec2::254/128"),
+    ("http://[fe80::1]/", "denied network fe80::/10"),
+    ("http://0.0.0.0/", "denied network 0.0.0.0/8"),
+    ("http://0/", "(0.0.0.0) is in denied network 0.0.0.0/8"),
+    ("http://[::]/", "denied network ::/128"),
+    ("http://224.0.0.1/", "denied network 224.0.0.0/4"),
+    ("http://[ff02::1]/", "denied network ff00::/8"),
+]
+
+
+@pytest.mark.parametrize(("url", "message"), BAD_URLS, ids=[u for u, _ in BAD_URLS])
+def test_bad_urls_are_refused_naming_the_rule(url, message):
+    with pytest.raises(UnsafeUrl) as caught:
+        validate_url(url)
+    assert message in caught.value.message
+    assert caught.value.field == "url"
+    assert isinstance(caught.value, InvalidInput)
+    assert caught.value.as_payload()["url"] == [caught.value.message]
+
+
+GOOD_URLS = [
+    # Private ranges are allowed by default: internal mirrors are normal.
+    ("http://10.1.2.3/x", "10.1.2.3", 80, "/x"),
+    ("https://10.1.2.3/x.qcow2?sig=abc", "10.1.2.3", 443, "/x.qcow2?sig=abc"),
+    ("HTTP://192.168.1.20:8080", "192.168.1.20", 8080, "/"),
+    ("http://172.16.5.4/a/b#fragment", "172.16.5.4", 80, "/a/b"),
+    ("http://[fd12:3456::1]:8000/img", "fd12:3456::1", 8000, "/img"),
+    ("http://167838211/x", "10.1.2.3", 80, "/x"),  # a numeric spelling of an allowed address
+    ("http://93.184.216.34/%7Efoo/x%20y", "93.184.216.34", 80, "/%7Efoo/x%20y"),
+]
+
+
+@pytest.mark.parametrize(("url", "address", "port", "target"), GOOD_URLS)
+def test_good_urls_resolve_to_the_address_to_connect_to(url, address, port, target):
+    resolved = validate_url(url)
+    assert isinstance(resolved, ResolvedTarget)
+    assert resolved.address == address
+    assert resolved.port == port
+    assert resolved.request_target == target
+    assert resolved.scheme in ("http", "https")
+    assert "#" not in resolved.url
+
+
+def test_private_address_is_allowed_without_connecting():
+    resolved = validate_url("http://10.1.2.3/x")
+    assert resolved == ResolvedTarget(
+        url="http://10.1.2.3/x",
+        scheme="http",
+        host="10.1.2.3",
+        port=80,
+        address="10.1.2.3",
+        request_target="/x",
+    )
+
+
+def test_ipv6_literal_keeps_brackets_in_the_url_only():
+    resolved = validate_url("https://[2001:db8::7]:8443/a")
+    assert resolved.host == "2001:db8::7"
+    assert resolved.address == "2001:db8::7"
+    assert resolved.url == "https://[2001:db8::7]:8443/a"
+
+
+def test_name_resolving_to_a_denied_address_is_refused(fake_dns):
+    fake_dns["evil.example"] = ["127.0.0.1"]
+    with pytest.raises(UnsafeUrl, match=r"evil.example \(127.0.0.1\) is in denied network"):
+        validate_url("http://evil.example/disk.qcow2")
+
+
+def test_one_denied_address_among_several_is_enough_to_refuse(fake_dns):
+    # A name that answers with a public and a metadata address: connecting to "the other one"
+    # later is exactly what rebinding attacks rely on, so the whole name is refused.
+    fake_dns["mixed.example"] = ["93.184.216.34", "169.254.169.254"]
+    with pytest.raises(UnsafeUrl, match="denied network 169.254.0.0/16"):
+        validate_url("http://mixed.example/")
+
+
+def test_name_resolving_to_a_mapped_ipv6_loopback_is_refused(fake_dns):
+    fake_dns["mapped.example"] = ["::ffff:127.0.0.1"]
+    with pytest.raises(UnsafeUrl, match="denied network 127.0.0.0/8"):
+        validate_url("http://mapped.example/")
+
+
+def test_a_name_is_resolved_once_and_the_first_address_is_pinned(fake_dns, monkeypatch):
+    fake_dns["mirror.example"] = ["10.0.0.7", "10.0.0.8"]
+    calls = []
+    fake = urlsafety.socket.getaddrinfo
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return fake(*args, **kwargs)
+
+    monkeypatch.setattr(urlsafety.socket, "getaddrinfo", counting)
+    resolved = validate_url("https://Mirror.Example/debian.qcow2")
+    assert calls == ["mirror.example"]
+    assert resolved.host == "mirror.example"
+    assert resolved.address == "10.0.0.7"
+    assert resolved.url == "https://mirror.example/debian.qcow2"
+
+
+def test_unicode_host_is_idna_encoded_and_path_is_percent_encoded(fake_dns):
+    fake_dns["xn--bcher-kva.example"] = ["10.0.0.9"]
+    resolved = validate_url("http://Bücher.example/ä.iso?q=ü")
+    assert resolved.host == "xn--bcher-kva.example"
+    assert resolved.request_target == "/%C3%A4.iso?q=%C3%BC"
+    assert resolved.address == "10.0.0.9"
+
+
+def test_unknown_name_is_reported_as_not_resolved():
+    with pytest.raises(HostNotResolved) as caught:
+        validate_url("http://no-such-host.invalid/x")
+    assert caught.value.field == "url"
+    assert "no-such-host.invalid could not be resolved" in caught.value.message
+
+
+def test_denied_port(settings):
+    settings.STENCIL_URL_ALLOWED_PORTS = [443]
+    with pytest.raises(UnsafeUrl, match="port 25 is not allowed; allowed: 443"):
+        validate_url("http://10.1.2.3:25/")
+    with pytest.raises(UnsafeUrl, match="port 80 is not allowed"):
+        validate_url("http://10.1.2.3/")  # the scheme's default port counts too
+    assert validate_url("https://10.1.2.3/x").port == 443
+    assert validate_url("http://10.1.2.3:443/x").port == 443
+
+
+def test_loopback_opt_in(settings):
+    settings.STENCIL_URL_ALLOW_LOOPBACK = True
+    assert validate_url("http://127.0.0.1:8000/x").address == "127.0.0.1"
+    assert validate_url("http://2130706433/").address == "127.0.0.1"
+    assert validate_url("http://[::1]:8000/").address == "::1"
+    # The mapped form is connected to as the IPv4 address it stands for.
+    assert validate_url("http://[::ffff:127.0.0.1]/").address == "127.0.0.1"
+    # Only loopback: metadata and "this host" stay denied.
+    with pytest.raises(UnsafeUrl, match="169.254.0.0/16"):
+        validate_url("http://169.254.169.254/")
+    with pytest.raises(UnsafeUrl, match="0.0.0.0/8"):
+        validate_url("http://0.0.0.0:8000/")
+
+
+def test_narrower_denied_network_applies_despite_loopback_opt_in(settings):
+    settings.STENCIL_URL_ALLOW_LOOPBACK = True
+    settings.STENCIL_URL_DENIED_NETWORKS = [*DEFAULT_DENIED_NETWORKS, "127.0.0.2/32"]
+    assert validate_url("http://127.0.0.1/").address == "127.0.0.1"
+    with pytest.raises(UnsafeUrl, match="127.0.0.2 is in denied network 127.0.0.2/32"):
+        validate_url("http://127.0.0.2/")
+
+
+def test_denied_networks_setting_replaces_the_default(settings):
+    settings.STENCIL_URL_DENIED_NETWORKS = ["10.0.0.0/8"]
+    with pytest.raises(UnsafeUrl, match="denied network 10.0.0.0/8"):
+        validate_url("http://10.1.2.3/")
+    assert validate_url("http://127.0.0.1/").address == "127.0.0.1"
+
+
+def test_settings_default_matches_the_module_default():
+    # project/settings.py cannot import the app, so the list is written twice; keep them equal.
+    # The module itself, not django.conf.settings, which the autouse fixture overrides.
+    if os.environ.get("STENCIL_URL_DENIED_NETWORKS", "").strip():
+        pytest.skip("STENCIL_URL_DENIED_NETWORKS is set in the environment")
+    project_settings = importlib.import_module("project.settings")
+    denied, ports = (
+        project_settings.STENCIL_URL_DENIED_NETWORKS,
+        project_settings.STENCIL_URL_ALLOWED_PORTS,
+    )
+    assert denied == list(DEFAULT_DENIED_NETWORKS)
+    assert ports == []
