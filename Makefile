@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/stencil
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test bench lint lock venv system-packages services clean
+.PHONY: run test bench lint lock venv system-packages run-packages services clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -20,16 +20,21 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# Chromium drives the browser test; installed from Debian, never downloaded by Playwright.
+# qemu-img inspects every image; Chromium drives the browser test (from Debian, never
+# downloaded by Playwright).
+RUN_PACKAGES := qemu-utils
+TEST_PACKAGES := $(RUN_PACKAGES) chromium
 system-packages:
-	@command -v chromium >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	@bash scripts/apt-install.sh $(TEST_PACKAGES)
+
+run-packages:
+	@bash scripts/apt-install.sh $(RUN_PACKAGES)
 
 # PostgreSQL and Redis must answer; start them if installed but down. Never fall back to SQLite.
 services:
 	@bash scripts/ensure-services.sh
 
-run: $(STAMP)
+run: $(STAMP) run-packages
 	@bash scripts/run.sh
 
 test: $(STAMP) system-packages services

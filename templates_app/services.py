@@ -1,5 +1,6 @@
 """Every state change of the catalogue: registration, edits, the life cycle and the GC sweep."""
 
+import contextlib
 import logging
 import random
 import uuid as uuid_lib
@@ -7,7 +8,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -31,10 +31,10 @@ from .events import build_event, record_event, record_events
 from .locks import lock_account, lock_template
 from .models import Account, ImageStore, Template, TemplateDetail, TemplateStoreRef, Zone
 from .selectors import has_live_reference
+from .urlsafety import HostNotResolved, validate_url
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_URL_SCHEMES = ("http", "https")
 GC_ADVISORY_LOCK_KEY = 0x5E_7C_11  # any constant shared by every sweeper
 HELD_LIST_LIMIT = 1000
 
@@ -42,17 +42,17 @@ HELD_LIST_LIMIT = 1000
 # Registration -----------------------------------------------------------------------------
 
 
-def _validate_url(url: str, *, direct_download: bool) -> str:
+def _validate_url(url: str) -> str:
+    """The outbound URL rules (scheme, credentials, port, denied networks) at registration.
+
+    A name that does not resolve from here is accepted: the download resolves and checks it
+    again from the worker that fetches it.
+    """
     url = (url or "").strip()
     if not url:
         raise InvalidInput("a URL is required to register a template", field="url")
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ALLOWED_URL_SCHEMES:
-        raise InvalidInput(
-            f"unsupported URL scheme '{parts.scheme}'; allowed: http, https", field="url"
-        )
-    if not parts.hostname:
-        raise InvalidInput("the URL has no host", field="url")
+    with contextlib.suppress(HostNotResolved):
+        validate_url(url)
     return url
 
 
@@ -150,7 +150,7 @@ def template_register(
     if not name:
         raise InvalidInput("a name is required", field="name")
     _validate_kind_and_format(kind, image_format)
-    url = _validate_url(url, direct_download=direct_download)
+    url = _validate_url(url)
     checksum = normalize_checksum(checksum)
     detail_pairs = _normalize_details(details)
     if not cross_zones and not zones:

@@ -241,3 +241,19 @@ def test_schema_and_docs_are_served(api):
     docs = api.get(reverse("api-docs"))
     assert docs.status_code == 200
     assert b"cdn" not in docs.content.lower()
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("http://127.0.0.1/x.qcow2", "denied network 127.0.0.0/8"),
+        ("http://2130706433/x.qcow2", "denied network 127.0.0.0/8"),
+        ("http://169.254.169.254/latest/meta-data", "denied network 169.254.0.0/16"),
+        ("http://user:pw@mirror.example/x.qcow2", "credentials"),
+    ],
+)
+def test_registration_applies_the_outbound_url_rules(api, zone, store, url, rule):
+    response = api.post(LIST, payload(zone, url=url), format="json")
+    assert response.status_code == 400
+    assert rule in str(response.data["url"])
+    assert Template.objects.count() == 0

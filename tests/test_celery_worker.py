@@ -12,7 +12,7 @@ from django.db import connection
 
 from project.celery import app
 from templates_app import services
-from templates_app.models import Template
+from templates_app.models import Template, TemplateStoreRef
 from templates_app.tasks import gc_sweep_task
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -29,7 +29,7 @@ def database_url() -> str:
 @pytest.fixture
 def worker(private_celery_queue):
     name = f"stencil-test-{uuid.uuid4().hex[:8]}@localhost"
-    env = {**os.environ, "DATABASE_URL": database_url()}
+    env = {**os.environ, "DATABASE_URL": database_url(), "STENCIL_URL_ALLOW_LOOPBACK": "true"}
     process = subprocess.Popen(
         [
             sys.executable,
@@ -85,3 +85,29 @@ def test_deleting_an_unused_template_is_swept_by_the_worker(worker, register, ma
     assert [h["name"] for h in result["held"]] == ["used"]
     used.refresh_from_db()
     assert used.state == "INACTIVE"
+
+
+def test_registration_is_downloaded_by_the_storage_worker(
+    worker, register, httpserver, settings, tmp_path, store
+):
+    import hashlib
+
+    settings.STENCIL_URL_ALLOW_LOOPBACK = True
+    image = tmp_path / "w.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-f", "qcow2", str(image), "8M"], check=True, capture_output=True
+    )
+    data = image.read_bytes()
+    httpserver.expect_request("/w.qcow2").respond_with_data(data)
+
+    template = register(
+        url=httpserver.url_for("/w.qcow2"), checksum="{SHA-256}" + hashlib.sha256(data).hexdigest()
+    )
+
+    copy = TemplateStoreRef.objects.get(template=template)
+    deadline = time.monotonic() + 20
+    while copy.state != "READY" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        copy.refresh_from_db()
+    assert (copy.download_state, copy.state) == ("DOWNLOADED", "READY"), copy.error_text
+    assert (Path(store.path) / copy.install_path).read_bytes() == data
