@@ -19,22 +19,15 @@ from django_fsm import can_proceed
 from . import storepaths
 from .choices import DownloadState, StoreRefState, TemplateState
 from .downloader import DownloadError, download_to_file
-from .events import record_event
+from .events import record_copy_event
 from .inspection import ImageRejected, inspect_image
+from .locks import lock_copy, lock_template
 from .models import Account, Template, TemplateStoreRef
 from .urlsafety import UnsafeUrl
 
 logger = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=120)
-
-
-def _lock_copy(ref_id: int) -> TemplateStoreRef:
-    return (
-        TemplateStoreRef.objects.select_for_update(of=("self",))
-        .select_related("template", "store")
-        .get(pk=ref_id)
-    )
 
 
 def http_headers_of(template: Template) -> dict[str, str]:
@@ -55,11 +48,9 @@ def http_headers_of(template: Template) -> dict[str, str]:
 @transaction.atomic
 def _claim(ref_id: int, owner: str) -> TemplateStoreRef | None:
     """Take the copy for this worker, or None when there is nothing to do (a repeat is a no-op)."""
-    from .locks import lock_template
-
     template_id = TemplateStoreRef.objects.values_list("template_id", flat=True).get(pk=ref_id)
     template = lock_template(template_id)  # lock order: template -> copy
-    ref = _lock_copy(ref_id)
+    ref = lock_copy(ref_id)
     if template.state != TemplateState.ACTIVE or ref.store is None:
         return None
     if ref.state not in (StoreRefState.ALLOCATED, StoreRefState.CREATING):
@@ -77,13 +68,8 @@ def _claim(ref_id: int, owner: str) -> TemplateStoreRef | None:
     ref.download_percent = 0
     ref.downloaded_bytes = 0
     ref.save()
-    record_event(
-        ref,
-        from_state=before,
-        to_state=ref.download_state,
-        field="download_state",
-        actor_label="storage-worker",
-        reason=f"download attempt {ref.attempts}",
+    record_copy_event(
+        ref, before=before, actor_label="storage-worker", reason=f"download attempt {ref.attempts}"
     )
     return ref
 
@@ -118,7 +104,7 @@ def _properties(template: Template, ref_path: Path, info, sha256: str) -> dict[s
 
 @transaction.atomic
 def _finish(ref_id: int, owner: str, *, info, sha256: str, physical_size: int) -> bool:
-    ref = _lock_copy(ref_id)
+    ref = lock_copy(ref_id)
     if ref.lease_owner != owner or ref.download_state != DownloadState.DOWNLOAD_IN_PROGRESS:
         return False
     if ref.state != StoreRefState.CREATING:
@@ -137,11 +123,9 @@ def _finish(ref_id: int, owner: str, *, info, sha256: str, physical_size: int) -
     Account.objects.filter(pk=ref.template.account_id).update(
         used_secondary_bytes=F("used_secondary_bytes") + physical_size
     )
-    record_event(
+    record_copy_event(
         ref,
-        from_state=DownloadState.DOWNLOAD_IN_PROGRESS,
-        to_state=ref.download_state,
-        field="download_state",
+        before=DownloadState.DOWNLOAD_IN_PROGRESS,
         actor_label="storage-worker",
         reason="verified",
     )
@@ -150,7 +134,7 @@ def _finish(ref_id: int, owner: str, *, info, sha256: str, physical_size: int) -
 
 @transaction.atomic
 def _fail(ref_id: int, owner: str, reason: str) -> None:
-    ref = _lock_copy(ref_id)
+    ref = lock_copy(ref_id)
     if ref.lease_owner != owner or ref.download_state != DownloadState.DOWNLOAD_IN_PROGRESS:
         return
     ref.fail_download()
@@ -160,13 +144,8 @@ def _fail(ref_id: int, owner: str, reason: str) -> None:
     ref.lease_owner = ""
     ref.lease_expires_at = None
     ref.save()
-    record_event(
-        ref,
-        from_state=DownloadState.DOWNLOAD_IN_PROGRESS,
-        to_state=ref.download_state,
-        field="download_state",
-        actor_label="storage-worker",
-        reason=reason,
+    record_copy_event(
+        ref, before=DownloadState.DOWNLOAD_IN_PROGRESS, actor_label="storage-worker", reason=reason
     )
 
 

@@ -49,3 +49,15 @@ def record_event(obj: models.Model, **kwargs) -> Event:
 
 def record_events(events: Iterable[Event]) -> None:
     Event.objects.bulk_create(list(events), batch_size=1000)
+
+
+def record_copy_event(ref: models.Model, *, before: str, actor_label: str, reason: str) -> Event:
+    """A store or pool copy's download_state changed."""
+    return record_event(
+        ref,
+        from_state=before,
+        to_state=ref.download_state,
+        field="download_state",
+        actor_label=actor_label,
+        reason=reason,
+    )

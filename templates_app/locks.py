@@ -5,7 +5,7 @@ Two flows that take locks in the same order cannot deadlock each other.
 
 from django.db.models import QuerySet
 
-from .models import Account, Template
+from .models import Account, Template, TemplateStoreRef
 
 
 def lock_account(account_id: int) -> Account:
@@ -19,3 +19,12 @@ def lock_template(template_id: int) -> Template:
 def lock_templates(template_ids: list[int]) -> QuerySet[Template]:
     """Lock several templates in id order, so batches never cross each other's locks."""
     return Template.objects.select_for_update().filter(pk__in=template_ids).order_by("pk")
+
+
+def lock_copy(ref_id: int) -> TemplateStoreRef:
+    """Lock one store copy (not its template or store rows), with both loaded."""
+    return (
+        TemplateStoreRef.objects.select_for_update(of=("self",))
+        .select_related("template", "store")
+        .get(pk=ref_id)
+    )

@@ -69,14 +69,42 @@ def _unique_name_for(name: str, template_uuid: uuid_lib.UUID) -> str:
     return f"{stem}-{template_uuid.hex[:16]}"
 
 
-def _charge_template(account: Account) -> None:
-    if account.max_templates is not None and account.used_templates >= account.max_templates:
+def charge_account(account: Account, *, templates: int = 1, secondary_bytes: int = 0) -> None:
+    """Check the account's limits and add to its usage; call with the account row locked."""
+    if account.max_templates is not None and account.used_templates + templates > (
+        account.max_templates
+    ):
         raise LimitExceeded(
             f"account '{account}' already has {account.used_templates} of "
             f"{account.max_templates} templates allowed",
             field="max_templates",
         )
-    Account.objects.filter(pk=account.pk).update(used_templates=F("used_templates") + 1)
+    limit = account.max_secondary_bytes
+    if limit is not None and account.used_secondary_bytes + secondary_bytes > limit:
+        raise LimitExceeded(
+            f"account '{account}' uses {account.used_secondary_bytes} of {limit} secondary "
+            f"storage bytes; {secondary_bytes} more would exceed it",
+            field="max_secondary_bytes",
+        )
+    Account.objects.filter(pk=account.pk).update(
+        used_templates=F("used_templates") + templates,
+        used_secondary_bytes=F("used_secondary_bytes") + secondary_bytes,
+    )
+
+
+def create_template_row(
+    *, account: Account, name: str, display_text: str = "", **fields
+) -> Template:
+    """A new Template with its public uuid and stable unique name (used for file paths)."""
+    template_uuid = uuid_lib.uuid4()
+    return Template.objects.create(
+        uuid=template_uuid,
+        unique_name=_unique_name_for(name, template_uuid),
+        name=name,
+        display_text=display_text or name,
+        account=account,
+        **fields,
+    )
 
 
 def _release_template_charge(account_id: int) -> None:
@@ -159,20 +187,17 @@ def template_register(
     stores = [] if direct_download else _stores_for(target_zones, is_public=is_public)
 
     account = lock_account(account.pk)
-    _charge_template(account)
-    template_uuid = uuid_lib.uuid4()
-    template = Template.objects.create(
-        uuid=template_uuid,
-        unique_name=_unique_name_for(name, template_uuid),
+    charge_account(account)
+    template = create_template_row(
+        account=account,
         name=name,
-        display_text=display_text or name,
+        display_text=display_text,
         kind=kind,
         format=image_format,
         url=url,
         checksum=checksum,
         os_type=os_type,
         hypervisor=hypervisor,
-        account=account,
         is_public=is_public,
         is_featured=is_featured,
         cross_zones=cross_zones,

@@ -17,7 +17,8 @@ from django.db import transaction
 
 from . import storepaths
 from .choices import ImageStoreState, StoreRefState, TemplateState
-from .events import record_event
+from .events import record_copy_event
+from .locks import lock_copy
 from .models import ImageStore, Template, TemplateStoreRef
 
 logger = logging.getLogger(__name__)
@@ -61,11 +62,7 @@ def _scan(store: ImageStore) -> list[_Found]:
 
 @transaction.atomic
 def _mark_missing(ref_id: int) -> TemplateStoreRef | None:
-    ref = (
-        TemplateStoreRef.objects.select_for_update(of=("self",))
-        .select_related("template")
-        .get(pk=ref_id)
-    )
+    ref = lock_copy(ref_id)
     if ref.state != StoreRefState.READY:
         return None
     before = ref.download_state
@@ -73,14 +70,7 @@ def _mark_missing(ref_id: int) -> TemplateStoreRef | None:
     ref.unready()
     ref.error_text = "file missing from the image store (template sync)"
     ref.save()
-    record_event(
-        ref,
-        from_state=before,
-        to_state=ref.download_state,
-        field="download_state",
-        actor_label="template-sync",
-        reason=ref.error_text,
-    )
+    record_copy_event(ref, before=before, actor_label="template-sync", reason=ref.error_text)
     return ref
 
 

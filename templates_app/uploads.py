@@ -29,11 +29,11 @@ from django.utils import timezone
 from . import storepaths
 from .checksums import normalize_checksum, split_checksum
 from .choices import DownloadState, ImageStoreState, TemplateKind, TemplateState
-from .errors import InvalidInput, LimitExceeded, StencilError
-from .events import record_event
+from .errors import InvalidInput, StencilError
+from .events import record_copy_event, record_event
 from .inspection import ImageRejected, inspect_image
-from .locks import lock_account, lock_template
-from .models import Account, Template, TemplateStoreRef, Zone
+from .locks import lock_account, lock_copy, lock_template
+from .models import Account, TemplateStoreRef, Zone
 
 logger = logging.getLogger(__name__)
 
@@ -87,26 +87,6 @@ def _decode(metadata: str) -> dict:
         raise UploadForbidden("metadata is not valid") from exc
 
 
-def _charge(account: Account, size: int) -> None:
-    if account.max_templates is not None and account.used_templates >= account.max_templates:
-        raise LimitExceeded(
-            f"account '{account}' already has {account.used_templates} of "
-            f"{account.max_templates} templates allowed",
-            field="max_templates",
-        )
-    limit = account.max_secondary_bytes
-    if limit is not None and account.used_secondary_bytes + size > limit:
-        raise LimitExceeded(
-            f"account '{account}' uses {account.used_secondary_bytes} of {limit} secondary "
-            f"storage bytes; {size} more would exceed it",
-            field="max_secondary_bytes",
-        )
-    Account.objects.filter(pk=account.pk).update(
-        used_templates=F("used_templates") + 1,
-        used_secondary_bytes=F("used_secondary_bytes") + size,
-    )
-
-
 @transaction.atomic
 def template_upload_params(
     *,
@@ -124,7 +104,7 @@ def template_upload_params(
     is_public: bool = False,
 ) -> UploadParams:
     """Persist the template and its NOT_UPLOADED copy, charge the account, sign the URL."""
-    from .services import _unique_name_for, _validate_kind_and_format
+    from .services import _validate_kind_and_format, charge_account, create_template_row
 
     name = (name or "").strip()
     if not name:
@@ -137,18 +117,15 @@ def template_upload_params(
     if not stores:
         raise InvalidInput(f"zone '{zone.name}' has no image store that is up", field="zone")
     account = lock_account(account.pk)
-    _charge(account, size)
-    template_uuid = uuid_lib.uuid4()
-    template = Template.objects.create(
-        uuid=template_uuid,
-        unique_name=_unique_name_for(name, template_uuid),
+    charge_account(account, secondary_bytes=size)
+    template = create_template_row(
+        account=account,
         name=name,
-        display_text=display_text or name,
+        display_text=display_text,
         kind=kind,
         format=image_format,
         checksum=checksum,
         os_type=os_type,
-        account=account,
         is_public=is_public,
     )
     template.zones.set([zone])
@@ -207,11 +184,7 @@ def verify_signature(
 def _claim_upload(ref_id: int) -> TemplateStoreRef:
     template_id = TemplateStoreRef.objects.values_list("template_id", flat=True).get(pk=ref_id)
     template = lock_template(template_id)
-    ref = (
-        TemplateStoreRef.objects.select_for_update(of=("self",))
-        .select_related("store", "template")
-        .get(pk=ref_id)
-    )
+    ref = lock_copy(ref_id)
     if ref.download_state == DownloadState.UPLOADED:
         raise UploadConflict("this template was already uploaded")
     if ref.download_state == DownloadState.UPLOAD_IN_PROGRESS:
@@ -250,11 +223,7 @@ def _stream(
 
 @transaction.atomic
 def _finish_upload(ref_id: int, *, size: int, sha256: str, virtual_size: int) -> TemplateStoreRef:
-    ref = (
-        TemplateStoreRef.objects.select_for_update(of=("self",))
-        .select_related("template")
-        .get(pk=ref_id)
-    )
+    ref = lock_copy(ref_id)
     ref.finish_upload()
     ref.mark_ready()
     Account.objects.filter(pk=ref.template.account_id).update(
@@ -266,33 +235,23 @@ def _finish_upload(ref_id: int, *, size: int, sha256: str, virtual_size: int) ->
     ref.sha256 = sha256
     ref.download_percent = 100
     ref.save()
-    record_event(
-        ref,
-        from_state=DownloadState.UPLOAD_IN_PROGRESS,
-        to_state=ref.download_state,
-        field="download_state",
-        actor_label="upload",
-        reason="verified",
+    record_copy_event(
+        ref, before=DownloadState.UPLOAD_IN_PROGRESS, actor_label="upload", reason="verified"
     )
     return ref
 
 
 @transaction.atomic
 def _fail_upload(ref_id: int, reason: str) -> None:
-    ref = TemplateStoreRef.objects.select_for_update(of=("self",)).get(pk=ref_id)
+    ref = lock_copy(ref_id)
     if ref.download_state != DownloadState.UPLOAD_IN_PROGRESS:
         return
     ref.fail_upload()
     ref.release()
     ref.error_text = reason[:4000]
     ref.save()
-    record_event(
-        ref,
-        from_state=DownloadState.UPLOAD_IN_PROGRESS,
-        to_state=ref.download_state,
-        field="download_state",
-        actor_label="upload",
-        reason=reason,
+    record_copy_event(
+        ref, before=DownloadState.UPLOAD_IN_PROGRESS, actor_label="upload", reason=reason
     )
 
 
@@ -376,11 +335,7 @@ def abandon_expired_uploads(*, now: datetime | None = None) -> int:
 @transaction.atomic
 def _abandon(ref_id: int, template_id: int) -> bool:
     lock_template(template_id)
-    ref = (
-        TemplateStoreRef.objects.select_for_update(of=("self",))
-        .select_related("template")
-        .get(pk=ref_id)
-    )
+    ref = lock_copy(ref_id)
     if ref.download_state not in (DownloadState.NOT_UPLOADED, DownloadState.UPLOAD_ERROR):
         return False
     before = ref.download_state
@@ -390,12 +345,5 @@ def _abandon(ref_id: int, template_id: int) -> bool:
     )
     ref.charged_bytes = 0
     ref.save()
-    record_event(
-        ref,
-        from_state=before,
-        to_state=ref.download_state,
-        field="download_state",
-        actor_label="upload-expiry",
-        reason="upload URL expired",
-    )
+    record_copy_event(ref, before=before, actor_label="upload-expiry", reason="upload URL expired")
     return ref.template.state == TemplateState.ACTIVE
