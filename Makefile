@@ -10,6 +10,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 .PHONY: run test bench lint lock venv system-packages run-packages services clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@bash scripts/apt-install.sh libvirt-dev pkg-config
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 	  echo "python3 -m venv failed: installing python3-venv"; \
@@ -22,8 +23,8 @@ venv: $(STAMP)
 
 # qemu-img inspects every image; Chromium drives the browser test (from Debian, never
 # downloaded by Playwright).
-RUN_PACKAGES := qemu-utils
-TEST_PACKAGES := $(RUN_PACKAGES) chromium
+RUN_PACKAGES := qemu-utils libvirt-dev pkg-config
+TEST_PACKAGES := $(RUN_PACKAGES) chromium libvirt-daemon libvirt-clients qemu-system-x86
 system-packages:
 	@bash scripts/apt-install.sh $(TEST_PACKAGES)
 
@@ -34,10 +35,15 @@ run-packages:
 services:
 	@bash scripts/ensure-services.sh
 
+# A real libvirtd on qemu:///system for the tests that run on both libvirt backends.
+.PHONY: libvirtd
+libvirtd:
+	@bash scripts/ensure-libvirtd.sh
+
 run: $(STAMP) run-packages
 	@bash scripts/run.sh
 
-test: $(STAMP) system-packages services
+test: $(STAMP) system-packages services libvirtd
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python manage.py makemigrations --check --dry-run

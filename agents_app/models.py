@@ -1,25 +1,199 @@
-"""Virtual machines. A VM that is not EXPUNGED is a live reference to its template."""
+"""KVM hosts, primary pools, template copies on pools, and virtual machines.
+
+A VM that is not EXPUNGED, and a pinned pool copy, are live references to their template.
+"""
 
 import uuid as uuid_lib
 
 from django.db import models
-from django_fsm import ConcurrentTransitionMixin, FSMField, transition
+from django.utils import timezone
+from django_fsm import ConcurrentTransitionMixin, FSMField, FSMModelMixin, transition
 
 from templates_app.models import Account, Template, Zone
 
-from .choices import VmState
+from .choices import HostState, PoolCopyState, VmState
 
-LIVE_STATES = [VmState.STARTING, VmState.RUNNING, VmState.STOPPED]
+
+class Host(ConcurrentTransitionMixin, models.Model):
+    """A KVM host running an agent: a Celery worker on its own queue `host.<name>`."""
+
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=128, unique=True)
+    zone = models.ForeignKey(Zone, on_delete=models.PROTECT, related_name="hosts")
+    address = models.CharField(max_length=255, blank=True)
+    libvirt_uri = models.CharField(max_length=1024)
+    state = FSMField(
+        max_length=16, choices=HostState.choices, default=HostState.DISCONNECTED, protected=True
+    )
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    capabilities = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["zone__name", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue(self) -> str:
+        return f"host.{self.name}"
+
+    @transition(
+        field=state,
+        source=[HostState.DISCONNECTED, HostState.DOWN, HostState.UP],
+        target=HostState.UP,
+    )
+    def connect(self) -> None:
+        """The agent announced itself or sent a heartbeat."""
+
+    @transition(field=state, source=HostState.UP, target=HostState.DOWN)
+    def miss_heartbeats(self) -> None:
+        """No heartbeat for too long."""
+
+    @transition(
+        field=state,
+        source=[HostState.UP, HostState.DOWN, HostState.DISCONNECTED],
+        target=HostState.MAINTENANCE,
+    )
+    def enter_maintenance(self) -> None:
+        """Operator takes the host out of service."""
+
+    @transition(field=state, source=HostState.MAINTENANCE, target=HostState.DISCONNECTED)
+    def leave_maintenance(self) -> None:
+        """Back in service once the agent reports."""
+
+
+class PrimaryPool(models.Model):
+    """A libvirt storage pool on hosts of a zone (a dir pool now), where VM disks live."""
+
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    zone = models.ForeignKey(Zone, on_delete=models.PROTECT, related_name="primary_pools")
+    name = models.CharField(max_length=128, unique=True)
+    libvirt_pool_name = models.CharField(max_length=128)
+    pool_type = models.CharField(max_length=16, default="dir")
+    path = models.CharField(max_length=1024, help_text="Target directory as hosts see it.")
+    hosts = models.ManyToManyField(Host, related_name="pools", blank=True)
+    capacity_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    used_bytes = models.PositiveBigIntegerField(default=0)
+    cache_threshold_percent = models.PositiveSmallIntegerField(
+        default=80, help_text="Above this usage the sweep evicts unpinned cached copies."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["zone__name", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TemplatePoolRef(FSMModelMixin, models.Model):
+    """A template's copy on a primary pool. One per (template, pool): deploys share it."""
+
+    template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="pool_refs")
+    pool = models.ForeignKey(PrimaryPool, on_delete=models.PROTECT, related_name="template_refs")
+    state = FSMField(
+        max_length=24,
+        choices=PoolCopyState.choices,
+        default=PoolCopyState.NOT_DOWNLOADED,
+        protected=True,
+    )
+    volume_name = models.CharField(max_length=255, blank=True)
+    install_path = models.CharField(max_length=1024, blank=True)
+    size = models.PositiveBigIntegerField(null=True, blank=True, help_text="Virtual size.")
+    physical_size = models.PositiveBigIntegerField(null=True, blank=True)
+    download_percent = models.PositiveSmallIntegerField(default=0)
+    error_text = models.TextField(blank=True)
+    pinned = models.BooleanField(default=False, help_text="Pre-populated: a live reference.")
+    attempts = models.PositiveIntegerField(default=0)
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    marked_for_eviction_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["template", "pool"], name="template_pool_ref_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.template} on {self.pool}"
+
+    def lease_is_free(self) -> bool:
+        """Nobody copies it, or the copying worker's lease ran out (it died)."""
+        if self.state != PoolCopyState.DOWNLOAD_IN_PROGRESS:
+            return True
+        return self.lease_expires_at is None or self.lease_expires_at <= timezone.now()
+
+    @transition(
+        field=state,
+        source=[
+            PoolCopyState.NOT_DOWNLOADED,
+            PoolCopyState.DOWNLOAD_ERROR,
+            PoolCopyState.DOWNLOAD_IN_PROGRESS,
+        ],
+        target=PoolCopyState.DOWNLOAD_IN_PROGRESS,
+        conditions=[lease_is_free],
+    )
+    def start_copy(self) -> None:
+        """One worker takes the copy; the other deploys wait for it."""
+
+    @transition(
+        field=state, source=PoolCopyState.DOWNLOAD_IN_PROGRESS, target=PoolCopyState.DOWNLOADED
+    )
+    def finish_copy(self) -> None:
+        """The copy is on the pool and usable as a backing file."""
+
+    @transition(
+        field=state, source=PoolCopyState.DOWNLOAD_IN_PROGRESS, target=PoolCopyState.DOWNLOAD_ERROR
+    )
+    def fail_copy(self) -> None:
+        """The copy failed; the next deploy retries it."""
+
+    @transition(
+        field=state,
+        source=[PoolCopyState.DOWNLOADED, PoolCopyState.DOWNLOAD_ERROR],
+        target=PoolCopyState.EVICTING,
+    )
+    def start_eviction(self) -> None:
+        """The sweep deletes an unused, unpinned copy."""
+
+
+LIVE_STATES = [VmState.STARTING, VmState.RUNNING, VmState.STOPPED, VmState.ERROR]
 
 
 class VirtualMachine(ConcurrentTransitionMixin, models.Model):
-    """A VM record. Hosts, disks and libvirt arrive with the agents issue."""
+    """A VM. With a host it is a libvirt domain named `vm-<uuid>`; without one, a record only."""
 
     uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=128)
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="vms")
     template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="vms")
     zone = models.ForeignKey(Zone, on_delete=models.PROTECT, related_name="vms")
+    host = models.ForeignKey(
+        Host, on_delete=models.PROTECT, related_name="vms", null=True, blank=True
+    )
+    pool = models.ForeignKey(
+        PrimaryPool, on_delete=models.PROTECT, related_name="vms", null=True, blank=True
+    )
+    pool_copy = models.ForeignKey(
+        TemplatePoolRef,
+        on_delete=models.PROTECT,
+        related_name="vms",
+        null=True,
+        blank=True,
+        help_text="The cached copy the root disk is an overlay on (CACHE policy).",
+    )
+    root_volume = models.CharField(max_length=255, blank=True)
+    root_disk_path = models.CharField(max_length=1024, blank=True)
+    memory_mib = models.PositiveIntegerField(default=256)
+    vcpus = models.PositiveSmallIntegerField(default=1)
+    error_text = models.TextField(blank=True)
     state = FSMField(
         max_length=16, choices=VmState.choices, default=VmState.STOPPED, protected=True
     )
@@ -34,6 +208,14 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @transition(field=state, source=VmState.STARTING, target=VmState.RUNNING)
+    def mark_running(self) -> None:
+        """The agent made the disk, defined the domain and started it."""
+
+    @transition(field=state, source=VmState.STARTING, target=VmState.ERROR)
+    def fail_deploy(self) -> None:
+        """The agent could not deploy it; error_text says why."""
 
     @transition(field=state, source=[VmState.STOPPED], target=VmState.RUNNING)
     def start(self) -> None:

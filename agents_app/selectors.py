@@ -7,7 +7,7 @@ from .models import VirtualMachine
 
 
 def vms_visible_to(user: AbstractBaseUser) -> QuerySet[VirtualMachine]:
-    queryset = VirtualMachine.objects.select_related("template", "zone", "account")
+    queryset = VirtualMachine.objects.select_related("template", "zone", "account", "host", "pool")
     if user.is_staff:
         return queryset
     membership = Account.members.through.objects.filter(

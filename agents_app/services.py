@@ -1,17 +1,32 @@
 """VM record life cycle. Creating a VM takes its template's row lock: it cannot race the sweep."""
 
+from datetime import timedelta
+
 from django.db import transaction
 from django.utils import timezone
 from django_fsm import can_proceed
 
 from templates_app.choices import TemplateState
-from templates_app.errors import InvalidInput, TemplateNotUsable, TransitionConflict
+from templates_app.errors import (
+    InvalidInput,
+    StencilError,
+    TemplateNotUsable,
+    TransitionConflict,
+)
 from templates_app.events import record_event
 from templates_app.locks import lock_template
 from templates_app.models import Account, Zone
 from templates_app.selectors import template_in_zone
 
-from .models import VirtualMachine
+from .choices import HostState, VmState
+from .models import Host, PrimaryPool, VirtualMachine
+
+
+class NoCapacity(StencilError):
+    """No Up host in the zone reaches a primary pool."""
+
+    status_code = 409
+    code = "no_host"
 
 
 def _lock_vm(vm_id: int) -> VirtualMachine:
@@ -94,3 +109,112 @@ def _expunge(vm_id: int, *, actor) -> VirtualMachine:
 def vm_expunge(*, vm_id: int, actor) -> VirtualMachine:
     """Expunge a destroyed VM; if it was the last reference of an INACTIVE template, sweep it."""
     return _expunge(vm_id, actor=actor)
+
+
+def _pick_host_and_pool(zone: Zone) -> tuple[Host, PrimaryPool]:
+    """A random Up host of the zone, and a pool of the zone that this host reaches."""
+    candidates = list(
+        PrimaryPool.hosts.through.objects.filter(
+            host__zone=zone, host__state=HostState.UP, primarypool__zone=zone
+        )
+        .select_related("host", "primarypool")
+        .order_by("?")[:1]
+    )
+    if not candidates:
+        raise NoCapacity(f"no Up host in zone '{zone}' reaches a primary pool")
+    return candidates[0].host, candidates[0].primarypool
+
+
+@transaction.atomic
+def vm_deploy(
+    *,
+    name: str,
+    template_id: int,
+    zone: Zone,
+    account: Account,
+    actor,
+    memory_mib: int = 256,
+    vcpus: int = 1,
+) -> VirtualMachine:
+    """Deploy a VM: the reference is created under the template's lock with the state check,
+    and the host's agent makes the disk and starts the domain after commit."""
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("a name is required", field="name")
+    template = lock_template(template_id)
+    if template.state != TemplateState.ACTIVE:
+        raise TemplateNotUsable(template)
+    if not template_in_zone(template, zone):
+        raise InvalidInput(f"template '{template}' is not available in zone '{zone}'", field="zone")
+    host, pool = _pick_host_and_pool(zone)
+    vm = VirtualMachine.objects.create(
+        name=name,
+        template=template,
+        zone=zone,
+        account=account,
+        host=host,
+        pool=pool,
+        state=VmState.STARTING,
+        memory_mib=memory_mib,
+        vcpus=vcpus,
+    )
+    record_event(vm, from_state="", to_state=vm.state, actor=actor, reason=f"deploy on {host}")
+    from .tasks import vm_deploy_task
+
+    queue, vm_id = host.queue, vm.pk
+    transaction.on_commit(lambda: vm_deploy_task.apply_async(kwargs={"vm_id": vm_id}, queue=queue))
+    return vm
+
+
+@transaction.atomic
+def host_register(
+    *, name: str, zone: Zone, libvirt_uri: str, address: str = "", capabilities: dict | None = None
+) -> Host:
+    """An agent announces itself (on start): create or update its host and mark it Up."""
+    host, _ = Host.objects.select_for_update().get_or_create(
+        name=name, defaults={"zone": zone, "libvirt_uri": libvirt_uri}
+    )
+    host.zone, host.libvirt_uri, host.address = zone, libvirt_uri, address
+    host.capabilities = capabilities or {}
+    return _heartbeat(host, reason="agent started")
+
+
+def _heartbeat(host: Host, *, reason: str) -> Host:
+    before = host.state
+    if host.state != HostState.MAINTENANCE:
+        host.connect()
+    host.last_heartbeat_at = timezone.now()
+    host.save()
+    if before != host.state:
+        record_event(
+            host, from_state=before, to_state=host.state, actor_label="agent", reason=reason
+        )
+    return host
+
+
+@transaction.atomic
+def host_heartbeat(*, name: str) -> Host:
+    """The agent is alive."""
+    return _heartbeat(Host.objects.select_for_update().get(name=name), reason="heartbeat")
+
+
+def hosts_mark_down(*, missed_after_seconds: int) -> int:
+    """Beat: hosts whose last heartbeat is older than the limit go Down."""
+    limit = timezone.now() - timedelta(seconds=missed_after_seconds)
+    stale = Host.objects.filter(state=HostState.UP, last_heartbeat_at__lt=limit)
+    count = 0
+    for host_id in stale.values_list("pk", flat=True):
+        with transaction.atomic():
+            host = Host.objects.select_for_update().get(pk=host_id)
+            if host.state == HostState.UP and host.last_heartbeat_at < limit:
+                host.miss_heartbeats()
+                host.save()
+                record_event(
+                    host,
+                    from_state=HostState.UP,
+                    to_state=host.state,
+                    actor_label="heartbeat-check",
+                    reason="missed heartbeats",
+                )
+                count += 1
+    return count

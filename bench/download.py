@@ -55,6 +55,14 @@ SERVER_START_TIMEOUT = 15.0
 SLOWEST_MB_S = 50.0  # a run slower than this is considered hung (per-subprocess timeout)
 FIXED_TIMEOUT = 30.0  # plus this much for process start-up
 DEFAULT_BUDGET = 900.0  # seconds; no new run starts after that (the script stops by itself)
+# `--write-slice N`: a fourth contestant, ours with each os.write() cut to N bytes (child-patched).
+WHAT_IF = "ours, sliced"
+# After the runs: how fast the page cache takes the downloader's 1 MiB writes vs 256 KiB ones.
+WRITE_PROBE_BYTES = GIB  # the slowdown shows after some hundreds of MiB
+WRITE_PROBE_BUFFER = 1 << 20
+WRITE_PROBE_PIECES = (1 << 20, 256 << 10)
+WRITE_PROBE_RUNS = 2
+WRITE_PROBE_PAUSE = 2.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,6 +146,18 @@ def _instrument(downloader) -> dict:
     return stats
 
 
+def _slice_writes(downloader, limit: int) -> None:
+    """What-if (`--write-slice`, this child only): each os.write() at most `limit` bytes."""
+
+    def write_all(fd: int, buffer: bytearray, count: int) -> None:
+        with memoryview(buffer) as view:
+            written = 0
+            while written < count:
+                written += os.write(fd, view[written : min(count, written + limit)])
+
+    downloader._write_all = write_all
+
+
 def child_main(args: argparse.Namespace) -> int:
     """Set Django up, download once, print one JSON line (seconds, size, sha256, peak RSS)."""
     started = time.perf_counter()
@@ -150,6 +170,8 @@ def child_main(args: argparse.Namespace) -> int:
 
     setup_s = time.perf_counter() - started
     rss_setup = maxrss_kib()
+    if args.write_slice:
+        _slice_writes(downloader, args.write_slice)
     stats = _instrument(downloader) if args.instrument else None
     usage = resource.getrusage(resource.RUSAGE_SELF)
     main_cpu = time.thread_time()
@@ -431,7 +453,15 @@ def run_curl_sha256sum(url: str, dest: Path, size: int, expected: str, timeout: 
 
 
 def run_ours(
-    url: str, dest: Path, size: int, expected: str, timeout: float, workdir: Path, phases: bool
+    url: str,
+    dest: Path,
+    size: int,
+    expected: str,
+    timeout: float,
+    workdir: Path,
+    *,
+    phases: bool = False,
+    write_slice: int = 0,
 ) -> dict:
     python = REPO_ROOT / ".venv" / "bin" / "python"
     env = dict(os.environ)
@@ -455,6 +485,8 @@ def run_ours(
     ]
     if phases:
         command.append("--instrument")
+    if write_slice:
+        command += ["--write-slice", str(write_slice // 1024)]
     cpu = children_cpu()
     start = time.perf_counter()
     done = run_bounded(command, timeout, cwd=REPO_ROOT, env=env)
@@ -495,28 +527,35 @@ def bench_size(
         print(f"  written and fsynced in {time.perf_counter() - start:.1f} s; sha256 {expected}")
         url = server.url(name)
         runs: dict[str, list[dict]] = {"curl": [], "curl+sha256sum": [], "ours": []}
+        if args.write_slice:
+            runs[WHAT_IF] = []
         kinds = list(runs)
         for rep in range(RUNS):
-            order = kinds[rep % 3 :] + kinds[: rep % 3]  # alternate, rotating who goes first
+            turn = rep % len(kinds)
+            order = kinds[turn:] + kinds[:turn]  # alternate, rotating who goes first
             for kind in order:
-                if kind != "ours" and not CURL.exists():
+                if kind.startswith("curl") and not CURL.exists():
                     continue
                 if time.monotonic() > deadline:
                     print(f"  time budget of {args.budget:.0f} s used up: stopping early")
-                    return summarize(gib, size, runs)
+                    return summarize(gib, size, runs, args.write_slice)
                 remove(dest)
                 server_cpu = server.cpu_seconds()
                 if kind == "curl":
                     run = run_curl(url, dest, size, timeout)
                 elif kind == "curl+sha256sum":
                     run = run_curl_sha256sum(url, dest, size, expected, timeout)
+                elif kind == "ours":
+                    run = run_ours(url, dest, size, expected, timeout, workdir)
                 else:
-                    run = run_ours(url, dest, size, expected, timeout, workdir, phases=False)
+                    run = run_ours(
+                        url, dest, size, expected, timeout, workdir, write_slice=args.write_slice
+                    )
                 run["server_cpu_s"] = server.cpu_seconds() - server_cpu
                 remove(dest)
                 runs[kind].append(run)
                 extra = ""
-                if kind == "ours":
+                if kind != "curl" and kind != "curl+sha256sum":
                     extra = (
                         f" (process {run['process_s']:.2f} s incl. start-up; "
                         f"peak RSS {run['maxrss_kib'] * 1024 / MB:.1f} MB)"
@@ -526,7 +565,7 @@ def bench_size(
                     f"{mb_s(size, run['seconds']):7.0f} MB/s  client CPU {run['cpu_s']:.2f} s, "
                     f"server CPU {run['server_cpu_s']:.2f} s{extra}"
                 )
-        summary = summarize(gib, size, runs)
+        summary = summarize(gib, size, runs, args.write_slice)
         if args.phases and time.monotonic() < deadline:
             remove(dest)
             run = run_ours(url, dest, size, expected, timeout, workdir, phases=True)
@@ -539,7 +578,7 @@ def bench_size(
         source.unlink(missing_ok=True)
 
 
-def summarize(gib: float, size: int, runs: dict[str, list[dict]]) -> dict:
+def summarize(gib: float, size: int, runs: dict[str, list[dict]], write_slice: int) -> dict:
     def median(kind: str, key: str = "seconds") -> float:
         values = [run[key] for run in runs[kind]]
         return statistics.median(values) if values else float("nan")
@@ -549,6 +588,7 @@ def summarize(gib: float, size: int, runs: dict[str, list[dict]]) -> dict:
         "gib": gib,
         "size": size,
         "runs": {kind: len(values) for kind, values in runs.items()},
+        "write_slice": write_slice,
         "curl": median("curl"),
         "curl_sha": median("curl+sha256sum"),
         "curl_sha_curl_part": median("curl+sha256sum", "curl_s"),
@@ -557,6 +597,10 @@ def summarize(gib: float, size: int, runs: dict[str, list[dict]]) -> dict:
         "ours_setup": median("ours", "setup_s"),
         "ours_rss_mb": max((r["maxrss_kib"] for r in ours), default=0) * 1024 / MB,
         "ours_rss_setup_mb": max((r["maxrss_setup_kib"] for r in ours), default=0) * 1024 / MB,
+        "what_if": median(WHAT_IF) if WHAT_IF in runs else float("nan"),
+        "what_if_rss_mb": max((r["maxrss_kib"] for r in runs.get(WHAT_IF, [])), default=0)
+        * 1024
+        / MB,
         "cpu": {kind: median(kind, "cpu_s") for kind in runs},
         "server_cpu": {kind: median(kind, "server_cpu_s") for kind in runs},
     }
@@ -578,6 +622,46 @@ def print_phases(size: int, run: dict) -> None:
     print(
         f"    hashing thread: in sha256 update {p['hash_s']:.2f} s "
         f"({mb_s(size, p['hash_s']):.0f} MB/s while hashing), CPU {p['hash_thread_cpu_s']:.2f} s"
+    )
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (other work shares the CPUs)"
+
+
+def write_probe(dst_dir: Path) -> None:
+    """Page-cache write speed by write(2) size: the same 1 MiB buffer, whole or in 4 slices.
+
+    Each write follows a pause, as the benchmark's runs do (a child's start-up, a second pass),
+    so memory freed by the previous file has been handed back the same way.
+    """
+    buffer = memoryview(bytearray(os.urandom(WRITE_PROBE_BUFFER)))
+    speeds: dict[int, list[float]] = {piece: [] for piece in WRITE_PROBE_PIECES}
+    path = dst_dir / "write-probe.bin"
+    try:
+        for _rep in range(WRITE_PROBE_RUNS):
+            for piece in WRITE_PROBE_PIECES:
+                time.sleep(WRITE_PROBE_PAUSE)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    start = time.perf_counter()
+                    for _ in range(WRITE_PROBE_BYTES // WRITE_PROBE_BUFFER):
+                        for offset in range(0, WRITE_PROBE_BUFFER, piece):
+                            os.write(fd, buffer[offset : offset + piece])
+                    speeds[piece].append(mb_s(WRITE_PROBE_BYTES, time.perf_counter() - start))
+                finally:
+                    os.close(fd)
+                    path.unlink()
+    finally:
+        path.unlink(missing_ok=True)
+    print(
+        f"\npage-cache write probe ({WRITE_PROBE_BYTES >> 20} MiB from a 1 MiB buffer, no fsync, "
+        f"median of {WRITE_PROBE_RUNS}): "
+        + ", ".join(
+            f"write({piece >> 10} KiB) {statistics.median(values):.0f} MB/s"
+            for piece, values in speeds.items()
+        )
     )
 
 
@@ -635,6 +719,18 @@ def report(results: list[dict], sizes: list[float], server_kind: str, curl_ok: b
         )
     else:
         print(f"  speed: not checked ({CURL} is missing)")
+    if any(r["what_if"] == r["what_if"] for r in results):  # measured (not NaN)
+        print(
+            f"  what-if, not the code as it is ({WHAT_IF}: os.write() cut to "
+            f"{results[0]['write_slice'] >> 10} KiB in the child): "
+            + ", ".join(
+                f"{r['gib']:g} GiB {fmt(r['what_if'], '.2f')} s, "
+                f"{fmt(mb_s(r['size'], r['what_if']), '.0f')} MB/s, "
+                f"{fmt(r['what_if'] / r['curl'], '.2f')}× curl, "
+                f"peak RSS {r['what_if_rss_mb']:.1f} MB"
+                for r in results
+            )
+        )
     rss_met = all(r["ours_rss_mb"] < TARGET_RSS_MB for r in results)
     ok &= rss_met
     print(
@@ -674,9 +770,10 @@ def main(args: argparse.Namespace) -> int:
         (src_dir / "ready").write_bytes(b"ok")
         server.wait_ready("ready")
         print(
-            f"download benchmark: sizes {', '.join(f'{s} GiB' for s in args.sizes)}, "
+            f"download benchmark: sizes {', '.join(f'{s:g} GiB' for s in args.sizes)}, "
             f"{RUNS} alternating runs each; files in {workdir}\n  server: {server.kind} on "
-            f"127.0.0.1:{server.port}\n  curl: {CURL if curl_ok else 'missing'}"
+            f"127.0.0.1:{server.port}\n  curl: {CURL if curl_ok else 'missing'}\n  "
+            f"{os.cpu_count()} CPUs, kernel {os.uname().release}, {load_average()}"
         )
         for gib in args.sizes:
             free = shutil.disk_usage(workdir).free
@@ -693,6 +790,8 @@ def main(args: argparse.Namespace) -> int:
             summary = bench_size(gib, server, src_dir, dst_dir, workdir, args, deadline)
             if summary is not None and summary["runs"]["ours"]:
                 results.append(summary)
+        if args.phases and results and time.monotonic() < deadline:
+            write_probe(dst_dir)
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -700,6 +799,7 @@ def main(args: argparse.Namespace) -> int:
         print("nothing measured")
         return 1
     report(results, args.sizes, server.kind, curl_ok)
+    print(f"  {load_average()}")
     return 0
 
 
@@ -725,6 +825,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=DEFAULT_BUDGET,
         help=f"seconds after which no new run starts (default {DEFAULT_BUDGET:.0f})",
+    )
+    parser.add_argument(
+        "--write-slice",
+        type=lambda text: int(text) * 1024,
+        default=0,
+        metavar="KIB",
+        help="what-if: also time ours with each os.write() cut to KIB KiB "
+        "(patched in the child only; downloader.py is not changed)",
     )
     # Internal modes (the benchmark starts itself with them).
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -5,7 +5,7 @@ from django.db.models import Count, Exists, IntegerField, OuterRef, Prefetch, Q,
 from django.db.models.functions import Coalesce
 
 from agents_app.choices import VmState
-from agents_app.models import VirtualMachine
+from agents_app.models import TemplatePoolRef, VirtualMachine
 
 from .choices import TemplateFilter, TemplateState
 from .errors import NoAccount
@@ -47,16 +47,25 @@ def live_vm_references(template_ref: str = "pk") -> QuerySet[VirtualMachine]:
     )
 
 
-def has_live_reference() -> Exists:
-    """One place that says what a live reference is; pinned pool copies join it later."""
-    return Exists(live_vm_references())
+def pinned_pool_copies(template_ref: str = "pk") -> QuerySet[TemplatePoolRef]:
+    """Pre-populated copies on primary pools: operators keep these until they unpin them."""
+    return TemplatePoolRef.objects.filter(template_id=OuterRef(template_ref), pinned=True)
+
+
+def has_live_reference() -> Q:
+    """The one place that says what a live reference is: a VM not EXPUNGED, or a pinned copy."""
+    return Q(Exists(live_vm_references())) | Q(Exists(pinned_pool_copies()))
+
+
+def _count_of(queryset: QuerySet) -> Coalesce:
+    counts = queryset.order_by().values("template_id").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counts, output_field=IntegerField()), 0)
 
 
 def with_reference_count(queryset: QuerySet[Template]) -> QuerySet[Template]:
-    counts = (
-        live_vm_references().order_by().values("template_id").annotate(n=Count("pk")).values("n")
+    return queryset.annotate(
+        references=_count_of(live_vm_references()) + _count_of(pinned_pool_copies())
     )
-    return queryset.annotate(references=Coalesce(Subquery(counts, output_field=IntegerField()), 0))
 
 
 def templates_visible_to(user: AbstractBaseUser) -> QuerySet[Template]:
@@ -120,6 +129,14 @@ def template_references(*, template: Template) -> QuerySet[VirtualMachine]:
         .exclude(state=VmState.EXPUNGED)
         .select_related("account", "zone")
         .order_by("created_at", "pk")
+    )
+
+
+def template_pinned_copies(*, template: Template) -> QuerySet[TemplatePoolRef]:
+    return (
+        TemplatePoolRef.objects.filter(template=template, pinned=True)
+        .select_related("pool__zone")
+        .order_by("pk")
     )
 
 

@@ -362,17 +362,22 @@ def _describe_holders(template_ids: list[int] | None) -> tuple[list[dict], int]:
     held = _inactive(template_ids).filter(has_live_reference())
     rows = (
         held.annotate(
-            live_vms=Count("vms", filter=~Q(vms__state=VmState.EXPUNGED)),
-            destroyed_vms=Count("vms", filter=Q(vms__state=VmState.DESTROYED)),
+            live_vms=Count("vms", filter=~Q(vms__state=VmState.EXPUNGED), distinct=True),
+            destroyed_vms=Count("vms", filter=Q(vms__state=VmState.DESTROYED), distinct=True),
+            pinned_copies=Count("pool_refs", filter=Q(pool_refs__pinned=True), distinct=True),
         )
         .order_by("pk")
-        .values("uuid", "name", "live_vms", "destroyed_vms")[:HELD_LIST_LIMIT]
+        .values("uuid", "name", "live_vms", "destroyed_vms", "pinned_copies")[:HELD_LIST_LIMIT]
     )
     listed = [
         {
             "id": str(row["uuid"]),
             "name": row["name"],
-            "references": {"vms": row["live_vms"], "destroyed_vms": row["destroyed_vms"]},
+            "references": {
+                "vms": row["live_vms"],
+                "destroyed_vms": row["destroyed_vms"],
+                "pinned_pool_copies": row["pinned_copies"],
+            },
         }
         for row in rows
     ]

@@ -130,3 +130,18 @@ def private_celery_queue(worker_id):
     yield queue
     with app.connection_for_write() as conn:
         conn.default_channel.queue_delete(queue)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """After every xdist worker is done, empty the test broker database (Redis db of tests).
+
+    Transactional tests enqueue real tasks (downloads, deploys on host queues) that no worker
+    consumes; they must not pile up from run to run.
+    """
+    if hasattr(session.config, "workerinput"):
+        return
+    url = settings.CELERY_BROKER_URL
+    if url.startswith("redis://") and url.rstrip("/").rsplit("/", 1)[-1].isdigit():
+        import redis
+
+        redis.Redis.from_url(url).flushdb()

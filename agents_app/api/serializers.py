@@ -11,6 +11,8 @@ class VirtualMachineSerializer(serializers.ModelSerializer):
     template_name = serializers.CharField(source="template.name", read_only=True)
     zone = serializers.UUIDField(source="zone.uuid", read_only=True)
     account = serializers.UUIDField(source="account.uuid", read_only=True)
+    host = serializers.CharField(source="host.name", default=None, read_only=True)
+    pool = serializers.CharField(source="pool.name", default=None, read_only=True)
 
     class Meta:
         model = VirtualMachine
@@ -21,7 +23,11 @@ class VirtualMachineSerializer(serializers.ModelSerializer):
             "template_name",
             "zone",
             "account",
+            "host",
+            "pool",
             "state",
+            "error_text",
+            "root_disk_path",
             "destroyed_at",
             "expunged_at",
             "created_at",
@@ -34,6 +40,11 @@ class VirtualMachineCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=128)
     template = UuidRelatedField(queryset=Template.objects.all())
     zone = UuidRelatedField(queryset=Zone.objects.all())
+    deploy = serializers.BooleanField(
+        default=False,
+        help_text="Place the VM on an Up host of the zone: its agent makes the disk and starts "
+        "the domain (answers at once with state STARTING). Without it, a VM record only.",
+    )
 
 
 class VirtualMachineDestroySerializer(serializers.Serializer):

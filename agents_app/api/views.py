@@ -45,7 +45,8 @@ class VirtualMachineViewSet(
                 {"template": [f"unknown template id '{template.uuid}'"]},
                 status=status.HTTP_400_BAD_REQUEST,
             )
-        vm = services.vm_create(
+        create = services.vm_deploy if serializer.validated_data["deploy"] else services.vm_create
+        vm = create(
             name=serializer.validated_data["name"],
             template_id=template.pk,
             zone=serializer.validated_data["zone"],

@@ -34,7 +34,7 @@ from .serializers import (
 
 
 def reference_rows(template: Template) -> list[dict]:
-    return [
+    vms = [
         {
             "kind": "vm",
             "id": vm.uuid,
@@ -45,6 +45,18 @@ def reference_rows(template: Template) -> list[dict]:
         }
         for vm in selectors.template_references(template=template)
     ]
+    pinned = [
+        {
+            "kind": "pinned_pool_copy",
+            "id": copy.pool.uuid,
+            "name": copy.pool.name,
+            "state": copy.state,
+            "account": "",
+            "zone": copy.pool.zone.name,
+        }
+        for copy in selectors.template_pinned_copies(template=template)
+    ]
+    return vms + pinned
 
 
 class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

@@ -1,0 +1,114 @@
+"""Agent-side services: what a host's worker does for a VM, through libvirt and qemu-img.
+
+These run on the host's own queue (`host.<name>`). Each one re-reads the VM and does nothing
+when the work is already done, so a redelivered task is harmless.
+"""
+
+import os
+
+from django.db import transaction
+
+from templates_app.choices import PrimaryPolicy
+from templates_app.events import record_event
+from templates_app.qemu import QemuImgError
+
+from . import virt
+from .choices import VmState
+from .models import VirtualMachine
+from .pool_copies import PoolCopyFailed, pool_copy_ensure, store_source_of
+
+
+def domain_name(vm: VirtualMachine) -> str:
+    return f"vm-{vm.uuid}"
+
+
+def domain_type_for(uri: str) -> str:
+    """The test driver runs 'test' domains; qemu runs 'kvm' where /dev/kvm exists, else 'qemu'."""
+    if uri.startswith("test:"):
+        return "test"
+    return "kvm" if os.path.exists("/dev/kvm") else "qemu"
+
+
+def root_volume_name(vm: VirtualMachine) -> str:
+    return f"vm-{vm.uuid}-root.qcow2"
+
+
+def _make_root_disk(vm: VirtualMachine, conn) -> tuple[str, int | None]:
+    """CACHE: qcow2 overlay on the pool copy. DIRECT: full copy from the store, nothing cached."""
+    template, pool = vm.template, vm.pool
+    if template.primary_policy == PrimaryPolicy.CACHE:
+        copy = pool_copy_ensure(
+            template_id=template.pk, pool_id=pool.pk, libvirt_uri=vm.host.libvirt_uri
+        )
+        path = virt.write_overlay(
+            conn,
+            pool.libvirt_pool_name,
+            root_volume_name(vm),
+            backing_path=copy.install_path,
+            backing_format=template.format.lower(),
+            capacity=copy.size or 0,
+        )
+        return path, copy.pk
+    source, store_ref = store_source_of(template)
+    path = virt.write_full_copy(
+        conn,
+        pool.libvirt_pool_name,
+        root_volume_name(vm),
+        source_path=str(source),
+        source_format=template.format.lower(),
+        fmt="qcow2",
+        capacity=store_ref.size or 0,
+    )
+    return path, None
+
+
+def vm_deploy_on_host(*, vm_id: int) -> VirtualMachine:
+    """Make the root disk by policy, define the domain and start it; RUNNING or ERROR."""
+    vm = VirtualMachine.objects.select_related("template", "host", "pool").get(pk=vm_id)
+    if vm.state != VmState.STARTING:
+        return vm
+    conn = virt.connection(vm.host.libvirt_uri)
+    try:
+        disk_path, copy_id = _make_root_disk(vm, conn)
+        xml = virt.domain_xml(
+            name=domain_name(vm),
+            uuid=str(vm.uuid),
+            memory_mib=vm.memory_mib,
+            vcpus=vm.vcpus,
+            disk_path=disk_path,
+            disk_format="qcow2",
+            domain_type=domain_type_for(vm.host.libvirt_uri),
+        )
+        virt.define_domain(conn, xml)
+        virt.start_domain(conn, domain_name(vm))
+    except (virt.VirtError, QemuImgError, PoolCopyFailed, OSError) as exc:
+        return _deploy_failed(vm.pk, getattr(exc, "message", None) or str(exc))
+    return _deploy_done(vm.pk, disk_path=disk_path, copy_id=copy_id)
+
+
+@transaction.atomic
+def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualMachine:
+    vm = VirtualMachine.objects.select_for_update().get(pk=vm_id)
+    vm.mark_running()
+    vm.root_disk_path = disk_path
+    vm.root_volume = os.path.basename(disk_path)
+    vm.pool_copy_id = copy_id
+    vm.save()
+    record_event(
+        vm, from_state=VmState.STARTING, to_state=vm.state, actor_label="agent", reason="deployed"
+    )
+    return vm
+
+
+@transaction.atomic
+def _deploy_failed(vm_id: int, reason: str) -> VirtualMachine:
+    vm = VirtualMachine.objects.select_for_update().get(pk=vm_id)
+    if vm.state != VmState.STARTING:
+        return vm
+    vm.fail_deploy()
+    vm.error_text = reason[:4000]
+    vm.save()
+    record_event(
+        vm, from_state=VmState.STARTING, to_state=vm.state, actor_label="agent", reason=reason
+    )
+    return vm

@@ -1,0 +1,70 @@
+"""Run a KVM host's agent: register the host, heartbeat, and consume its own Celery queue."""
+
+import socket
+import threading
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import close_old_connections
+
+from agents_app import services
+from templates_app.models import Zone
+
+
+class Command(BaseCommand):
+    help = "Start the agent of one KVM host: a Celery worker on queue host.<name>."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--name", required=True, help="Host name (unique).")
+        parser.add_argument("--zone", required=True, help="Zone name.")
+        parser.add_argument("--libvirt-uri", required=True, help="e.g. qemu:///system")
+        parser.add_argument("--address", default="")
+        parser.add_argument("--concurrency", type=int, default=4)
+        parser.add_argument("--loglevel", default="INFO")
+
+    def handle(
+        self,
+        *args,
+        name: str,
+        zone: str,
+        libvirt_uri: str,
+        address: str,
+        concurrency: int,
+        loglevel: str,
+        **options,
+    ):
+        try:
+            zone_obj = Zone.objects.get(name=zone)
+        except Zone.DoesNotExist as exc:
+            raise CommandError(f"zone: no zone named '{zone}'") from exc
+        host = services.host_register(
+            name=name,
+            zone=zone_obj,
+            libvirt_uri=libvirt_uri,
+            address=address or socket.gethostname(),
+        )
+        self.stdout.write(f"host {host.name} is {host.state}; consuming queue {host.queue}")
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeats, args=(name, stop), daemon=True)
+        beat.start()
+        from project.celery import app
+
+        # Threads, not forks: the agent keeps one libvirt connection for its whole process.
+        worker = app.Worker(
+            queues=[host.queue],
+            hostname=f"agent-{name}@%h",
+            pool="threads",
+            concurrency=concurrency,
+            loglevel=loglevel,
+        )
+        try:
+            worker.start()
+        finally:
+            stop.set()
+
+    @staticmethod
+    def _heartbeats(name: str, stop: threading.Event) -> None:
+        interval = settings.STENCIL_HEARTBEAT_SECONDS
+        while not stop.wait(interval):
+            close_old_connections()
+            services.host_heartbeat(name=name)

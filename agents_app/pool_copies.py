@@ -1,0 +1,226 @@
+"""Services for template copies on primary pools (seed 001), run by the agent of a host.
+
+Single flight: the (template, pool) row and its state decide who copies. The first deploy
+claims the row with a lease and copies; the others wait for the row to become DOWNLOADED.
+No Python lock is involved, so this holds across threads, processes and hosts.
+"""
+
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django_fsm import can_proceed
+
+from templates_app.choices import StoreRefState, TemplateState
+from templates_app.errors import StencilError
+from templates_app.events import record_event
+from templates_app.locks import lock_template
+from templates_app.models import Template, TemplateStoreRef
+from templates_app.qemu import QemuImgError
+from templates_app.storepaths import EXTENSIONS, absolute
+
+from . import virt
+from .choices import PoolCopyState
+from .models import PrimaryPool, TemplatePoolRef
+
+LEASE = timedelta(seconds=120)
+WAIT_POLL_SECONDS = 0.1
+
+
+class PoolCopyFailed(StencilError):
+    """The copy onto the pool failed; the message says why (recorded on the copy too)."""
+
+    status_code = 409
+    code = "pool_copy_failed"
+
+
+def store_source_of(template: Template) -> tuple[Path, TemplateStoreRef]:
+    """The READY copy on an image store the pool copy is made from (stores are mounted)."""
+    ref = (
+        TemplateStoreRef.objects.filter(
+            template=template, store__isnull=False, state=StoreRefState.READY
+        )
+        .select_related("store")
+        .order_by("pk")
+        .first()
+    )
+    if ref is None:
+        raise PoolCopyFailed(f"template '{template}' has no READY copy on an image store")
+    return absolute(ref.store, ref.install_path), ref
+
+
+def pool_volume_name(template: Template) -> str:
+    return f"tmpl-{template.unique_name}.{EXTENSIONS[template.format]}"
+
+
+def _get_or_create_row(template_id: int, pool_id: int) -> TemplatePoolRef:
+    try:
+        with transaction.atomic():
+            return TemplatePoolRef.objects.get_or_create(template_id=template_id, pool_id=pool_id)[
+                0
+            ]
+    except IntegrityError:
+        # Another deploy inserted it between our get and create: it exists now.
+        return TemplatePoolRef.objects.get(template_id=template_id, pool_id=pool_id)
+
+
+@transaction.atomic
+def _claim(
+    template_id: int, pool_id: int, owner: str, *, waited_for_attempt: int | None
+) -> tuple[bool, TemplatePoolRef]:
+    """(True, row) when this caller must copy; (False, row) when it is ready or being copied.
+
+    A caller that waited for another worker's attempt does not retry that attempt's failure.
+    """
+    row = _get_or_create_row(template_id, pool_id)
+    template = lock_template(template_id)
+    ref = TemplatePoolRef.objects.select_for_update(of=("self",)).get(pk=row.pk)
+    if ref.state == PoolCopyState.DOWNLOADED:
+        ref.last_used_at = timezone.now()
+        ref.marked_for_eviction_at = None
+        ref.save(update_fields=["last_used_at", "marked_for_eviction_at", "updated_at"])
+        return False, ref
+    if template.state != TemplateState.ACTIVE:
+        raise PoolCopyFailed(f"template '{template}' is {template.state}")
+    failed_while_waiting = (
+        ref.state == PoolCopyState.DOWNLOAD_ERROR
+        and waited_for_attempt is not None
+        and ref.attempts >= waited_for_attempt
+    )
+    if failed_while_waiting or not can_proceed(ref.start_copy):
+        return False, ref
+    before = ref.state
+    ref.start_copy()
+    ref.lease_owner = owner
+    ref.lease_expires_at = timezone.now() + LEASE
+    ref.attempts += 1
+    ref.error_text = ""
+    ref.volume_name = pool_volume_name(template)
+    ref.save()
+    record_event(
+        ref,
+        from_state=before,
+        to_state=ref.state,
+        actor_label="agent",
+        reason=f"copy attempt {ref.attempts}",
+    )
+    return True, ref
+
+
+@transaction.atomic
+def _finish(ref_id: int, owner: str, *, path: str, size: int, physical: int) -> TemplatePoolRef:
+    ref = TemplatePoolRef.objects.select_for_update().get(pk=ref_id)
+    if ref.lease_owner != owner or ref.state != PoolCopyState.DOWNLOAD_IN_PROGRESS:
+        raise PoolCopyFailed("the copy's lease was taken over by another worker")
+    ref.finish_copy()
+    ref.install_path = path
+    ref.size = size
+    ref.physical_size = physical
+    ref.download_percent = 100
+    ref.lease_owner = ""
+    ref.lease_expires_at = None
+    ref.last_used_at = timezone.now()
+    ref.save()
+    record_event(
+        ref,
+        from_state=PoolCopyState.DOWNLOAD_IN_PROGRESS,
+        to_state=ref.state,
+        actor_label="agent",
+        reason="copied from image store",
+    )
+    return ref
+
+
+@transaction.atomic
+def _fail(ref_id: int, owner: str, reason: str) -> None:
+    ref = TemplatePoolRef.objects.select_for_update().get(pk=ref_id)
+    if ref.lease_owner != owner or ref.state != PoolCopyState.DOWNLOAD_IN_PROGRESS:
+        return
+    ref.fail_copy()
+    ref.error_text = reason[:4000]
+    ref.lease_owner = ""
+    ref.lease_expires_at = None
+    ref.save()
+    record_event(
+        ref,
+        from_state=PoolCopyState.DOWNLOAD_IN_PROGRESS,
+        to_state=ref.state,
+        actor_label="agent",
+        reason=reason,
+    )
+
+
+def _copy_bytes(ref: TemplatePoolRef, pool: PrimaryPool, libvirt_uri: str) -> tuple[str, int, int]:
+    template = ref.template
+    source, store_ref = store_source_of(template)
+    conn = virt.connection(libvirt_uri)
+    fmt = template.format.lower()
+    path = virt.write_full_copy(
+        conn,
+        pool.libvirt_pool_name,
+        ref.volume_name,
+        source_path=str(source),
+        source_format=fmt,
+        fmt=fmt,
+        capacity=store_ref.size or 0,
+    )
+    return path, store_ref.size or 0, Path(path).stat().st_size
+
+
+def pool_copy_ensure(
+    *, template_id: int, pool_id: int, libvirt_uri: str, wait_timeout: float = 600
+) -> TemplatePoolRef:
+    """Return the template's DOWNLOADED copy on the pool, making it if nobody else is."""
+    owner = uuid.uuid4().hex
+    deadline = time.monotonic() + wait_timeout
+    waited_for = None
+    while True:
+        claimed, ref = _claim(template_id, pool_id, owner, waited_for_attempt=waited_for)
+        if ref.state == PoolCopyState.DOWNLOADED:
+            return ref
+        if claimed:
+            break
+        if waited_for is not None and ref.state == PoolCopyState.DOWNLOAD_ERROR:
+            # The copy we waited for failed: report it; the next deploy will retry.
+            raise PoolCopyFailed(ref.error_text or "the pool copy failed")
+        waited_for = ref.attempts
+        if time.monotonic() > deadline:
+            raise PoolCopyFailed(f"timed out waiting for the copy of {ref}")
+        time.sleep(WAIT_POLL_SECONDS)
+    pool = PrimaryPool.objects.get(pk=pool_id)
+    ref = TemplatePoolRef.objects.select_related("template").get(pk=ref.pk)
+    try:
+        path, size, physical = _copy_bytes(ref, pool, libvirt_uri)
+    except (virt.VirtError, QemuImgError, StencilError, OSError) as exc:
+        reason = getattr(exc, "message", None) or str(exc)
+        _fail(ref.pk, owner, reason)
+        raise PoolCopyFailed(reason) from exc
+    return _finish(ref.pk, owner, path=path, size=size, physical=physical)
+
+
+@transaction.atomic
+def pool_copy_set_pinned(*, template_id: int, pool_id: int, pinned: bool, actor) -> TemplatePoolRef:
+    """Pin (pre-populate) or unpin a template on a pool. A pinned copy is a live reference."""
+    template = lock_template(template_id)
+    if pinned and template.state != TemplateState.ACTIVE:
+        raise PoolCopyFailed(
+            f"template '{template}' is {template.state}; only ACTIVE can be pinned"
+        )
+    row = _get_or_create_row(template_id, pool_id)
+    ref = TemplatePoolRef.objects.select_for_update().get(pk=row.pk)
+    if ref.pinned != pinned:
+        ref.pinned = pinned
+        ref.save(update_fields=["pinned", "updated_at"])
+        record_event(
+            ref,
+            from_state=str(not pinned),
+            to_state=str(pinned),
+            field="pinned",
+            actor=actor,
+            actor_label="system",
+            reason="pinned" if pinned else "unpinned",
+        )
+    return ref

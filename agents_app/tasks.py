@@ -1,0 +1,21 @@
+"""Agent tasks, sent to the host's own queue `host.<name>`: thin wrappers over agent services."""
+
+from celery import shared_task
+
+from . import agent
+
+
+@shared_task(name="agents_app.tasks.vm_deploy_task", acks_late=True)
+def vm_deploy_task(vm_id: int) -> str:
+    """Make the disk, define and start the domain; a repeat after success does nothing."""
+    return agent.vm_deploy_on_host(vm_id=vm_id).state
+
+
+@shared_task(name="agents_app.tasks.hosts_mark_down_task")
+def hosts_mark_down_task() -> int:
+    """Beat: hosts that missed their heartbeats go Down."""
+    from django.conf import settings
+
+    from .services import hosts_mark_down
+
+    return hosts_mark_down(missed_after_seconds=settings.STENCIL_HOST_DOWN_AFTER_SECONDS)
