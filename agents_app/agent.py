@@ -112,3 +112,84 @@ def _deploy_failed(vm_id: int, reason: str) -> VirtualMachine:
         vm, from_state=VmState.STARTING, to_state=vm.state, actor_label="agent", reason=reason
     )
     return vm
+
+
+def _record_agent_error(vm_id: int, reason: str) -> VirtualMachine:
+    VirtualMachine.objects.filter(pk=vm_id).update(error_text=reason[:4000])
+    return VirtualMachine.objects.get(pk=vm_id)
+
+
+def vm_sync_domain(
+    *, vm_id: int, delete_snapshot_metadata: bool = False, delete_managed_save: bool = False
+) -> VirtualMachine:
+    """Make the libvirt domain match the VM's state; repeating it changes nothing.
+
+    EXPUNGED undefines the domain (with the metadata flags the caller gave) and deletes the root
+    volume, except when snapshots lived in it: then the volume is kept and reported.
+    """
+    vm = VirtualMachine.objects.select_related("host", "pool").get(pk=vm_id)
+    conn = virt.connection(vm.host.libvirt_uri)
+    name = domain_name(vm)
+    try:
+        state = virt.domain_state(conn, name)
+        if vm.state == VmState.RUNNING and state != "running":
+            virt.start_domain(conn, name)
+        elif vm.state != VmState.RUNNING and state not in ("missing", "shutoff"):
+            virt.stop_domain(conn, name, force=True)
+        if delete_snapshot_metadata and vm.state == VmState.DESTROYED:
+            for snapshot in virt.snapshot_list(conn, name):
+                virt.snapshot_delete(conn, name, snapshot, metadata_only=True)
+            vm.snapshots.all().delete()
+        if vm.state == VmState.EXPUNGED:
+            return _undefine_and_clean(vm, conn, delete_snapshot_metadata, delete_managed_save)
+    except virt.VirtError as exc:
+        return _record_agent_error(vm.pk, exc.message)
+    return vm
+
+
+def _undefine_and_clean(vm, conn, delete_snapshot_metadata: bool, delete_managed_save: bool):
+    name = domain_name(vm)
+    had_snapshots = (
+        bool(virt.snapshot_list(conn, name))
+        if virt.domain_state(conn, name) != "missing"
+        else vm.snapshots.exists()
+    )
+    virt.undefine_domain(
+        conn,
+        name,
+        delete_snapshot_metadata=delete_snapshot_metadata,
+        delete_managed_save=delete_managed_save,
+    )
+    vm.snapshots.all().delete()
+    if had_snapshots:
+        note = f"snapshot data kept in volume {vm.root_disk_path}"
+        VirtualMachine.objects.filter(pk=vm.pk).update(error_text="")
+        record_event(vm, from_state=vm.state, to_state=vm.state, actor_label="agent", reason=note)
+    elif vm.root_volume:
+        virt.delete_volume(conn, vm.pool.libvirt_pool_name, vm.root_volume)
+    return VirtualMachine.objects.get(pk=vm.pk)
+
+
+def vm_snapshot_on_host(*, vm_id: int, action: str, name: str, description: str = "") -> None:
+    """Create, revert or delete one snapshot through libvirt, then record it here."""
+    from .models import VmSnapshot
+
+    vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
+    conn = virt.connection(vm.host.libvirt_uri)
+    domain = domain_name(vm)
+    try:
+        if action == "create":
+            if name not in virt.snapshot_list(conn, domain):
+                virt.snapshot_create(conn, domain, name, description=description)
+            VmSnapshot.objects.get_or_create(
+                vm=vm, name=name, defaults={"description": description}
+            )
+        elif action == "revert":
+            virt.snapshot_revert(conn, domain, name)
+        elif action == "delete":
+            virt.snapshot_delete(conn, domain, name)
+            VmSnapshot.objects.filter(vm=vm, name=name).delete()
+        else:
+            raise ValueError(f"unknown snapshot action {action!r}")
+    except virt.VirtError as exc:
+        _record_agent_error(vm.pk, f"snapshot {action} {name}: {exc.message}")

@@ -236,3 +236,23 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
     @transition(field=state, source=VmState.DESTROYED, target=VmState.EXPUNGED)
     def expunge(self) -> None:
         """Gone for good: no longer a reference."""
+
+
+class VmSnapshot(models.Model):
+    """A libvirt snapshot of a VM, as recorded here. Its metadata lives in libvirt; its data
+    lives in the VM's disk (internal qcow2 snapshot)."""
+
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="snapshots")
+    name = models.CharField(max_length=128)
+    description = models.CharField(max_length=1024, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["vm", "name"], name="vm_snapshot_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.vm.name}@{self.name}"

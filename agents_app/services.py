@@ -51,8 +51,36 @@ def vm_create(
     return vm
 
 
-def _transition(vm_id: int, action: str, *, actor, reason: str = "") -> VirtualMachine:
-    vm = _lock_vm(vm_id)
+class VmHasSnapshots(StencilError):
+    """Destroy/expunge would strand libvirt snapshot metadata (seed 004)."""
+
+    status_code = 409
+    code = "vm_has_snapshots"
+
+
+def _enqueue_domain_sync(vm: VirtualMachine, **flags: bool) -> None:
+    """After commit, the VM's host makes its libvirt domain match the VM's state."""
+    if vm.host_id is None:
+        return
+    from .tasks import vm_sync_domain_task
+
+    queue, vm_id = vm.host.queue, vm.pk
+    transaction.on_commit(
+        lambda: vm_sync_domain_task.apply_async(kwargs={"vm_id": vm_id, **flags}, queue=queue)
+    )
+
+
+def _refuse_stranded_snapshots(vm: VirtualMachine, *, delete_snapshot_metadata: bool) -> None:
+    names = list(vm.snapshots.values_list("name", flat=True))
+    if names and not delete_snapshot_metadata:
+        raise VmHasSnapshots(
+            f"VM '{vm}' has snapshots: {', '.join(names)}; pass delete_snapshot_metadata=true "
+            "to delete their metadata (the snapshot data in the disk volume is kept)"
+        )
+
+
+def _transition(vm_id: int, action: str, *, actor, reason: str = "", **flags) -> VirtualMachine:
+    vm = VirtualMachine.objects.select_for_update(of=("self",)).select_related("host").get(pk=vm_id)
     method = getattr(vm, action)
     if not can_proceed(method):
         raise TransitionConflict(vm, action)
@@ -67,6 +95,7 @@ def _transition(vm_id: int, action: str, *, actor, reason: str = "") -> VirtualM
         vm.destroyed_at = None
     vm.save()
     record_event(vm, from_state=before, to_state=vm.state, actor=actor, reason=reason or action)
+    _enqueue_domain_sync(vm, **flags)
     return vm
 
 
@@ -82,11 +111,27 @@ def vm_stop(*, vm_id: int, actor) -> VirtualMachine:
 
 
 @transaction.atomic
-def vm_destroy(*, vm_id: int, actor, expunge: bool = False) -> VirtualMachine:
-    """Destroy (recoverable; still a reference), or destroy and expunge at once."""
-    vm = _transition(vm_id, "destroy", actor=actor)
+def vm_destroy(
+    *,
+    vm_id: int,
+    actor,
+    expunge: bool = False,
+    delete_snapshot_metadata: bool = False,
+    delete_managed_save: bool = False,
+) -> VirtualMachine:
+    """Destroy (recoverable; still a reference), or destroy and expunge at once.
+
+    A VM with snapshots is refused (409 listing them) unless the caller deletes their metadata.
+    """
+    vm = _lock_vm(vm_id)
+    _refuse_stranded_snapshots(vm, delete_snapshot_metadata=delete_snapshot_metadata)
+    flags = {
+        "delete_snapshot_metadata": delete_snapshot_metadata,
+        "delete_managed_save": delete_managed_save,
+    }
+    vm = _transition(vm_id, "destroy", actor=actor, **flags)
     if expunge:
-        vm = _expunge(vm.pk, actor=actor)
+        vm = _expunge(vm.pk, actor=actor, **flags)
     return vm
 
 
@@ -95,8 +140,8 @@ def vm_recover(*, vm_id: int, actor) -> VirtualMachine:
     return _transition(vm_id, "recover", actor=actor)
 
 
-def _expunge(vm_id: int, *, actor) -> VirtualMachine:
-    vm = _transition(vm_id, "expunge", actor=actor)
+def _expunge(vm_id: int, *, actor, **flags) -> VirtualMachine:
+    vm = _transition(vm_id, "expunge", actor=actor, **flags)
     if vm.template.state == TemplateState.INACTIVE:
         from templates_app.tasks import gc_sweep_task
 
@@ -106,9 +151,64 @@ def _expunge(vm_id: int, *, actor) -> VirtualMachine:
 
 
 @transaction.atomic
-def vm_expunge(*, vm_id: int, actor) -> VirtualMachine:
-    """Expunge a destroyed VM; if it was the last reference of an INACTIVE template, sweep it."""
-    return _expunge(vm_id, actor=actor)
+def vm_expunge(
+    *, vm_id: int, actor, delete_snapshot_metadata: bool = False, delete_managed_save: bool = False
+) -> VirtualMachine:
+    """Expunge a destroyed VM (its host undefines the domain and deletes its disk); if it was
+    the last reference of an INACTIVE template, sweep it."""
+    vm = _lock_vm(vm_id)
+    _refuse_stranded_snapshots(vm, delete_snapshot_metadata=delete_snapshot_metadata)
+    return _expunge(
+        vm_id,
+        actor=actor,
+        delete_snapshot_metadata=delete_snapshot_metadata,
+        delete_managed_save=delete_managed_save,
+    )
+
+
+def _snapshot_target(vm_id: int) -> VirtualMachine:
+    vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
+    if vm.host_id is None:
+        raise InvalidInput(f"VM '{vm}' has no host: it is a record only", field="vm")
+    if vm.state in (VmState.DESTROYED, VmState.EXPUNGED, VmState.ERROR, VmState.STARTING):
+        raise TransitionConflict(vm, "snapshot")
+    return vm
+
+
+def _enqueue_snapshot_action(vm: VirtualMachine, action: str, **kwargs) -> None:
+    from .tasks import vm_snapshot_task
+
+    queue = vm.host.queue
+    payload = {"vm_id": vm.pk, "action": action, **kwargs}
+    transaction.on_commit(lambda: vm_snapshot_task.apply_async(kwargs=payload, queue=queue))
+
+
+@transaction.atomic
+def vm_snapshot_create(*, vm_id: int, name: str, description: str = "", actor) -> None:
+    """Ask the VM's host to take a snapshot; it appears in the list once libvirt has it."""
+    vm = _snapshot_target(vm_id)
+    name = (name or "").strip()
+    if not name or len(name) > 128 or "/" in name:
+        raise InvalidInput("1 to 128 characters, no '/'", field="name")
+    if vm.snapshots.filter(name=name).exists():
+        raise InvalidInput(f"VM '{vm}' already has a snapshot named '{name}'", field="name")
+    _enqueue_snapshot_action(vm, "create", name=name, description=description)
+
+
+@transaction.atomic
+def vm_snapshot_revert(*, vm_id: int, name: str, actor) -> None:
+    vm = _snapshot_target(vm_id)
+    if not vm.snapshots.filter(name=name).exists():
+        raise InvalidInput(f"VM '{vm}' has no snapshot named '{name}'", field="name")
+    _enqueue_snapshot_action(vm, "revert", name=name)
+
+
+@transaction.atomic
+def vm_snapshot_delete(*, vm_id: int, name: str, actor) -> None:
+    vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
+    if not vm.snapshots.filter(name=name).exists():
+        raise InvalidInput(f"VM '{vm}' has no snapshot named '{name}'", field="name")
+    _enqueue_snapshot_action(vm, "delete", name=name)
 
 
 def _pick_host_and_pool(zone: Zone) -> tuple[Host, PrimaryPool]:

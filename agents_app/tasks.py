@@ -19,3 +19,21 @@ def hosts_mark_down_task() -> int:
     from .services import hosts_mark_down
 
     return hosts_mark_down(missed_after_seconds=settings.STENCIL_HOST_DOWN_AFTER_SECONDS)
+
+
+@shared_task(name="agents_app.tasks.vm_sync_domain_task", acks_late=True)
+def vm_sync_domain_task(
+    vm_id: int, delete_snapshot_metadata: bool = False, delete_managed_save: bool = False
+) -> str:
+    """Start/stop/undefine the domain to match the VM's state (idempotent)."""
+    return agent.vm_sync_domain(
+        vm_id=vm_id,
+        delete_snapshot_metadata=delete_snapshot_metadata,
+        delete_managed_save=delete_managed_save,
+    ).state
+
+
+@shared_task(name="agents_app.tasks.vm_snapshot_task", acks_late=True)
+def vm_snapshot_task(vm_id: int, action: str, name: str, description: str = "") -> None:
+    """Create, revert or delete a snapshot on the VM's host."""
+    agent.vm_snapshot_on_host(vm_id=vm_id, action=action, name=name, description=description)

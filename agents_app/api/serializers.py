@@ -49,3 +49,22 @@ class VirtualMachineCreateSerializer(serializers.Serializer):
 
 class VirtualMachineDestroySerializer(serializers.Serializer):
     expunge = serializers.BooleanField(default=False)
+    delete_snapshot_metadata = serializers.BooleanField(
+        default=False,
+        help_text="Allow it when the VM has snapshots: their libvirt metadata is deleted "
+        "(VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA); the data in the disk volume is kept.",
+    )
+    delete_managed_save = serializers.BooleanField(
+        default=False, help_text="Allow it when the domain has a managed save image."
+    )
+
+
+class VirtualMachineExpungeSerializer(VirtualMachineDestroySerializer):
+    expunge = None
+
+
+class VmSnapshotSerializer(serializers.Serializer):
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    name = serializers.CharField(max_length=128)
+    description = serializers.CharField(max_length=1024, required=False, allow_blank=True)
+    created_at = serializers.DateTimeField(read_only=True)

@@ -12,7 +12,9 @@ from templates_app import selectors as template_selectors
 from .serializers import (
     VirtualMachineCreateSerializer,
     VirtualMachineDestroySerializer,
+    VirtualMachineExpungeSerializer,
     VirtualMachineSerializer,
+    VmSnapshotSerializer,
 )
 
 
@@ -68,12 +70,11 @@ class VirtualMachineViewSet(
     @extend_schema(request=VirtualMachineDestroySerializer, responses=VirtualMachineSerializer)
     @action(detail=True, methods=["post"], url_path="destroy", url_name="destroy")
     def destroy_vm(self, request: Request, id=None) -> Response:
+        """Destroy (recoverable) or, with expunge, delete for good; 409 listing snapshots."""
         serializer = VirtualMachineDestroySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         vm = services.vm_destroy(
-            vm_id=self.get_object().pk,
-            actor=request.user,
-            expunge=serializer.validated_data["expunge"],
+            vm_id=self.get_object().pk, actor=request.user, **serializer.validated_data
         )
         return self._answer(vm)
 
@@ -82,7 +83,37 @@ class VirtualMachineViewSet(
     def recover(self, request: Request, id=None) -> Response:
         return self._answer(services.vm_recover(vm_id=self.get_object().pk, actor=request.user))
 
-    @extend_schema(request=None, responses=VirtualMachineSerializer)
+    @extend_schema(request=VirtualMachineExpungeSerializer, responses=VirtualMachineSerializer)
     @action(detail=True, methods=["post"])
     def expunge(self, request: Request, id=None) -> Response:
-        return self._answer(services.vm_expunge(vm_id=self.get_object().pk, actor=request.user))
+        serializer = VirtualMachineExpungeSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        vm = services.vm_expunge(
+            vm_id=self.get_object().pk, actor=request.user, **serializer.validated_data
+        )
+        return self._answer(vm)
+
+    @extend_schema(methods=["GET"], responses=VmSnapshotSerializer(many=True))
+    @extend_schema(methods=["POST"], request=VmSnapshotSerializer, responses={202: None})
+    @action(detail=True, methods=["get", "post"])
+    def snapshots(self, request: Request, id=None) -> Response:
+        """List snapshots, or ask the host to take one (202: it appears once libvirt has it)."""
+        vm = self.get_object()
+        if request.method == "GET":
+            return Response(VmSnapshotSerializer(vm.snapshots.all(), many=True).data)
+        serializer = VmSnapshotSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.vm_snapshot_create(vm_id=vm.pk, actor=request.user, **serializer.validated_data)
+        return Response({"status": "queued"}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: None})
+    @action(detail=True, methods=["post"], url_path=r"snapshots/(?P<name>[^/]+)/revert")
+    def revert_snapshot(self, request: Request, id=None, name=None) -> Response:
+        services.vm_snapshot_revert(vm_id=self.get_object().pk, name=name, actor=request.user)
+        return Response({"status": "queued"}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: None})
+    @action(detail=True, methods=["delete"], url_path=r"snapshots/(?P<name>[^/]+)")
+    def delete_snapshot(self, request: Request, id=None, name=None) -> Response:
+        services.vm_snapshot_delete(vm_id=self.get_object().pk, name=name, actor=request.user)
+        return Response({"status": "queued"}, status=status.HTTP_202_ACCEPTED)
