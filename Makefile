@@ -53,6 +53,8 @@ test: $(STAMP) system-packages services libvirtd
 bench: $(STAMP) services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/gc_sweep.py
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/list_templates.py
+	$(BIN)/python bench/download.py
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/deploy_storm.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

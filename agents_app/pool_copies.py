@@ -5,12 +5,14 @@ claims the row with a lease and copies; the others wait for the row to become DO
 No Python lock is involved, so this holds across threads, processes and hosts.
 """
 
+import threading
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django_fsm import can_proceed
 
@@ -26,8 +28,36 @@ from . import virt
 from .choices import PoolCopyState
 from .models import PrimaryPool, TemplatePoolRef
 
-LEASE = timedelta(seconds=120)
 WAIT_POLL_SECONDS = 0.1
+
+
+def lease_length() -> timedelta:
+    return timedelta(seconds=settings.STENCIL_POOL_COPY_LEASE_SECONDS)
+
+
+class LeaseKeeper:
+    """Renews a copy's lease while the copy runs, so only a dead worker's lease runs out."""
+
+    def __init__(self, ref_id: int, owner: str):
+        self.ref_id, self.owner = ref_id, owner
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._renew, daemon=True)
+
+    def _renew(self) -> None:
+        interval = lease_length().total_seconds() / 3
+        while not self.stop.wait(interval):
+            TemplatePoolRef.objects.filter(pk=self.ref_id, lease_owner=self.owner).update(
+                lease_expires_at=timezone.now() + lease_length()
+            )
+        connection.close()
+
+    def __enter__(self) -> "LeaseKeeper":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 class PoolCopyFailed(StencilError):
@@ -95,7 +125,7 @@ def _claim(
     before = ref.state
     ref.start_copy()
     ref.lease_owner = owner
-    ref.lease_expires_at = timezone.now() + LEASE
+    ref.lease_expires_at = timezone.now() + lease_length()
     ref.attempts += 1
     ref.error_text = ""
     ref.volume_name = pool_volume_name(template)
@@ -158,6 +188,8 @@ def _copy_bytes(ref: TemplatePoolRef, pool: PrimaryPool, libvirt_uri: str) -> tu
     source, store_ref = store_source_of(template)
     conn = virt.connection(libvirt_uri)
     fmt = template.format.lower()
+    # A worker that died mid-copy left a partial file: it goes before the new copy starts.
+    virt.delete_volume(conn, pool.libvirt_pool_name, ref.volume_name)
     path = virt.write_full_copy(
         conn,
         pool.libvirt_pool_name,
@@ -193,7 +225,8 @@ def pool_copy_ensure(
     pool = PrimaryPool.objects.get(pk=pool_id)
     ref = TemplatePoolRef.objects.select_related("template").get(pk=ref.pk)
     try:
-        path, size, physical = _copy_bytes(ref, pool, libvirt_uri)
+        with LeaseKeeper(ref.pk, owner):
+            path, size, physical = _copy_bytes(ref, pool, libvirt_uri)
     except (virt.VirtError, QemuImgError, StencilError, OSError) as exc:
         reason = getattr(exc, "message", None) or str(exc)
         _fail(ref.pk, owner, reason)
@@ -224,3 +257,41 @@ def pool_copy_set_pinned(*, template_id: int, pool_id: int, pinned: bool, actor)
             reason="pinned" if pinned else "unpinned",
         )
     return ref
+
+
+def _host_reaching(pool: PrimaryPool):
+    from .choices import HostState
+
+    return pool.hosts.filter(state=HostState.UP).order_by("?").first()
+
+
+@transaction.atomic
+def template_prepare(
+    *, template_id: int, pool_ids: list[int] | None = None, zone_id: int | None = None, actor
+) -> list[TemplatePoolRef]:
+    """CloudStack's prepareTemplate (seed 001): pin the template on chosen pools, or every pool
+    of a zone, and have an Up host of each pool copy it now. Pinned copies are live references.
+    """
+    from .tasks import pool_copy_task
+
+    pools = PrimaryPool.objects.all()
+    if pool_ids is not None:
+        pools = pools.filter(pk__in=pool_ids)
+    elif zone_id is not None:
+        pools = pools.filter(zone_id=zone_id)
+    else:
+        raise PoolCopyFailed("give pools or a zone")
+    refs = []
+    for pool in pools.order_by("pk"):
+        host = _host_reaching(pool)
+        if host is None:
+            raise PoolCopyFailed(f"no Up host reaches pool '{pool}'")
+        refs.append(
+            pool_copy_set_pinned(template_id=template_id, pool_id=pool.pk, pinned=True, actor=actor)
+        )
+        args = {"template_id": template_id, "pool_id": pool.pk, "libvirt_uri": host.libvirt_uri}
+        queue = host.queue
+        transaction.on_commit(lambda a=args, q=queue: pool_copy_task.apply_async(kwargs=a, queue=q))
+    if not refs:
+        raise PoolCopyFailed("no primary pool matches")
+    return refs

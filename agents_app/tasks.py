@@ -37,3 +37,16 @@ def vm_sync_domain_task(
 def vm_snapshot_task(vm_id: int, action: str, name: str, description: str = "") -> None:
     """Create, revert or delete a snapshot on the VM's host."""
     agent.vm_snapshot_on_host(vm_id=vm_id, action=action, name=name, description=description)
+
+
+@shared_task(name="agents_app.tasks.pool_copy_task", acks_late=True)
+def pool_copy_task(template_id: int, pool_id: int, libvirt_uri: str) -> str:
+    """Pre-populate a template onto a pool (single flight: a copy already there is kept)."""
+    from .pool_copies import PoolCopyFailed, pool_copy_ensure
+
+    try:
+        return pool_copy_ensure(
+            template_id=template_id, pool_id=pool_id, libvirt_uri=libvirt_uri
+        ).state
+    except PoolCopyFailed as exc:
+        return f"failed: {exc.message}"

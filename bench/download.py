@@ -17,9 +17,12 @@ sendfile(2)), and downloads it three times each, alternately, with
 
 It prints medians, the ratios to the targets below and MET/MISSED, then one more instrumented
 run of (c) per size that splits the reading thread's time (socket reads, file writes, waits for
-the hashing thread) from the hashing thread's, to explain a miss. Every subprocess has a
-timeout, the server is always stopped and every file is removed at the end. No database, no
-network beyond 127.0.0.1. The page cache cannot be dropped safely, so runs alternate instead.
+the hashing thread) from the hashing thread's, to explain a miss, and a probe of page-cache
+write speed for 1 MiB against 256 KiB write() calls (`--no-phases` skips both).
+`--write-slice 256` adds a what-if contestant: (c) with each os.write() cut to 256 KiB, patched
+in the child only. Every subprocess has a timeout, the server is always stopped and every file
+is removed at the end. No database, no network beyond 127.0.0.1. The page cache cannot be
+dropped safely, so runs alternate instead. Figures: docs/benchmarks.md, "Download".
 """
 
 import argparse
@@ -55,7 +58,7 @@ SERVER_START_TIMEOUT = 15.0
 SLOWEST_MB_S = 50.0  # a run slower than this is considered hung (per-subprocess timeout)
 FIXED_TIMEOUT = 30.0  # plus this much for process start-up
 DEFAULT_BUDGET = 900.0  # seconds; no new run starts after that (the script stops by itself)
-# `--write-slice N`: a fourth contestant, ours with each os.write() cut to N bytes (child-patched).
+# `--write-slice KIB`: a fourth contestant, ours with each os.write() cut (child-patched).
 WHAT_IF = "ours, sliced"
 # After the runs: how fast the page cache takes the downloader's 1 MiB writes vs 256 KiB ones.
 WRITE_PROBE_BYTES = GIB  # the slowdown shows after some hundreds of MiB
@@ -818,7 +821,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-phases",
         dest="phases",
         action="store_false",
-        help="skip the instrumented run of ours that splits read / write / hash time",
+        help="skip the instrumented run of ours and the page-cache write probe",
     )
     parser.add_argument(
         "--budget",

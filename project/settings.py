@@ -207,3 +207,4 @@ STENCIL_PUBLIC_URL = os.environ.get("STENCIL_PUBLIC_URL", "http://127.0.0.1:8000
 # KVM agents: heartbeat period, and how long without one before beat marks a host Down.
 STENCIL_HEARTBEAT_SECONDS = int(os.environ.get("STENCIL_HEARTBEAT_SECONDS", "20"))
 STENCIL_HOST_DOWN_AFTER_SECONDS = int(os.environ.get("STENCIL_HOST_DOWN_AFTER_SECONDS", "90"))
+STENCIL_POOL_COPY_LEASE_SECONDS = int(os.environ.get("STENCIL_POOL_COPY_LEASE_SECONDS", "60"))

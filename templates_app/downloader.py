@@ -632,11 +632,16 @@ class _Download:
         return DownloadError(f"transfer from {where} failed: {_describe(exc)}", retryable=True)
 
 
+# Writes of 1 MiB into the page cache ran at a fifth of the speed of 256 KiB writes on this
+# kind of machine (docs/benchmarks.md, Download); reads and hash updates stay at 1 MiB.
+WRITE_SLICE = 256 << 10
+
+
 def _write_all(fd: int, buffer: bytearray, count: int) -> None:
     with memoryview(buffer) as view:
         written = 0
         while written < count:
-            written += os.write(fd, view[written:count])
+            written += os.write(fd, view[written : min(count, written + WRITE_SLICE)])
 
 
 def _fsync_dir(folder: Path) -> None:

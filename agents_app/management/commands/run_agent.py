@@ -52,7 +52,7 @@ class Command(BaseCommand):
         # Threads, not forks: the agent keeps one libvirt connection for its whole process.
         worker = app.Worker(
             queues=[host.queue],
-            hostname=f"agent-{name}@%h",
+            hostname=f"agent-{name}@{socket.gethostname()}",
             pool="threads",
             concurrency=concurrency,
             loglevel=loglevel,

@@ -1,0 +1,198 @@
+"""A real agent (manage.py run_agent: a Celery worker on the host's queue) on the real broker.
+
+It deploys a VM sent through the API, and a worker SIGKILLed in the middle of a pool copy
+leaves a state the next attempt finishes, with no partial file left.
+"""
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from agents_app import virt
+from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
+from agents_app.pool_copies import template_prepare
+from project.celery import app
+from templates_app.copies import store_copy_download
+from templates_app.models import TemplateStoreRef
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
+    return f"postgres://{db['USER']}@{host}:{port}/{db['NAME']}"
+
+
+def wait_until(predicate, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Agent:
+    """run_agent in its own process group, so a SIGKILL takes qemu-img down with it."""
+
+    def __init__(self, name: str, zone: str, uri: str):
+        self.name, self.zone, self.uri = name, zone, uri
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "DATABASE_URL": database_url(), "STENCIL_POOL_COPY_LEASE_SECONDS": "2"}
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "run_agent",
+                "--name",
+                self.name,
+                "--zone",
+                self.zone,
+                "--libvirt-uri",
+                self.uri,
+                "--loglevel",
+                "WARNING",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        worker = f"agent-{self.name}@{socket.gethostname()}"
+        wait_until(
+            lambda: (
+                app.control.ping(destination=[worker], timeout=0.5)
+                or self.process.poll() is not None
+            ),
+            what="the agent to start",
+        )
+        assert self.process.poll() is None, self.process.stdout.read().decode()
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def setup(register, zone, tmp_path, httpserver, settings):
+    """A READY template with 384 MiB of data (a copy takes long enough to be interrupted)."""
+    settings.STENCIL_URL_ALLOW_LOOPBACK = True
+    image = tmp_path / "big.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-f", "qcow2", str(image), "512M"], check=True, capture_output=True
+    )
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 384M", str(image)],
+        check=True,
+        capture_output=True,
+    )
+    data = image.read_bytes()
+    httpserver.expect_request("/big.qcow2").respond_with_data(data)
+    template = register(
+        url=httpserver.url_for("/big.qcow2"),
+        checksum="{SHA-256}" + hashlib.sha256(data).hexdigest(),
+    )
+    del data
+    store_copy_download(ref_id=TemplateStoreRef.objects.get(template=template).pk)
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir()
+    uri = virt.write_test_node_xml(tmp_path / "node.xml", pools={"pool-k": pool_dir})
+    agent = Agent("kvm-k", zone.name, uri)
+    yield template, pool_dir, agent
+    agent.stop()
+
+
+def test_sigkill_mid_copy_then_the_next_attempt_completes(setup, zone, admin_user):
+    template, pool_dir, agent = setup
+    agent.start()
+    host = Host.objects.get(name="kvm-k")
+    pool = PrimaryPool.objects.create(
+        zone=zone, name="pool-k", libvirt_pool_name="pool-k", path=str(pool_dir)
+    )
+    pool.hosts.add(host)
+
+    template_prepare(template_id=template.pk, pool_ids=[pool.pk], actor=admin_user)
+    wait_until(
+        lambda: (
+            TemplatePoolRef.objects.filter(template=template, state="DOWNLOAD_IN_PROGRESS").exists()
+            and any(pool_dir.iterdir())
+        ),
+        what="the copy to start",
+    )
+    agent.kill()
+
+    copy = TemplatePoolRef.objects.get(template=template, pool=pool)
+    assert copy.state == "DOWNLOAD_IN_PROGRESS", "killed in the middle of the copy"
+    assert copy.attempts == 1
+
+    agent.start()
+    template_prepare(template_id=template.pk, pool_ids=[pool.pk], actor=admin_user)
+    wait_until(
+        lambda: TemplatePoolRef.objects.filter(pk=copy.pk, state="DOWNLOADED").exists(),
+        timeout=60,
+        what="the next attempt to finish",
+    )
+
+    copy.refresh_from_db()
+    assert copy.attempts == 2
+    assert [p.name for p in pool_dir.iterdir()] == [Path(copy.install_path).name]
+    store = TemplateStoreRef.objects.select_related("store").get(template=template)
+    source = Path(store.store.path) / store.install_path
+    same = subprocess.run(
+        ["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(source), copy.install_path],
+        capture_output=True,
+        text=True,
+    )
+    assert same.returncode == 0, same.stdout + same.stderr
+
+
+def test_the_agent_deploys_a_vm_sent_through_the_api(setup, zone, api):
+    template, pool_dir, agent = setup
+    agent.start()
+    pool = PrimaryPool.objects.create(
+        zone=zone, name="pool-k", libvirt_pool_name="pool-k", path=str(pool_dir)
+    )
+    pool.hosts.add(Host.objects.get(name="kvm-k"))
+
+    response = api.post(
+        "/api/v1/vms/",
+        {"name": "web", "template": str(template.uuid), "zone": str(zone.uuid), "deploy": True},
+        format="json",
+    )
+    assert response.status_code == 201, response.data
+    assert response.data["state"] == "STARTING"
+
+    vm = wait_until(
+        lambda: (
+            VirtualMachine.objects.filter(uuid=response.data["id"])
+            .exclude(state="STARTING")
+            .first()
+        ),
+        timeout=60,
+        what="the deploy",
+    )
+    assert vm.state == "RUNNING", vm.error_text
+    assert api.get(f"/api/v1/vms/{vm.uuid}/").data["host"] == "kvm-k"

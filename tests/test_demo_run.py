@@ -1,0 +1,59 @@
+"""`make run`'s demo: createdemo makes a KVM host on the libvirt test driver with a real pool."""
+
+import re
+import urllib.parse
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from agents_app import virt
+from agents_app.choices import HostState
+from agents_app.models import Host, PrimaryPool
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_createdemo() -> str:
+    out = StringIO()
+    call_command("createdemo", stdout=out)
+    return out.getvalue()
+
+
+def test_createdemo_makes_the_demo_host_on_the_test_driver(settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    settings.STENCIL_IMAGE_STORE_ROOT = tmp_path / "stores"
+    first = run_createdemo()
+    second = run_createdemo()
+
+    passwords = [re.search(r"password '([^']+)'", out).group(1) for out in (first, second)]
+    assert passwords[0] == passwords[1] == (tmp_path / "admin-password").read_text().strip()
+
+    host = Host.objects.get()
+    assert (host.name, host.zone.name, host.state) == ("demo-kvm", "demo", HostState.UP)
+    node_xml = tmp_path / "libvirt" / "demo-node.xml"
+    assert host.libvirt_uri.startswith("test:///")
+    assert Path(urllib.parse.unquote(host.libvirt_uri.removeprefix("test://"))) == node_xml
+    assert node_xml.is_file()
+    pool_dir = tmp_path / "pools" / "demo-pool"
+    assert pool_dir.is_dir()
+
+    pool = PrimaryPool.objects.get()
+    assert (pool.name, pool.zone, pool.libvirt_pool_name, pool.path) == (
+        "demo-pool",
+        host.zone,
+        "demo-pool",
+        str(pool_dir),
+    )
+    assert list(pool.hosts.all()) == [host]
+
+    for out in (first, second):
+        assert f"Host 'demo-kvm' (UP) on {host.libvirt_uri}" in out
+        assert f"run_agent --name demo-kvm --zone demo --libvirt-uri {host.libvirt_uri}" in out
+
+    try:
+        conn = virt.connection(host.libvirt_uri)
+        assert virt.pool_info(conn, "demo-pool").path == str(pool_dir)
+    finally:
+        virt.close_connections(host.libvirt_uri)
