@@ -1,27 +1,270 @@
-"""Admin of virtual machines: listed and shown; their life cycle moves only through services."""
+"""Admin of hosts, primary pools, template copies on pools, VMs and their snapshots.
 
+States move only through services: actions call them, exactly as the API does. Hosts, copies
+and snapshots are written by agents, so their pages are read-only.
+"""
+
+from django import forms
 from django.contrib import admin
 
-from templates_app.admin import call_for_each
+from templates_app.admin import ReadOnlyAdmin, call_for_each, human_size, progress_bar
 
-from . import services
-from .models import VirtualMachine
+from . import host_services, pool_copies, services
+from .models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine, VmSnapshot
+
+
+class ActionsOnlyAdmin(admin.ModelAdmin):
+    """Rows written by agents or services: listed and shown, changed only by the list's actions."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        # The list's actions need the change permission; an object's own page stays read-only
+        # because nothing on it is edited by hand.
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+# Hosts and pools ---------------------------------------------------------------------------
+
+
+@admin.register(Host)
+class HostAdmin(ActionsOnlyAdmin):
+    """KVM hosts, registered by their agents. Maintenance on/off are actions calling services."""
+
+    list_display = ("name", "zone", "state", "last_heartbeat_at", "libvirt_uri", "pool_names")
+    list_filter = ("state", "zone")
+    list_select_related = ("zone",)
+    search_fields = ("name", "address", "libvirt_uri", "uuid")
+    fields = (
+        "name",
+        "state",
+        "zone",
+        "address",
+        "libvirt_uri",
+        "queue",
+        "last_heartbeat_at",
+        "pool_names",
+        "capabilities",
+        "uuid",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = fields
+    actions = ("enter_maintenance_selected", "leave_maintenance_selected")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("pools")
+
+    @admin.display(description="Pools")
+    def pool_names(self, host: Host) -> str:
+        return ", ".join(sorted(pool.name for pool in host.pools.all())) or "—"
+
+    @admin.display(description="Queue")
+    def queue(self, host: Host) -> str:
+        return host.queue
+
+    def _each(self, request, queryset, service, done: str) -> None:
+        ids = queryset.order_by("pk").values_list("pk", flat=True)
+        call_for_each(self, request, ids, lambda pk: service(host_id=pk, actor=request.user), done)
+
+    @admin.action(description="Enter maintenance", permissions=["change"])
+    def enter_maintenance_selected(self, request, queryset):
+        self._each(request, queryset, host_services.host_enter_maintenance, "In maintenance")
+
+    @admin.action(description="Leave maintenance", permissions=["change"])
+    def leave_maintenance_selected(self, request, queryset):
+        self._each(request, queryset, host_services.host_leave_maintenance, "Out of maintenance")
+
+
+class PrimaryPoolForm(forms.ModelForm):
+    """The rules the API applies too: type dir, threshold 1..100, hosts of the pool's zone."""
+
+    pool_type = forms.ChoiceField(choices=[("dir", "Directory")], initial="dir")
+    cache_threshold_percent = forms.IntegerField(min_value=1, max_value=100, initial=80)
+
+    class Meta:
+        model = PrimaryPool
+        fields = (
+            "name",
+            "zone",
+            "libvirt_pool_name",
+            "pool_type",
+            "path",
+            "hosts",
+            "capacity_bytes",
+            "cache_threshold_percent",
+        )
+
+    def clean_zone(self):
+        zone = self.cleaned_data["zone"]
+        # Copies and VM disks on the pool belong to its zone: moving it would orphan them.
+        if self.instance.pk is not None and zone.pk != self.instance.zone_id:
+            raise forms.ValidationError("A pool cannot move to another zone.")
+        return zone
+
+    def clean(self):
+        cleaned = super().clean()
+        zone = cleaned.get("zone")
+        strangers = [h.name for h in cleaned.get("hosts") or [] if zone and h.zone_id != zone.pk]
+        if strangers:
+            self.add_error("hosts", f"Not in zone “{zone}”: {', '.join(sorted(strangers))}.")
+        return cleaned
+
+
+@admin.register(PrimaryPool)
+class PrimaryPoolAdmin(admin.ModelAdmin):
+    """Primary storage: configuration, like image stores. Usage is counted, not typed in."""
+
+    form = PrimaryPoolForm
+    list_display = ("name", "zone", "pool_type", "path", "capacity", "used", "threshold")
+    list_filter = ("zone",)
+    list_select_related = ("zone",)
+    search_fields = ("name", "libvirt_pool_name", "path")
+    filter_horizontal = ("hosts",)
+    readonly_fields = ("uuid", "used_bytes", "created_at")
+
+    def has_delete_permission(self, request, obj=None):
+        # Copies and VMs hold the pool (PROTECT); there is no decommission service yet.
+        return False
+
+    @admin.display(description="Capacity", ordering="capacity_bytes")
+    def capacity(self, pool: PrimaryPool) -> str:
+        return "unknown" if pool.capacity_bytes is None else human_size(pool.capacity_bytes)
+
+    @admin.display(description="Used", ordering="used_bytes")
+    def used(self, pool: PrimaryPool) -> str:
+        return human_size(pool.used_bytes)
+
+    @admin.display(description="Cache threshold", ordering="cache_threshold_percent")
+    def threshold(self, pool: PrimaryPool) -> str:
+        return f"{pool.cache_threshold_percent}%"
+
+
+@admin.register(TemplatePoolRef)
+class TemplatePoolRefAdmin(ActionsOnlyAdmin):
+    """Template copies on primary pools, with copy progress. Pinned copies are live references."""
+
+    list_display = (
+        "template",
+        "pool",
+        "state",
+        "pinned",
+        "progress",
+        "virtual_size",
+        "physical",
+        "attempts",
+        "last_used_at",
+    )
+    list_filter = ("state", "pinned", "pool")
+    list_select_related = ("template", "pool")
+    search_fields = ("template__name", "pool__name", "install_path", "error_text")
+    fields = (
+        "template",
+        "pool",
+        "state",
+        "pinned",
+        "progress",
+        "virtual_size",
+        "physical",
+        "volume_name",
+        "install_path",
+        "error_text",
+        "attempts",
+        "last_used_at",
+        "marked_for_eviction_at",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = fields
+    actions = ("pin_selected", "unpin_selected")
+
+    @admin.display(description="Progress", ordering="download_percent")
+    def progress(self, ref: TemplatePoolRef) -> str:
+        return progress_bar(ref.download_percent)
+
+    @admin.display(description="Size", ordering="size")
+    def virtual_size(self, ref: TemplatePoolRef) -> str:
+        return human_size(ref.size)
+
+    @admin.display(description="Physical size", ordering="physical_size")
+    def physical(self, ref: TemplatePoolRef) -> str:
+        return human_size(ref.physical_size)
+
+    def _each(self, request, queryset, call, done: str) -> None:
+        rows = queryset.order_by("pk").values_list("pk", "template_id", "pool_id")
+        pairs = {pk: (template_id, pool_id) for pk, template_id, pool_id in rows}
+        call_for_each(self, request, pairs, lambda pk: call(*pairs[pk]), done)
+
+    @admin.action(description="Pin (pre-populate) selected copies", permissions=["change"])
+    def pin_selected(self, request, queryset):
+        def prepare(template_id: int, pool_id: int):
+            return pool_copies.template_prepare(
+                template_id=template_id, pool_ids=[pool_id], actor=request.user
+            )
+
+        self._each(request, queryset, prepare, "Pinned")
+
+    @admin.action(description="Unpin selected copies", permissions=["change"])
+    def unpin_selected(self, request, queryset):
+        def unpin(template_id: int, pool_id: int):
+            return pool_copies.pool_copy_set_pinned(
+                template_id=template_id, pool_id=pool_id, pinned=False, actor=request.user
+            )
+
+        self._each(request, queryset, unpin, "Unpinned")
+
+
+# VMs and snapshots -------------------------------------------------------------------------
+
+
+class VmSnapshotInline(admin.TabularInline):
+    """The VM's snapshots, as recorded from libvirt: shown, never edited here."""
+
+    model = VmSnapshot
+    fields = ("name", "description", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(VmSnapshot)
+class VmSnapshotAdmin(ReadOnlyAdmin):
+    """Every VM snapshot. Taken, reverted and deleted through the API (the VM's host does it)."""
+
+    list_display = ("name", "vm", "description", "created_at")
+    list_select_related = ("vm",)
+    search_fields = ("name", "vm__name", "vm__uuid")
+    fields = ("vm", "name", "description", "uuid", "created_at")
 
 
 @admin.register(VirtualMachine)
 class VirtualMachineAdmin(admin.ModelAdmin):
     """VM records. Start, stop, destroy, recover and expunge are actions calling the services."""
 
-    list_display = ("name", "template", "zone", "account", "state", "created_at")
-    list_filter = ("state", "zone", "account")
-    list_select_related = ("template", "zone", "account")
+    list_display = ("name", "template", "zone", "host", "account", "state", "created_at")
+    list_filter = ("state", "zone", "host", "account")
+    list_select_related = ("template", "zone", "host", "account")
     search_fields = ("name", "uuid", "template__name")
     fields = (
         "name",
         "state",
         "template",
         "zone",
+        "host",
+        "pool",
         "account",
+        "root_disk_path",
+        "error_text",
         "uuid",
         "destroyed_at",
         "expunged_at",
@@ -29,6 +272,7 @@ class VirtualMachineAdmin(admin.ModelAdmin):
         "updated_at",
     )
     readonly_fields = fields
+    inlines = (VmSnapshotInline,)
     actions = (
         "start_selected",
         "stop_selected",

@@ -113,7 +113,9 @@ def _claim(
         ref.marked_for_eviction_at = None
         ref.save(update_fields=["last_used_at", "marked_for_eviction_at", "updated_at"])
         return False, ref
-    if template.state != TemplateState.ACTIVE:
+    # A VM deployed before its template was deleted still gets its disk (seed 000); only
+    # REMOVED bytes are gone, and no live VM can point at a REMOVED template.
+    if template.state == TemplateState.REMOVED:
         raise PoolCopyFailed(f"template '{template}' is {template.state}")
     failed_while_waiting = (
         ref.state == PoolCopyState.DOWNLOAD_ERROR
@@ -295,3 +297,135 @@ def template_prepare(
     if not refs:
         raise PoolCopyFailed("no primary pool matches")
     return refs
+
+
+# Eviction (in the GC sweep) ---------------------------------------------------------------
+
+
+def _unused_copies():
+    """Unpinned DOWNLOADED/failed copies that no VM disk can be on: no VM of that template on
+    that pool is alive (VM rows name their pool before the agent touches the copy)."""
+    from django.db.models import Exists, OuterRef
+
+    from .choices import VmState
+    from .models import VirtualMachine
+
+    vm_on_copy = VirtualMachine.objects.filter(
+        template_id=OuterRef("template_id"), pool_id=OuterRef("pool_id")
+    ).exclude(state=VmState.EXPUNGED)
+    return TemplatePoolRef.objects.filter(
+        pinned=False, state__in=[PoolCopyState.DOWNLOADED, PoolCopyState.DOWNLOAD_ERROR]
+    ).exclude(Exists(vm_on_copy))
+
+
+def _pool_over_threshold(pool: PrimaryPool) -> bool:
+    if not pool.capacity_bytes:
+        return False
+    return pool.used_bytes * 100 > pool.capacity_bytes * pool.cache_threshold_percent
+
+
+def _eviction_candidates(now) -> list[int]:
+    """Copies of templates no longer ACTIVE always go; copies of ACTIVE ones only while their
+    pool is over its cache threshold, least recently used first, until it would be under."""
+    from django.db.models import F
+
+    old_enough = now - timedelta(seconds=settings.STENCIL_POOL_COPY_MIN_AGE_SECONDS)
+    unused = _unused_copies().filter(updated_at__lte=old_enough).select_related("pool")
+    chosen = list(unused.exclude(template__state=TemplateState.ACTIVE).values_list("pk", flat=True))
+    by_pool: dict[int, int] = {}
+    lru = unused.filter(template__state=TemplateState.ACTIVE).order_by(
+        F("last_used_at").asc(nulls_first=True), "pk"
+    )
+    for ref in lru:
+        pool = ref.pool
+        freed = by_pool.get(pool.pk, 0)
+        projected = PrimaryPool(
+            capacity_bytes=pool.capacity_bytes,
+            used_bytes=pool.used_bytes - freed,
+            cache_threshold_percent=pool.cache_threshold_percent,
+        )
+        if _pool_over_threshold(projected):
+            chosen.append(ref.pk)
+            by_pool[pool.pk] = freed + (ref.physical_size or 0)
+    return chosen
+
+
+@transaction.atomic
+def _start_eviction(ref_id: int, marked_before) -> TemplatePoolRef | None:
+    """Second pass: re-check under the row lock, then EVICTING."""
+    ref = TemplatePoolRef.objects.select_for_update().filter(pk=ref_id).first()
+    if (
+        ref is None
+        or ref.marked_for_eviction_at is None
+        or ref.marked_for_eviction_at > marked_before
+    ):
+        return None
+    if not _unused_copies().filter(pk=ref_id).exists():
+        return None
+    before = ref.state
+    ref.start_eviction()
+    ref.save()
+    record_event(
+        ref,
+        from_state=before,
+        to_state=ref.state,
+        actor_label="gc-sweep",
+        reason="unused cached copy",
+    )
+    return ref
+
+
+def pool_copies_evict(*, now=None) -> dict[str, int]:
+    """Mark candidates on one sweep; evict those still unused on a later one (two passes).
+
+    A deploy that uses a copy clears its mark (pool_copy_ensure touches it), so a copy in use
+    between the two passes is kept.
+    """
+    from .tasks import pool_copy_evict_task
+
+    now = now or timezone.now()
+    candidates = _eviction_candidates(now)
+    marked = TemplatePoolRef.objects.filter(
+        pk__in=candidates, marked_for_eviction_at__isnull=True
+    ).update(marked_for_eviction_at=now)
+    TemplatePoolRef.objects.exclude(pk__in=candidates).filter(
+        marked_for_eviction_at__isnull=False,
+        state__in=[PoolCopyState.DOWNLOADED, PoolCopyState.DOWNLOAD_ERROR],
+    ).update(marked_for_eviction_at=None)
+    evicting = 0
+    for ref_id in candidates:
+        if _start_eviction(ref_id, marked_before=now - timedelta(microseconds=1)):
+            evicting += 1
+    for ref in TemplatePoolRef.objects.filter(state=PoolCopyState.EVICTING).select_related("pool"):
+        host = _host_reaching(ref.pool)
+        if host is not None:
+            args = {"ref_id": ref.pk, "libvirt_uri": host.libvirt_uri}
+            transaction.on_commit(
+                lambda a=args, q=host.queue: pool_copy_evict_task.apply_async(kwargs=a, queue=q)
+            )
+    return {"marked": marked, "evicting": evicting}
+
+
+def pool_copy_delete_on_host(*, ref_id: int, libvirt_uri: str) -> bool:
+    """Agent: delete an EVICTING copy's volume, then its row. A repeat finds nothing to do."""
+    ref = TemplatePoolRef.objects.select_related("pool").filter(pk=ref_id).first()
+    if ref is None or ref.state != PoolCopyState.EVICTING:
+        return False
+    conn = virt.connection(libvirt_uri)
+    if ref.volume_name:
+        virt.delete_volume(conn, ref.pool.libvirt_pool_name, ref.volume_name)
+    with transaction.atomic():
+        locked = TemplatePoolRef.objects.select_for_update().filter(
+            pk=ref_id, state=PoolCopyState.EVICTING
+        )
+        if not locked.exists():
+            return False
+        record_event(
+            ref,
+            from_state=PoolCopyState.EVICTING,
+            to_state="DELETED",
+            actor_label="agent",
+            reason="evicted from pool",
+        )
+        locked.delete()
+    return True

@@ -50,3 +50,11 @@ def pool_copy_task(template_id: int, pool_id: int, libvirt_uri: str) -> str:
         ).state
     except PoolCopyFailed as exc:
         return f"failed: {exc.message}"
+
+
+@shared_task(name="agents_app.tasks.pool_copy_evict_task", acks_late=True)
+def pool_copy_evict_task(ref_id: int, libvirt_uri: str) -> bool:
+    """Delete an evicted copy's volume and row (idempotent)."""
+    from .pool_copies import pool_copy_delete_on_host
+
+    return pool_copy_delete_on_host(ref_id=ref_id, libvirt_uri=libvirt_uri)

@@ -3,7 +3,12 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from agents_app.api.views import VirtualMachineViewSet
+from agents_app.api.views import (
+    HostViewSet,
+    PoolCopyViewSet,
+    PrimaryPoolViewSet,
+    VirtualMachineViewSet,
+)
 from templates_app.api.upload_views import upload_template_bytes
 from templates_app.api.views import (
     AccountViewSet,
@@ -21,6 +26,9 @@ router.register("image-stores", ImageStoreViewSet, basename="image-store")
 router.register("accounts", AccountViewSet, basename="account")
 router.register("events", EventViewSet, basename="event")
 router.register("vms", VirtualMachineViewSet, basename="vm")
+router.register("hosts", HostViewSet, basename="host")
+router.register("primary-pools", PrimaryPoolViewSet, basename="primary-pool")
+router.register("pool-copies", PoolCopyViewSet, basename="pool-copy")
 
 urlpatterns = [
     path("gc/sweep/", GcSweepView.as_view(), name="gc-sweep"),

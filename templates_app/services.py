@@ -335,6 +335,7 @@ class SweepResult:
     held: list[dict] = field(default_factory=list)
     held_count: int = 0
     copies_destroyed: int = 0
+    pool_copies: dict = field(default_factory=dict)
     batches: int = 0
 
     def as_dict(self) -> dict:
@@ -346,6 +347,7 @@ class SweepResult:
             "held_count": self.held_count,
             "held": self.held,
             "copies_destroyed": self.copies_destroyed,
+            "pool_copies": self.pool_copies,
         }
 
 
@@ -509,6 +511,13 @@ def destroy_removed_copies(*, batch_size: int) -> int:
         destroyed += len(refs)
 
 
+def _evict_pool_copies() -> dict[str, int]:
+    """Unused cached copies on primary pools: marked on one sweep, evicted on a later one."""
+    from agents_app.pool_copies import pool_copies_evict
+
+    return pool_copies_evict()
+
+
 class _SweepLock:
     """At most one sweep at a time (PostgreSQL advisory lock); a second one is skipped."""
 
@@ -568,5 +577,6 @@ def gc_sweep(
                 {"id": str(r["uuid"]), "name": r["name"]} for r in removed[: max(room, 0)]
             )
         result.copies_destroyed = destroy_removed_copies(batch_size=batch_size)
+        result.pool_copies = _evict_pool_copies()
     result.held, result.held_count = _describe_holders(template_ids)
     return result

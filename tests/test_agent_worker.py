@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,9 @@ def setup(register, zone, tmp_path, httpserver, settings):
     pool_dir = tmp_path / "pool"
     pool_dir.mkdir()
     uri = virt.write_test_node_xml(tmp_path / "node.xml", pools={"pool-k": pool_dir})
-    agent = Agent("kvm-k", zone.name, uri)
+    # Unique per test: agents of parallel test processes share the broker, and a host's queue
+    # is named after the host.
+    agent = Agent(f"kvm-{uuid.uuid4().hex[:8]}", zone.name, uri)
     yield template, pool_dir, agent
     agent.stop()
 
@@ -128,7 +131,7 @@ def setup(register, zone, tmp_path, httpserver, settings):
 def test_sigkill_mid_copy_then_the_next_attempt_completes(setup, zone, admin_user):
     template, pool_dir, agent = setup
     agent.start()
-    host = Host.objects.get(name="kvm-k")
+    host = Host.objects.get(name=agent.name)
     pool = PrimaryPool.objects.create(
         zone=zone, name="pool-k", libvirt_pool_name="pool-k", path=str(pool_dir)
     )
@@ -175,7 +178,7 @@ def test_the_agent_deploys_a_vm_sent_through_the_api(setup, zone, api):
     pool = PrimaryPool.objects.create(
         zone=zone, name="pool-k", libvirt_pool_name="pool-k", path=str(pool_dir)
     )
-    pool.hosts.add(Host.objects.get(name="kvm-k"))
+    pool.hosts.add(Host.objects.get(name=agent.name))
 
     response = api.post(
         "/api/v1/vms/",
@@ -195,4 +198,4 @@ def test_the_agent_deploys_a_vm_sent_through_the_api(setup, zone, api):
         what="the deploy",
     )
     assert vm.state == "RUNNING", vm.error_text
-    assert api.get(f"/api/v1/vms/{vm.uuid}/").data["host"] == "kvm-k"
+    assert api.get(f"/api/v1/vms/{vm.uuid}/").data["host"] == agent.name

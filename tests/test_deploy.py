@@ -221,3 +221,41 @@ def test_deploy_storm_makes_exactly_one_copy(test_driver_cloud, account, user, z
     assert all(vm.state == "RUNNING" for vm in vms), [vm.error_text for vm in vms]
     assert {backing_of(vm.root_disk_path) for vm in vms} == {copy.install_path}
     assert len(list(Path(pool.path).glob("tmpl-*"))) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deploy_vs_delete_vs_sweep_with_pool_copies(
+    test_driver_cloud, account, user, zone, register, image_server
+):
+    """Never a REMOVED template under a live VM, and never an evicted copy under a VM disk."""
+    from .test_races import assert_invariants, run_together
+
+    template, pool = test_driver_cloud
+    url, checksum = image_server
+    for i in range(8):
+        template = register(name=f"race-{i}", url=url, checksum=checksum)
+        store_copy_download(ref_id=TemplateStoreRef.objects.get(template=template).pk)
+
+        def deploy(t=template, i=i):
+            vm = vm_services.vm_deploy(
+                name=f"r-{i}", template_id=t.pk, zone=zone, account=account, actor=user
+            )
+            return vm_deploy_on_host(vm_id=vm.pk)
+
+        vm, _, _ = run_together(
+            deploy,
+            lambda t=template: services.template_deactivate(template_id=t.pk, actor=user),
+            lambda t=template: (services.gc_sweep(template_ids=[t.pk]), services.gc_sweep()),
+        )
+        services.gc_sweep()
+        services.gc_sweep()
+        assert_invariants()
+        template.refresh_from_db()
+        if isinstance(vm, VirtualMachine):
+            assert vm.state == "RUNNING", vm.error_text
+            assert template.state == "INACTIVE"
+            copy = TemplatePoolRef.objects.get(template=template, pool=pool)
+            assert copy.state == "DOWNLOADED"
+            assert backing_of(vm.root_disk_path) == copy.install_path
+        else:
+            assert template.state == "REMOVED"

@@ -1,8 +1,10 @@
 from rest_framework import serializers
 
-from agents_app.models import VirtualMachine
+from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
 from templates_app.api.serializers import UuidRelatedField
 from templates_app.models import Template, Zone
+
+POOL_TYPES = [("dir", "Directory")]
 
 
 class VirtualMachineSerializer(serializers.ModelSerializer):
@@ -68,3 +70,143 @@ class VmSnapshotSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=128)
     description = serializers.CharField(max_length=1024, required=False, allow_blank=True)
     created_at = serializers.DateTimeField(read_only=True)
+
+
+# Hosts, primary pools and template copies on pools ----------------------------------------
+
+
+class HostSerializer(serializers.ModelSerializer):
+    """A KVM host as its agent reported it. Hosts are created by agents, not by the API."""
+
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    zone = serializers.UUIDField(source="zone.uuid", read_only=True)
+    zone_name = serializers.CharField(source="zone.name", read_only=True)
+    queue = serializers.CharField(read_only=True, help_text="Celery queue of the host's agent.")
+    pools = serializers.SlugRelatedField(
+        slug_field="uuid", many=True, read_only=True, help_text="Ids of the pools it reaches."
+    )
+
+    class Meta:
+        model = Host
+        fields = [
+            "id",
+            "name",
+            "zone",
+            "zone_name",
+            "address",
+            "libvirt_uri",
+            "state",
+            "last_heartbeat_at",
+            "capabilities",
+            "queue",
+            "pools",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class PrimaryPoolSerializer(serializers.ModelSerializer):
+    """A libvirt storage pool of a zone; its hosts must be in the same zone."""
+
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    zone = UuidRelatedField(queryset=Zone.objects.all())
+    zone_name = serializers.CharField(source="zone.name", read_only=True)
+    pool_type = serializers.ChoiceField(choices=POOL_TYPES, default="dir")
+    hosts = UuidRelatedField(queryset=Host.objects.all(), many=True, required=False)
+    cache_threshold_percent = serializers.IntegerField(
+        min_value=1,
+        max_value=100,
+        default=80,
+        help_text="Above this usage the sweep evicts unpinned cached copies.",
+    )
+
+    class Meta:
+        model = PrimaryPool
+        fields = [
+            "id",
+            "name",
+            "zone",
+            "zone_name",
+            "libvirt_pool_name",
+            "pool_type",
+            "path",
+            "hosts",
+            "capacity_bytes",
+            "used_bytes",
+            "cache_threshold_percent",
+            "created_at",
+        ]
+        read_only_fields = ["used_bytes", "created_at"]
+
+    def validate_zone(self, zone: Zone) -> Zone:
+        # Copies and VM disks on the pool belong to its zone: moving it would orphan them.
+        if self.instance is not None and zone.pk != self.instance.zone_id:
+            raise serializers.ValidationError("a pool cannot move to another zone")
+        return zone
+
+    def validate(self, attrs: dict) -> dict:
+        zone = attrs.get("zone") or getattr(self.instance, "zone", None)
+        strangers = [host.name for host in attrs.get("hosts", []) if host.zone_id != zone.pk]
+        if strangers:
+            raise serializers.ValidationError(
+                {"hosts": [f"not in zone '{zone}': {', '.join(sorted(strangers))}"]}
+            )
+        return attrs
+
+
+class PoolCopySerializer(serializers.ModelSerializer):
+    """A template's copy on a primary pool. `pinned` copies are live references."""
+
+    template = serializers.UUIDField(source="template.uuid", read_only=True)
+    template_name = serializers.CharField(source="template.name", read_only=True)
+    pool = serializers.UUIDField(source="pool.uuid", read_only=True)
+    pool_name = serializers.CharField(source="pool.name", read_only=True)
+    zone = serializers.UUIDField(source="pool.zone.uuid", read_only=True)
+
+    class Meta:
+        model = TemplatePoolRef
+        fields = [
+            "template",
+            "template_name",
+            "pool",
+            "pool_name",
+            "zone",
+            "state",
+            "pinned",
+            "download_percent",
+            "size",
+            "physical_size",
+            "install_path",
+            "error_text",
+            "attempts",
+            "last_used_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class PoolCopyPrepareSerializer(serializers.Serializer):
+    """CloudStack's prepareTemplate: a template and either pools or a zone (all its pools)."""
+
+    template = UuidRelatedField(queryset=Template.objects.all())
+    pools = UuidRelatedField(
+        queryset=PrimaryPool.objects.all(), many=True, required=False, allow_empty=False
+    )
+    zone = UuidRelatedField(queryset=Zone.objects.all(), required=False)
+
+    def validate(self, attrs: dict) -> dict:
+        if "pools" in attrs and "zone" in attrs:
+            raise serializers.ValidationError({"pools": ["give pools or a zone, not both"]})
+        if "pools" not in attrs and "zone" not in attrs:
+            raise serializers.ValidationError({"pools": ["give pools or a zone"]})
+        zone = attrs.get("zone")
+        if zone is not None and not zone.primary_pools.exists():
+            raise serializers.ValidationError({"zone": [f"zone '{zone}' has no primary pool"]})
+        return attrs
+
+
+class PoolCopyUnpinSerializer(serializers.Serializer):
+    template = UuidRelatedField(queryset=Template.objects.all())
+    pool = UuidRelatedField(queryset=PrimaryPool.objects.all())

@@ -1,21 +1,73 @@
-"""VM records: create on an ACTIVE template, start/stop, destroy, recover, expunge."""
+"""VM records (create on an ACTIVE template, start/stop, destroy, recover, expunge, snapshots),
+hosts (maintenance), primary pools and template copies on pools (prepare, unpin)."""
 
+import django_filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from agents_app import selectors, services
+from agents_app import host_services, pool_copies, selectors, services
+from agents_app.choices import HostState, PoolCopyState, VmState
+from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
 from templates_app import selectors as template_selectors
+from templates_app.api.permissions import IsStaff, IsStaffOrReadOnly
 
 from .serializers import (
+    HostSerializer,
+    PoolCopyPrepareSerializer,
+    PoolCopySerializer,
+    PoolCopyUnpinSerializer,
+    PrimaryPoolSerializer,
     VirtualMachineCreateSerializer,
     VirtualMachineDestroySerializer,
     VirtualMachineExpungeSerializer,
     VirtualMachineSerializer,
     VmSnapshotSerializer,
 )
+
+# Filters: related objects are named by their public ids ------------------------------------
+
+
+class VirtualMachineFilterSet(django_filters.FilterSet):
+    state = django_filters.ChoiceFilter(choices=VmState.choices)
+    host = django_filters.UUIDFilter(field_name="host__uuid", help_text="Host id.")
+    pool = django_filters.UUIDFilter(field_name="pool__uuid", help_text="Primary pool id.")
+
+    class Meta:
+        model = VirtualMachine
+        fields = ["state", "host", "pool"]
+
+
+class HostFilterSet(django_filters.FilterSet):
+    zone = django_filters.UUIDFilter(field_name="zone__uuid", help_text="Zone id.")
+    state = django_filters.ChoiceFilter(choices=HostState.choices)
+
+    class Meta:
+        model = Host
+        fields = ["zone", "state"]
+
+
+class PrimaryPoolFilterSet(django_filters.FilterSet):
+    zone = django_filters.UUIDFilter(field_name="zone__uuid", help_text="Zone id.")
+    host = django_filters.UUIDFilter(field_name="hosts__uuid", help_text="A host that reaches it.")
+
+    class Meta:
+        model = PrimaryPool
+        fields = ["zone", "host"]
+
+
+class PoolCopyFilterSet(django_filters.FilterSet):
+    template = django_filters.UUIDFilter(field_name="template__uuid", help_text="Template id.")
+    pool = django_filters.UUIDFilter(field_name="pool__uuid", help_text="Primary pool id.")
+    state = django_filters.ChoiceFilter(choices=PoolCopyState.choices)
+    pinned = django_filters.BooleanFilter()
+
+    class Meta:
+        model = TemplatePoolRef
+        fields = ["template", "pool", "state", "pinned"]
 
 
 class VirtualMachineViewSet(
@@ -24,7 +76,7 @@ class VirtualMachineViewSet(
     serializer_class = VirtualMachineSerializer
     lookup_field = "uuid"
     lookup_url_kwarg = "id"
-    filterset_fields = ["state"]
+    filterset_class = VirtualMachineFilterSet
 
     def get_queryset(self):
         return selectors.vms_visible_to(self.request.user)
@@ -117,3 +169,112 @@ class VirtualMachineViewSet(
     def delete_snapshot(self, request: Request, id=None, name=None) -> Response:
         services.vm_snapshot_delete(vm_id=self.get_object().pk, name=name, actor=request.user)
         return Response({"status": "queued"}, status=status.HTTP_202_ACCEPTED)
+
+
+class HostViewSet(viewsets.ReadOnlyModelViewSet):
+    """KVM hosts, as their agents registered them; staff put them in and out of maintenance."""
+
+    serializer_class = HostSerializer
+    lookup_field = "uuid"
+    lookup_url_kwarg = "id"
+    filterset_class = HostFilterSet
+    search_fields = ["name", "address"]
+
+    def get_queryset(self):
+        return selectors.hosts_list()
+
+    def _answer(self, host) -> Response:
+        return Response(HostSerializer(self.get_queryset().get(pk=host.pk)).data)
+
+    @extend_schema(request=None, responses=HostSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[IsStaff])
+    def maintenance(self, request: Request, id=None) -> Response:
+        """No new deploys or pool copies on it; heartbeats no longer bring it Up."""
+        host = self.get_object()
+        return self._answer(
+            host_services.host_enter_maintenance(host_id=host.pk, actor=request.user)
+        )
+
+    @extend_schema(request=None, responses=HostSerializer)
+    @action(
+        detail=True,
+        methods=["post"],
+        permission_classes=[IsStaff],
+        url_path="maintenance-off",
+        url_name="maintenance-off",
+    )
+    def maintenance_off(self, request: Request, id=None) -> Response:
+        """DISCONNECTED until the agent's next heartbeat brings it Up."""
+        host = self.get_object()
+        return self._answer(
+            host_services.host_leave_maintenance(host_id=host.pk, actor=request.user)
+        )
+
+
+class PrimaryPoolViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Primary storage: libvirt pools of a zone (type dir) and the hosts that reach them."""
+
+    serializer_class = PrimaryPoolSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    lookup_field = "uuid"
+    lookup_url_kwarg = "id"
+    filterset_class = PrimaryPoolFilterSet
+    search_fields = ["name", "libvirt_pool_name", "path"]
+
+    def get_queryset(self):
+        return selectors.primary_pools_list()
+
+
+class PoolCopyViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Template copies on primary pools; users see those of the templates visible to them."""
+
+    serializer_class = PoolCopySerializer
+    filterset_class = PoolCopyFilterSet
+    ordering_fields = ["last_used_at", "updated_at", "created_at"]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return TemplatePoolRef.objects.none()  # schema generation: no user to filter by
+        return selectors.pool_copies_visible_to(self.request.user)
+
+    def _copies(self, refs: list[TemplatePoolRef]) -> list[dict]:
+        fresh = self.get_queryset().filter(pk__in=[ref.pk for ref in refs]).order_by("pk")
+        return PoolCopySerializer(fresh, many=True).data
+
+    @extend_schema(
+        request=PoolCopyPrepareSerializer, responses={202: PoolCopySerializer(many=True)}
+    )
+    @action(detail=False, methods=["post"], permission_classes=[IsStaff])
+    def prepare(self, request: Request) -> Response:
+        """Pin the template on the pools (or every pool of the zone) and copy it now (202)."""
+        serializer = PoolCopyPrepareSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        pools, zone = data.get("pools"), data.get("zone")
+        refs = pool_copies.template_prepare(
+            template_id=data["template"].pk,
+            pool_ids=None if pools is None else [pool.pk for pool in pools],
+            zone_id=None if zone is None else zone.pk,
+            actor=request.user,
+        )
+        return Response(self._copies(refs), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=PoolCopyUnpinSerializer, responses=PoolCopySerializer)
+    @action(detail=False, methods=["post"], permission_classes=[IsStaff])
+    def unpin(self, request: Request) -> Response:
+        """The copy stops being a live reference; the sweep may evict it once unused."""
+        serializer = PoolCopyUnpinSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        template, pool = serializer.validated_data["template"], serializer.validated_data["pool"]
+        if selectors.pool_copy_of(template_id=template.pk, pool_id=pool.pk) is None:
+            raise ValidationError({"pool": [f"template '{template}' has no copy on pool '{pool}'"]})
+        ref = pool_copies.pool_copy_set_pinned(
+            template_id=template.pk, pool_id=pool.pk, pinned=False, actor=request.user
+        )
+        return Response(self._copies([ref])[0])

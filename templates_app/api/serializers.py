@@ -272,6 +272,10 @@ class GcSweepResultSerializer(serializers.Serializer):
     held_count = serializers.IntegerField()
     held = serializers.ListField(child=serializers.DictField())
     copies_destroyed = serializers.IntegerField()
+    pool_copies = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="Cached copies on primary pools marked for eviction, and being evicted.",
+    )
 
 
 class UploadParamsRequestSerializer(serializers.Serializer):

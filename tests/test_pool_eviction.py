@@ -1,0 +1,115 @@
+"""Eviction of cached pool copies in the GC sweep: two passes, unpinned and unused only."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from agents_app import services as vm_services
+from agents_app.models import PrimaryPool, TemplatePoolRef
+from agents_app.pool_copies import pool_copies_evict, pool_copy_delete_on_host
+from templates_app import services
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def pool(zone, tmp_path):
+    from agents_app import virt
+
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir()
+    uri = virt.write_test_node_xml(tmp_path / "node.xml", pools={"p": pool_dir})
+    host = vm_services.host_register(name="kvm-e", zone=zone, libvirt_uri=uri)
+    pool = PrimaryPool.objects.create(
+        zone=zone,
+        name="p",
+        libvirt_pool_name="p",
+        path=str(pool_dir),
+        capacity_bytes=1000,
+        used_bytes=0,
+    )
+    pool.hosts.add(host)
+    return pool
+
+
+def cached_copy(template, pool, *, age_seconds=7200, pinned=False, size=100, used_ago=None):
+    """A DOWNLOADED copy row with its file (the copying itself is tested in test_deploy)."""
+    from pathlib import Path
+
+    path = Path(pool.path) / f"tmpl-{template.unique_name}.qcow2"
+    path.write_bytes(b"x" * size)
+    ref = TemplatePoolRef.objects.create(
+        template=template,
+        pool=pool,
+        pinned=pinned,
+        volume_name=path.name,
+        install_path=str(path),
+        physical_size=size,
+    )
+    old = timezone.now() - timedelta(seconds=age_seconds)
+    last_used = timezone.now() - timedelta(seconds=used_ago) if used_ago else old
+    TemplatePoolRef.objects.filter(pk=ref.pk).update(
+        state="DOWNLOADED", updated_at=old, last_used_at=last_used
+    )
+    return ref
+
+
+def test_copy_of_a_removed_template_is_evicted_in_two_passes(register, pool, user):
+    template = register()
+    ref = cached_copy(template, pool)
+    services.template_deactivate(template_id=template.pk, actor=user)
+
+    first = services.gc_sweep()
+    assert first.pool_copies == {"marked": 1, "evicting": 0}
+    assert TemplatePoolRef.objects.get(pk=ref.pk).state == "DOWNLOADED"
+
+    second = services.gc_sweep()
+    assert second.pool_copies["evicting"] == 1
+    assert TemplatePoolRef.objects.get(pk=ref.pk).state == "EVICTING"
+    host = pool.hosts.get()
+    assert pool_copy_delete_on_host(ref_id=ref.pk, libvirt_uri=host.libvirt_uri)
+    assert not TemplatePoolRef.objects.filter(pk=ref.pk).exists()
+    assert not any(__import__("pathlib").Path(pool.path).iterdir())
+
+
+def test_pinned_used_and_young_copies_stay(register, pool, make_vm, zone, user):
+    pinned = cached_copy(register(name="pinned"), pool, pinned=True)
+    young = cached_copy(register(name="young"), pool, age_seconds=10)
+    used_template = register(name="used")
+    used = cached_copy(used_template, pool)
+    vm = make_vm(used_template)
+    vm.__class__.objects.filter(pk=vm.pk).update(pool=pool)
+    for template_id in (pinned.template_id, young.template_id, used.template_id):
+        services.template_deactivate(template_id=template_id, actor=user)
+
+    for _ in range(2):
+        result = pool_copies_evict()
+    assert result == {"marked": 0, "evicting": 0}
+    assert set(TemplatePoolRef.objects.values_list("state", flat=True)) == {"DOWNLOADED"}
+
+
+def test_active_templates_are_evicted_only_over_the_threshold_lru_first(register, pool):
+    oldest = cached_copy(register(name="oldest"), pool, used_ago=5000)
+    newer = cached_copy(register(name="newer"), pool, used_ago=4000)
+    PrimaryPool.objects.filter(pk=pool.pk).update(used_bytes=500, cache_threshold_percent=80)
+    assert pool_copies_evict()["marked"] == 0, "under the threshold nothing goes"
+
+    PrimaryPool.objects.filter(pk=pool.pk).update(used_bytes=850)
+    pool_copies_evict()
+    pool_copies_evict()
+    states = dict(TemplatePoolRef.objects.values_list("pk", "state"))
+    assert states == {oldest.pk: "EVICTING", newer.pk: "DOWNLOADED"}
+
+
+def test_a_copy_used_between_the_passes_is_kept(register, pool):
+    template = register()
+    ref = cached_copy(template, pool)
+    PrimaryPool.objects.filter(pk=pool.pk).update(used_bytes=900, cache_threshold_percent=50)
+    assert pool_copies_evict()["marked"] == 1
+    # A deploy used it: pool_copy_ensure touches the row (last use, mark cleared).
+    TemplatePoolRef.objects.filter(pk=ref.pk).update(
+        last_used_at=timezone.now(), marked_for_eviction_at=None, updated_at=timezone.now()
+    )
+    assert pool_copies_evict()["evicting"] == 0
+    assert TemplatePoolRef.objects.get(pk=ref.pk).state == "DOWNLOADED"
