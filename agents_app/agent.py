@@ -23,10 +23,12 @@ def domain_name(vm: VirtualMachine) -> str:
 
 
 def domain_type_for(uri: str) -> str:
-    """The test driver runs 'test' domains; qemu runs 'kvm' where /dev/kvm exists, else 'qemu'."""
+    """The domain type libvirt offers for x86_64 guests: 'test' on the test driver, 'kvm'
+    where the host can run KVM, else 'qemu' (asking libvirt beats guessing from /dev/kvm)."""
     if uri.startswith("test:"):
         return "test"
-    return "kvm" if os.path.exists("/dev/kvm") else "qemu"
+    caps = virt.connection(uri).getCapabilities()
+    return "kvm" if "<domain type='kvm'" in caps or '<domain type="kvm"' in caps else "qemu"
 
 
 def root_volume_name(vm: VirtualMachine) -> str:
@@ -193,3 +195,33 @@ def vm_snapshot_on_host(*, vm_id: int, action: str, name: str, description: str 
             raise ValueError(f"unknown snapshot action {action!r}")
     except virt.VirtError as exc:
         _record_agent_error(vm.pk, f"snapshot {action} {name}: {exc.message}")
+
+
+def vm_reboot_on_host(*, vm_id: int) -> VirtualMachine:
+    """Reboot a running domain; errors are recorded on the VM."""
+    vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
+    if vm.state != VmState.RUNNING:
+        return vm
+    try:
+        virt.reboot_domain(virt.connection(vm.host.libvirt_uri), domain_name(vm))
+    except virt.VirtError as exc:
+        return _record_agent_error(vm.pk, f"reboot: {exc.message}")
+    return vm
+
+
+def pools_report(*, host_name: str) -> int:
+    """Agent: record each pool's capacity and usage as libvirt sees them (with the heartbeat)."""
+    from .models import Host, PrimaryPool
+
+    host = Host.objects.get(name=host_name)
+    conn = virt.connection(host.libvirt_uri)
+    updated = 0
+    for pool in host.pools.all():
+        try:
+            info = virt.pool_info(conn, pool.libvirt_pool_name)
+        except virt.VirtError:
+            continue
+        updated += PrimaryPool.objects.filter(pk=pool.pk).update(
+            capacity_bytes=info.capacity, used_bytes=info.allocation
+        )
+    return updated

@@ -17,11 +17,12 @@ from django.utils import timezone
 from django_fsm import can_proceed
 
 from templates_app.choices import StoreRefState, TemplateState
-from templates_app.errors import StencilError
+from templates_app.errors import InvalidInput, StencilError
 from templates_app.events import record_event
 from templates_app.locks import lock_template
 from templates_app.models import Template, TemplateStoreRef
 from templates_app.qemu import QemuImgError
+from templates_app.selectors import template_in_zone
 from templates_app.storepaths import EXTENSIONS, absolute
 
 from . import virt
@@ -244,8 +245,17 @@ def pool_copy_set_pinned(*, template_id: int, pool_id: int, pinned: bool, actor)
         raise PoolCopyFailed(
             f"template '{template}' is {template.state}; only ACTIVE can be pinned"
         )
-    row = _get_or_create_row(template_id, pool_id)
-    ref = TemplatePoolRef.objects.select_for_update().get(pk=row.pk)
+    if not pinned:
+        ref = (
+            TemplatePoolRef.objects.select_for_update()
+            .filter(template_id=template_id, pool_id=pool_id)
+            .first()
+        )
+        if ref is None:
+            raise InvalidInput("the template has no copy on this pool", field="pool")
+    else:
+        row = _get_or_create_row(template_id, pool_id)
+        ref = TemplatePoolRef.objects.select_for_update().get(pk=row.pk)
     if ref.pinned != pinned:
         ref.pinned = pinned
         ref.save(update_fields=["pinned", "updated_at"])
@@ -276,15 +286,27 @@ def template_prepare(
     """
     from .tasks import pool_copy_task
 
-    pools = PrimaryPool.objects.all()
+    pools = PrimaryPool.objects.select_related("zone")
     if pool_ids is not None:
         pools = pools.filter(pk__in=pool_ids)
+        field = "pools"
     elif zone_id is not None:
         pools = pools.filter(zone_id=zone_id)
+        field = "zone"
     else:
-        raise PoolCopyFailed("give pools or a zone")
+        raise InvalidInput("give pools or a zone", field="pools")
+    template = Template.objects.get(pk=template_id)
+    pools = list(pools.order_by("pk"))
+    if not pools:
+        raise InvalidInput("no primary pool matches", field=field)
+    for pool in pools:
+        if not template_in_zone(template, pool.zone):
+            raise InvalidInput(
+                f"template '{template}' is not available in zone '{pool.zone}' of pool '{pool}'",
+                field=field,
+            )
     refs = []
-    for pool in pools.order_by("pk"):
+    for pool in pools:
         host = _host_reaching(pool)
         if host is None:
             raise PoolCopyFailed(f"no Up host reaches pool '{pool}'")
@@ -294,8 +316,6 @@ def template_prepare(
         args = {"template_id": template_id, "pool_id": pool.pk, "libvirt_uri": host.libvirt_uri}
         queue = host.queue
         transaction.on_commit(lambda a=args, q=queue: pool_copy_task.apply_async(kwargs=a, queue=q))
-    if not refs:
-        raise PoolCopyFailed("no primary pool matches")
     return refs
 
 

@@ -111,6 +111,20 @@ def vm_stop(*, vm_id: int, actor) -> VirtualMachine:
 
 
 @transaction.atomic
+def vm_reboot(*, vm_id: int, actor) -> VirtualMachine:
+    """Reboot a running VM on its host (answers at once; the host does it)."""
+    vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
+    if vm.state != VmState.RUNNING or vm.host_id is None:
+        raise TransitionConflict(vm, "reboot", reason="only a running VM on a host reboots")
+    from .tasks import vm_reboot_task
+
+    queue, pk = vm.host.queue, vm.pk
+    transaction.on_commit(lambda: vm_reboot_task.apply_async(kwargs={"vm_id": pk}, queue=queue))
+    record_event(vm, from_state=vm.state, to_state=vm.state, actor=actor, reason="reboot")
+    return vm
+
+
+@transaction.atomic
 def vm_destroy(
     *,
     vm_id: int,

@@ -58,3 +58,8 @@ def pool_copy_evict_task(ref_id: int, libvirt_uri: str) -> bool:
     from .pool_copies import pool_copy_delete_on_host
 
     return pool_copy_delete_on_host(ref_id=ref_id, libvirt_uri=libvirt_uri)
+
+
+@shared_task(name="agents_app.tasks.vm_reboot_task", acks_late=True)
+def vm_reboot_task(vm_id: int) -> str:
+    return agent.vm_reboot_on_host(vm_id=vm_id).state

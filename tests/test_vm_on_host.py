@@ -127,3 +127,26 @@ def test_snapshot_api_and_409(api, running_vm, user):
     )
     assert response.status_code == 200
     assert response.data["state"] == "EXPUNGED"
+
+
+def test_reboot_keeps_it_running_and_pools_report_libvirt_sizes(running_vm, user):
+    from agents_app.models import PrimaryPool
+
+    vm, conn = running_vm
+    vm_services.vm_reboot(vm_id=vm.pk, actor=user)
+    assert agent.vm_reboot_on_host(vm_id=vm.pk).error_text == ""
+    assert domain_state(vm, conn) == "running"
+
+    assert agent.pools_report(host_name=vm.host.name) == 1
+    pool = PrimaryPool.objects.get(pk=vm.pool_id)
+    info = virt.pool_info(conn, pool.libvirt_pool_name)
+    assert (pool.capacity_bytes, pool.used_bytes) == (info.capacity, info.allocation)
+    assert pool.capacity_bytes > 0
+
+
+def test_reboot_of_a_stopped_vm_is_409(api, running_vm):
+    vm, conn = running_vm
+    api.post(f"/api/v1/vms/{vm.uuid}/stop/")
+    response = api.post(f"/api/v1/vms/{vm.uuid}/reboot/")
+    assert response.status_code == 409
+    assert "STOPPED" in response.data["detail"]

@@ -116,6 +116,11 @@ class VirtualMachineViewSet(
 
     @extend_schema(request=None, responses=VirtualMachineSerializer)
     @action(detail=True, methods=["post"])
+    def reboot(self, request: Request, id=None) -> Response:
+        return self._answer(services.vm_reboot(vm_id=self.get_object().pk, actor=request.user))
+
+    @extend_schema(request=None, responses=VirtualMachineSerializer)
+    @action(detail=True, methods=["post"])
     def stop(self, request: Request, id=None) -> Response:
         return self._answer(services.vm_stop(vm_id=self.get_object().pk, actor=request.user))
 

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
-from agents_app import services
+from agents_app import agent, services
 from templates_app.models import Zone
 
 
@@ -68,3 +68,4 @@ class Command(BaseCommand):
         while not stop.wait(interval):
             close_old_connections()
             services.host_heartbeat(name=name)
+            agent.pools_report(host_name=name)
