@@ -155,6 +155,10 @@ class TemplatePoolRef(FSMModelMixin, models.Model):
     def fail_copy(self) -> None:
         """The copy failed; the next deploy retries it."""
 
+    @transition(field=state, source=PoolCopyState.DOWNLOADED, target=PoolCopyState.DOWNLOAD_ERROR)
+    def lose_file(self) -> None:
+        """The reconciler found the copy's file gone; the next deploy copies it again."""
+
     @transition(
         field=state,
         source=[PoolCopyState.DOWNLOADED, PoolCopyState.DOWNLOAD_ERROR],

@@ -423,7 +423,21 @@ def pool_copies_evict(*, now=None) -> dict[str, int]:
             transaction.on_commit(
                 lambda a=args, q=host.queue: pool_copy_evict_task.apply_async(kwargs=a, queue=q)
             )
+    _enqueue_reconcilers()
     return {"marked": marked, "evicting": evicting}
+
+
+def _enqueue_reconcilers() -> None:
+    """Each sweep also has one Up host per pool check the pool against the database."""
+    from .tasks import pool_reconcile_task
+
+    for pool in PrimaryPool.objects.all():
+        host = _host_reaching(pool)
+        if host is not None:
+            args = {"pool_id": pool.pk, "libvirt_uri": host.libvirt_uri}
+            transaction.on_commit(
+                lambda a=args, q=host.queue: pool_reconcile_task.apply_async(kwargs=a, queue=q)
+            )
 
 
 def pool_copy_delete_on_host(*, ref_id: int, libvirt_uri: str) -> bool:
@@ -449,3 +463,64 @@ def pool_copy_delete_on_host(*, ref_id: int, libvirt_uri: str) -> bool:
         )
         locked.delete()
     return True
+
+
+# Reconciler --------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def _flag_vanished(ref_id: int) -> bool:
+    ref = TemplatePoolRef.objects.select_for_update().get(pk=ref_id)
+    if ref.state != PoolCopyState.DOWNLOADED or Path(ref.install_path).exists():
+        return False
+    ref.lose_file()
+    ref.error_text = "file vanished from the pool (reconciler)"
+    ref.save()
+    record_event(
+        ref,
+        from_state=PoolCopyState.DOWNLOADED,
+        to_state=ref.state,
+        actor_label="reconciler",
+        reason=ref.error_text,
+    )
+    return True
+
+
+def pool_reconcile(*, pool_id: int, libvirt_uri: str) -> dict[str, list[str]]:
+    """Agent: flag copy rows whose files vanished; report files the database does not know.
+
+    Unknown files are only reported: a file may belong to work that is still being written.
+    """
+    from .choices import VmState
+    from .models import VirtualMachine
+
+    pool = PrimaryPool.objects.get(pk=pool_id)
+    virt.refresh_pool(virt.connection(libvirt_uri), pool.libvirt_pool_name)
+    flagged = [
+        ref.install_path
+        for ref in TemplatePoolRef.objects.filter(pool=pool, state=PoolCopyState.DOWNLOADED)
+        if _flag_vanished(ref.pk)
+    ]
+    known = set(
+        TemplatePoolRef.objects.filter(pool=pool)
+        .exclude(install_path="")
+        .values_list("install_path", flat=True)
+    )
+    known |= set(
+        VirtualMachine.objects.filter(pool=pool)
+        .exclude(root_disk_path="")
+        .exclude(state=VmState.EXPUNGED, snapshots__isnull=True)
+        .values_list("root_disk_path", flat=True)
+    )
+    known_names = {Path(path).name for path in known}
+    known_names |= set(
+        TemplatePoolRef.objects.filter(pool=pool)
+        .exclude(volume_name="")
+        .values_list("volume_name", flat=True)
+    )
+    unknown = sorted(
+        str(path)
+        for path in Path(pool.path).iterdir()
+        if path.is_file() and path.name not in known_names
+    )
+    return {"flagged": flagged, "unknown": unknown}

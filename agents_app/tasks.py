@@ -63,3 +63,11 @@ def pool_copy_evict_task(ref_id: int, libvirt_uri: str) -> bool:
 @shared_task(name="agents_app.tasks.vm_reboot_task", acks_late=True)
 def vm_reboot_task(vm_id: int) -> str:
     return agent.vm_reboot_on_host(vm_id=vm_id).state
+
+
+@shared_task(name="agents_app.tasks.pool_reconcile_task")
+def pool_reconcile_task(pool_id: int, libvirt_uri: str) -> dict:
+    """Flag copies whose files vanished; report unknown files (see the task result)."""
+    from .pool_copies import pool_reconcile
+
+    return pool_reconcile(pool_id=pool_id, libvirt_uri=libvirt_uri)

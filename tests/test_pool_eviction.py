@@ -113,3 +113,24 @@ def test_a_copy_used_between_the_passes_is_kept(register, pool):
     )
     assert pool_copies_evict()["evicting"] == 0
     assert TemplatePoolRef.objects.get(pk=ref.pk).state == "DOWNLOADED"
+
+
+def test_reconciler_flags_vanished_copies_and_reports_unknown_files(register, pool):
+    from io import StringIO
+    from pathlib import Path
+
+    from django.core.management import call_command
+
+    gone = cached_copy(register(name="gone"), pool)
+    kept = cached_copy(register(name="kept"), pool)
+    Path(gone.install_path).unlink()
+    (Path(pool.path) / "stray.qcow2").write_bytes(b"?")
+
+    out = StringIO()
+    call_command("reconcile_pools", stdout=out)
+
+    assert "1 vanished, 1 unknown" in out.getvalue()
+    assert "stray.qcow2" in out.getvalue()
+    assert TemplatePoolRef.objects.get(pk=gone.pk).state == "DOWNLOAD_ERROR"
+    assert TemplatePoolRef.objects.get(pk=kept.pk).state == "DOWNLOADED"
+    assert (Path(pool.path) / "stray.qcow2").exists(), "unknown files are only reported"
