@@ -38,7 +38,8 @@ def root_volume_name(vm: VirtualMachine) -> str:
 def _make_root_disk(vm: VirtualMachine, conn) -> tuple[str, int | None]:
     """CACHE: qcow2 overlay on the pool copy. DIRECT: full copy from the store, nothing cached."""
     template, pool = vm.template, vm.pool
-    if template.primary_policy == PrimaryPolicy.CACHE:
+    # A direct-download template has no image store copy: its pool copy is the only source.
+    if template.primary_policy == PrimaryPolicy.CACHE or template.direct_download:
         copy = pool_copy_ensure(
             template_id=template.pk, pool_id=pool.pk, libvirt_uri=vm.host.libvirt_uri
         )

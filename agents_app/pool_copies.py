@@ -5,6 +5,7 @@ claims the row with a lease and copies; the others wait for the row to become DO
 No Python lock is involved, so this holds across threads, processes and hosts.
 """
 
+import os
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from templates_app.storepaths import EXTENSIONS, absolute
 
 from . import virt
 from .choices import PoolCopyState
+from .direct_download import DirectDownloadFailed
 from .models import PrimaryPool, TemplatePoolRef
 
 WAIT_POLL_SECONDS = 0.1
@@ -188,11 +190,13 @@ def _fail(ref_id: int, owner: str, reason: str) -> None:
 
 def _copy_bytes(ref: TemplatePoolRef, pool: PrimaryPool, libvirt_uri: str) -> tuple[str, int, int]:
     template = ref.template
-    source, store_ref = store_source_of(template)
     conn = virt.connection(libvirt_uri)
-    fmt = template.format.lower()
     # A worker that died mid-copy left a partial file: it goes before the new copy starts.
     virt.delete_volume(conn, pool.libvirt_pool_name, ref.volume_name)
+    if template.direct_download:
+        return _download_into_pool(ref, pool, conn)
+    source, store_ref = store_source_of(template)
+    fmt = template.format.lower()
     path = virt.write_full_copy(
         conn,
         pool.libvirt_pool_name,
@@ -203,6 +207,53 @@ def _copy_bytes(ref: TemplatePoolRef, pool: PrimaryPool, libvirt_uri: str) -> tu
         capacity=store_ref.size or 0,
     )
     return path, store_ref.size or 0, Path(path).stat().st_size
+
+
+def _pool_progress(ref_id: int):
+    def save(done: int, total: int | None) -> None:
+        percent = min(100, done * 100 // total) if total else 0
+        TemplatePoolRef.objects.filter(pk=ref_id).update(download_percent=percent)
+
+    return save
+
+
+def _download_into_pool(ref: TemplatePoolRef, pool: PrimaryPool, conn) -> tuple[str, int, int]:
+    """Direct download: the host fetches the URL into the pool (seed 003), no image store."""
+    from templates_app.copies import http_headers_of
+
+    from .direct_download import fetch_into_pool
+
+    template = ref.template
+    pool_dir = Path(virt.pool_info(conn, pool.libvirt_pool_name).path)
+    fetched = fetch_into_pool(
+        url=template.url,
+        pool_dir=pool_dir,
+        checksum=template.checksum,
+        image_format=template.format,
+        headers=http_headers_of(template),
+        ca_file=_trusted_bundle(ref),
+        progress=_pool_progress(ref.pk),
+    )
+    try:
+        path = virt.create_volume(
+            conn,
+            pool.libvirt_pool_name,
+            ref.volume_name,
+            capacity=fetched.virtual_size,
+            fmt=template.format.lower(),
+        )
+        os.replace(fetched.path, path)
+        virt.refresh_pool(conn, pool.libvirt_pool_name)
+    except BaseException:
+        fetched.path.unlink(missing_ok=True)
+        virt.delete_volume(conn, pool.libvirt_pool_name, ref.volume_name)
+        raise
+    return path, fetched.virtual_size, fetched.size
+
+
+def _trusted_bundle(ref: TemplatePoolRef) -> str | None:
+    """Certificates installed on this host for HTTPS direct downloads (if the host has any)."""
+    return None
 
 
 def pool_copy_ensure(
@@ -230,7 +281,7 @@ def pool_copy_ensure(
     try:
         with LeaseKeeper(ref.pk, owner):
             path, size, physical = _copy_bytes(ref, pool, libvirt_uri)
-    except (virt.VirtError, QemuImgError, StencilError, OSError) as exc:
+    except (virt.VirtError, QemuImgError, StencilError, DirectDownloadFailed, OSError) as exc:
         reason = getattr(exc, "message", None) or str(exc)
         _fail(ref.pk, owner, reason)
         raise PoolCopyFailed(reason) from exc

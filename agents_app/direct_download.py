@@ -1,0 +1,203 @@
+"""Direct download (seed 003): a KVM host fetches a template straight into a primary pool.
+
+Downloaders are chosen by scheme through one registry (`DOWNLOADERS`): http and https share the
+streaming downloader of templates_app.downloader; metalink fetches the metalink (size-capped),
+parses it with defusedxml (no DTDs, no entities), checks every mirror with the URL validator
+and tries them in priority order. Every byte lands in a hidden temporary file in the pool,
+hashed in the same pass; the checksum is verified, the image inspected, then it is renamed.
+"""
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from defusedxml import ElementTree as SafeET
+from defusedxml.common import DefusedXmlException
+from django.conf import settings
+
+from templates_app.checksums import normalize_checksum
+from templates_app.downloader import (
+    ChecksumMismatch,
+    DownloadError,
+    DownloadResult,
+    download_to_file,
+    redact_url,
+)
+from templates_app.inspection import ImageRejected, inspect_image
+from templates_app.urlsafety import UnsafeUrl, validate_url
+
+logger = logging.getLogger(__name__)
+
+METALINK_MAX_BYTES = 1 << 20
+CHECKSUM_ATTEMPTS = 3
+_METALINK_HASHES = {"sha-256": "SHA-256", "sha-512": "SHA-512", "sha-1": "SHA-1", "md5": "MD5"}
+
+
+class DirectDownloadFailed(Exception):
+    """Every mirror and attempt failed; `message` says why (shown on the VM and the pool copy)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass
+class Fetched:
+    path: Path
+    size: int
+    virtual_size: int
+    sha256: str
+
+
+@dataclass
+class Mirror:
+    url: str
+    priority: int
+
+
+def _http_fetch(
+    url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_file: str | None, progress
+) -> DownloadResult:
+    return download_to_file(
+        url,
+        dest,
+        checksum=checksum,
+        headers=headers,
+        ca_file=ca_file,
+        progress=progress,
+        connect_timeout=settings.STENCIL_DOWNLOAD_CONNECT_TIMEOUT,
+        read_timeout=settings.STENCIL_DOWNLOAD_READ_TIMEOUT,
+        stall_timeout=settings.STENCIL_DOWNLOAD_STALL_TIMEOUT,
+        max_attempts=settings.STENCIL_DOWNLOAD_MAX_ATTEMPTS,
+        backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
+    )
+
+
+def parse_metalink(data: bytes) -> tuple[list[Mirror], str]:
+    """Mirrors (validated, .torrent skipped) in priority order, and the best hash it gives."""
+    try:
+        root = SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except (DefusedXmlException, SafeET.ParseError) as exc:
+        raise DirectDownloadFailed(f"metalink refused: {type(exc).__name__}: {exc}") from exc
+    mirrors, checksum = [], ""
+    for element in root.iter():
+        tag = element.tag.rsplit("}", 1)[-1]
+        if tag == "url" and element.text:
+            url = element.text.strip()
+            if url.lower().endswith(".torrent"):
+                continue
+            try:
+                validate_url(url)
+            except UnsafeUrl as exc:
+                logger.info("metalink mirror refused: %s", exc.message)
+                continue
+            mirrors.append(Mirror(url=url, priority=int(element.get("priority", "999999"))))
+        elif tag == "hash" and element.text and not checksum:
+            algorithm = _METALINK_HASHES.get((element.get("type") or "").lower())
+            if algorithm:
+                checksum = normalize_checksum(f"{{{algorithm}}}{element.text.strip()}")
+    mirrors.sort(key=lambda mirror: mirror.priority)
+    if not mirrors:
+        raise DirectDownloadFailed("metalink lists no usable mirror (http/https, allowed address)")
+    return mirrors, checksum
+
+
+def _metalink_fetch(
+    url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_file: str | None, progress
+) -> DownloadResult:
+    listing = dest.with_name(f".{dest.name}.metalink")
+    try:
+        download_to_file(
+            url,
+            listing,
+            headers=headers,
+            ca_file=ca_file,
+            max_bytes=METALINK_MAX_BYTES,
+            max_attempts=2,
+            backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
+        )
+        mirrors, metalink_checksum = parse_metalink(listing.read_bytes())
+    finally:
+        listing.unlink(missing_ok=True)
+    errors = []
+    for mirror in mirrors:
+        try:
+            return _http_fetch(
+                mirror.url,
+                dest,
+                checksum=checksum or metalink_checksum,
+                headers=headers,
+                ca_file=ca_file,
+                progress=progress,
+            )
+        except ChecksumMismatch:
+            raise
+        except (DownloadError, UnsafeUrl) as exc:
+            errors.append(f"{redact_url(mirror.url)}: {getattr(exc, 'message', exc)}")
+    raise DirectDownloadFailed("every metalink mirror failed: " + "; ".join(errors))
+
+
+Fetcher = Callable[..., DownloadResult]
+DOWNLOADERS: dict[str, Fetcher] = {
+    "http": _http_fetch,
+    "https": _http_fetch,
+    "metalink": _metalink_fetch,
+}
+
+
+def scheme_of(url: str) -> str:
+    """The registry key: 'metalink' for .metalink/.meta4 URLs, else the URL scheme."""
+    path = url.split("?", 1)[0].lower()
+    if path.endswith((".metalink", ".meta4")):
+        return "metalink"
+    return url.split(":", 1)[0].lower()
+
+
+def fetch_into_pool(
+    *,
+    url: str,
+    pool_dir: Path,
+    checksum: str,
+    image_format: str,
+    headers: dict[str, str] | None = None,
+    ca_file: str | None = None,
+    progress=None,
+) -> Fetched:
+    """Download into a hidden temporary file of the pool, verify, inspect; the caller renames.
+
+    A checksum mismatch downloads again, up to 3 times. Any failure leaves no file behind.
+    """
+    fetcher = DOWNLOADERS.get(scheme_of(url))
+    if fetcher is None:
+        raise DirectDownloadFailed(f"no downloader for scheme '{scheme_of(url)}'")
+    temp = pool_dir / f".direct-{uuid.uuid4().hex}.part"
+    last_error = ""
+    for _ in range(CHECKSUM_ATTEMPTS):
+        try:
+            result = fetcher(
+                url,
+                temp,
+                checksum=checksum,
+                headers=headers or {},
+                ca_file=ca_file,
+                progress=progress,
+            )
+            info = inspect_image(temp, image_format)
+            return Fetched(
+                path=temp, size=result.size, virtual_size=info.virtual_size, sha256=result.sha256
+            )
+        except ChecksumMismatch as exc:
+            last_error = exc.message
+            temp.unlink(missing_ok=True)
+        except (DownloadError, UnsafeUrl) as exc:
+            temp.unlink(missing_ok=True)
+            raise DirectDownloadFailed(getattr(exc, "message", str(exc))) from exc
+        except ImageRejected as exc:
+            temp.unlink(missing_ok=True)
+            raise DirectDownloadFailed(f"image rejected: {exc.reason}") from exc
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+    raise DirectDownloadFailed(f"{last_error} (after {CHECKSUM_ATTEMPTS} downloads)")
