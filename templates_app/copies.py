@@ -20,6 +20,7 @@ from . import storepaths
 from .choices import DownloadState, StoreRefState, TemplateState
 from .downloader import DownloadError, download_to_file
 from .events import record_copy_event
+from .headers import header_pairs
 from .inspection import ImageRejected, inspect_image
 from .locks import lock_copy, lock_template
 from .models import Account, Template, TemplateStoreRef
@@ -31,18 +32,9 @@ LEASE = timedelta(seconds=120)
 
 
 def http_headers_of(template: Template) -> dict[str, str]:
-    """HTTP_HEADER details (`NAME:VALUE`, or key `HTTP_HEADER:NAME`) as request headers."""
-    headers: dict[str, str] = {}
-    for detail in template.details.all():
-        if detail.key == "HTTP_HEADER":
-            name, _, value = detail.value.partition(":")
-        elif detail.key.startswith("HTTP_HEADER:"):
-            name, value = detail.key.partition(":")[2], detail.value
-        else:
-            continue
-        if name.strip():
-            headers[name.strip()] = value.strip()
-    return headers
+    """The template's HTTP_HEADER details as request headers (both spellings, see headers.py)."""
+    pairs = header_pairs((d.key, d.value) for d in template.details.all())
+    return {name: value for name, value in pairs if name}
 
 
 @transaction.atomic
