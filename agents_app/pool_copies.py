@@ -20,7 +20,7 @@ from django_fsm import can_proceed
 from templates_app.choices import StoreRefState, TemplateState
 from templates_app.errors import InvalidInput, StencilError
 from templates_app.events import record_event
-from templates_app.locks import lock_template
+from templates_app.locks import lock_template, lock_template_shared
 from templates_app.models import Template, TemplateStoreRef
 from templates_app.qemu import QemuImgError
 from templates_app.selectors import template_in_zone
@@ -109,7 +109,7 @@ def _claim(
     A caller that waited for another worker's attempt does not retry that attempt's failure.
     """
     row = _get_or_create_row(template_id, pool_id)
-    template = lock_template(template_id)
+    template = lock_template_shared(template_id)
     ref = TemplatePoolRef.objects.select_for_update(of=("self",)).get(pk=row.pk)
     if ref.state == PoolCopyState.DOWNLOADED:
         ref.last_used_at = timezone.now()

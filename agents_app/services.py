@@ -14,7 +14,7 @@ from templates_app.errors import (
     TransitionConflict,
 )
 from templates_app.events import record_event
-from templates_app.locks import lock_template
+from templates_app.locks import lock_template_shared
 from templates_app.models import Account, Zone
 from templates_app.selectors import template_in_zone
 
@@ -41,7 +41,7 @@ def vm_create(
     name = (name or "").strip()
     if not name:
         raise InvalidInput("a name is required", field="name")
-    template = lock_template(template_id)
+    template = lock_template_shared(template_id)
     if template.state != TemplateState.ACTIVE:
         raise TemplateNotUsable(template)
     if not template_in_zone(template, zone):
@@ -255,7 +255,7 @@ def vm_deploy(
     name = (name or "").strip()
     if not name:
         raise InvalidInput("a name is required", field="name")
-    template = lock_template(template_id)
+    template = lock_template_shared(template_id)
     if template.state != TemplateState.ACTIVE:
         raise TemplateNotUsable(template)
     if not template_in_zone(template, zone):

@@ -57,7 +57,7 @@ CLONE_TARGET = 1.2  # 8 GiB / 1 GiB linked-clone deploy time (either way)
 ALONE_BEFORE, ALONE_AFTER = 2, 1  # copies timed alone before and after the storm
 # Store image (the other 1 GiB templates hardlink it), the 1 GiB pool copies, small files; margin.
 NEEDED_BYTES = (2 + ALONE_BEFORE + ALONE_AFTER) * SMALL_SIZE + 256 * MIB + 1 * GIB
-STORM_JOIN_SECONDS = 180.0  # the whole run stays under ~5 minutes
+STORM_JOIN_SECONDS = 120.0  # per storm: the whole run stays under ~5 minutes
 SUBPROCESS_TIMEOUT = 120.0
 POOL_NAME = "primary"
 
@@ -121,7 +121,7 @@ def check_connections_headroom() -> None:
         f"PostgreSQL connections: max_connections {max_conn}, {reserved} reserved, {used} in use "
         f"(this one included); the storm opens {STORM} more"
     )
-    if free < STORM:
+    if free < STORM + 2:  # the storm's threads, plus a lease keeper's connection
         sys.exit(f"only {free} connections free: stop other clients or raise max_connections")
 
 
@@ -315,16 +315,18 @@ def backing_of(path: str) -> str | None:
     return json.loads(out).get("full-backing-filename")
 
 
-def report_storm(fx: dict, template, run_: dict, copy_seconds: float):
+def report_storm(fx: dict, template, run_: dict, alone_seconds: list[float]):
     """Print the storm's figures; returns (correct, target met, summary line, wall time)."""
+    copy_seconds = statistics.median(alone_seconds)
     from agents_app.models import TemplatePoolRef, VirtualMachine
 
     results = [r or {"state": "NOT RUN", "error": ""} for r in run_["results"]]
     refs = list(TemplatePoolRef.objects.filter(template=template))
     running = VirtualMachine.objects.filter(template=template, state="RUNNING").count()
-    states = Counter(r["state"] for r in results)
+    states = Counter(str(r["state"]) for r in results)
     done = [r for r in results if "end" in r]
     wall = max(r["end"] for r in done) - run_["started"] if done and run_["started"] else None
+    timeline = None
     pool_files = sorted(p.name for p in fx["pool_dir"].glob(f"tmpl-{template.unique_name}.*"))
     print(f"  pool copies (TemplatePoolRef rows) of this template: {len(refs)}")
     for ref in refs:
@@ -342,6 +344,7 @@ def report_storm(fx: dict, template, run_: dict, copy_seconds: float):
                 f"of which qemu-img convert {sum(run_['converts']):.2f} s "
                 f"(one copy alone: {copy_seconds:.2f} s)"
             )
+            timeline = (claimed, copied)
     print(f"  this template's files in the pool: {len(pool_files)} ({', '.join(pool_files)})")
     print(f"  VMs RUNNING (database): {running} of {STORM}; thread outcomes: {dict(states)}")
     for r in results:
@@ -387,8 +390,19 @@ def report_storm(fx: dict, template, run_: dict, copy_seconds: float):
     ratio = wall / copy_seconds if wall else None
     met = correct and ratio is not None and ratio <= STORM_TARGET
     if wall is not None:
+        if timeline:
+            claimed, copied = timeline
+            print(
+                f"  not copying: {claimed:.2f} s before the claim + {wall - copied:.2f} s after "
+                f"DOWNLOADED ({STORM - 1} overlays, defines, starts) = "
+                f"{wall - copied + claimed:.2f} s"
+            )
         print(f"  wall time, barrier to last deploy RUNNING: {wall:.2f} s")
         print(f"  ratio to one copy's time ({copy_seconds:.2f} s): {ratio:.2f} x")
+        print(
+            f"  ratio to the slowest copy alone in this run ({max(alone_seconds):.2f} s): "
+            f"{wall / max(alone_seconds):.2f} x"
+        )
     summary = (
         f"storm: {len(refs)} copy ({', '.join(f'attempts {r.attempts}' for r in refs)}), "
         f"{running}/{STORM} RUNNING, wall {wall or float('nan'):.2f} s = "
@@ -515,6 +529,7 @@ def main() -> int:
     check_connections_headroom()
     tmp_root = Path(tempfile.gettempdir())
     free = shutil.disk_usage(tmp_root).free
+    print(f"load average {' / '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
     print(f"free space in {tmp_root}: {free / GIB:.1f} GiB (needs {NEEDED_BYTES / GIB:.1f} GiB)")
     if free < NEEDED_BYTES:
         sys.exit("not enough free space for the images: set TMPDIR to a larger file system")
@@ -567,7 +582,7 @@ def main() -> int:
         print(f"  one copy's time: {copy_seconds:.2f} s (median of {len(alone_seconds)})")
 
         print("\n[2 cont.] storm results")
-        ok, _met, line, storm_wall = report_storm(fx, storm_tmpl, run_, copy_seconds)
+        ok, _met, line, storm_wall = report_storm(fx, storm_tmpl, run_, alone_seconds)
         correct = correct and ok
         summaries.append(line)
 
@@ -588,7 +603,10 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"\nremoved {workdir}: {'gone' if not workdir.exists() else 'STILL THERE'}")
 
-    print(f"\nsummary ({time.perf_counter() - total_start:.0f} s in all)")
+    print(
+        f"\nsummary ({time.perf_counter() - total_start:.0f} s in all; load average now "
+        f"{os.getloadavg()[0]:.2f})"
+    )
     for line in summaries:
         print(f"  {line}")
     print(

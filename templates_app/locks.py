@@ -3,6 +3,7 @@
 Two flows that take locks in the same order cannot deadlock each other.
 """
 
+from django.db import connection
 from django.db.models import QuerySet
 
 from .models import Account, Template, TemplateStoreRef
@@ -28,3 +29,16 @@ def lock_copy(ref_id: int) -> TemplateStoreRef:
         .select_related("template", "store")
         .get(pk=ref_id)
     )
+
+
+def lock_template_shared(template_id: int) -> Template:
+    """FOR SHARE: many deploys may hold it at once, but the sweep's and delete's FOR UPDATE wait
+    for them (and they for it), so a state check under it stays true until commit."""
+    if connection.vendor != "postgresql":
+        return lock_template(template_id)
+    table = Template._meta.db_table
+    for template in Template.objects.raw(
+        f'SELECT * FROM "{table}" WHERE "id" = %s FOR SHARE', [template_id]
+    ):
+        return template
+    raise Template.DoesNotExist(f"no template {template_id}")
