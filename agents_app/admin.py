@@ -317,3 +317,105 @@ class VirtualMachineAdmin(admin.ModelAdmin):
     @admin.action(description="Expunge selected destroyed VMs", permissions=["change"])
     def expunge_selected(self, request, queryset):
         self._each(request, queryset, services.vm_expunge, "Expunged")
+
+
+# Direct-download certificates ----------------------------------------------------------------
+
+from collections import Counter  # noqa: E402  (section appended on its own, imports with it)
+
+from .certificates import certificate_revoke  # noqa: E402
+from .models import DirectDownloadCertificate, HostCertificate  # noqa: E402
+
+
+class HostCertificateInline(admin.TabularInline):
+    """Where the certificate is installed, as each host's agent reported it."""
+
+    model = HostCertificate
+    fields = ("host", "state", "error_text", "updated_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("host")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class RevokedFilter(admin.SimpleListFilter):
+    title = "revoked"
+    parameter_name = "revoked"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Yes"), ("no", "No"))
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(revoked_at__isnull=self.value() == "no")
+        return queryset
+
+
+@admin.register(DirectDownloadCertificate)
+class DirectDownloadCertificateAdmin(ActionsOnlyAdmin):
+    """Certificates hosts trust for HTTPS direct downloads; uploaded through the API, revoked
+    here or there (the same service)."""
+
+    list_display = ("alias", "zone", "subject", "not_after", "revoked", "hosts_summary")
+    list_filter = (RevokedFilter, "zone")
+    list_select_related = ("zone",)
+    search_fields = ("alias", "subject", "issuer", "serial", "fingerprint_sha256")
+    fields = (
+        "alias",
+        "zone",
+        "subject",
+        "issuer",
+        "serial",
+        "not_before",
+        "not_after",
+        "fingerprint_sha256",
+        "pem",
+        "revoked_at",
+        "uuid",
+        "created_at",
+    )
+    readonly_fields = fields
+    inlines = (HostCertificateInline,)
+    actions = ("revoke_selected",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("host_certificates")
+
+    @admin.display(description="Revoked", boolean=True, ordering="revoked_at")
+    def revoked(self, cert: DirectDownloadCertificate) -> bool:
+        return cert.revoked_at is not None
+
+    @admin.display(description="Hosts")
+    def hosts_summary(self, cert: DirectDownloadCertificate) -> str:
+        counts = Counter(row.get_state_display().lower() for row in cert.host_certificates.all())
+        return ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "—"
+
+    @admin.action(description="Revoke (remove from every host)", permissions=["change"])
+    def revoke_selected(self, request, queryset):
+        ids = queryset.order_by("pk").values_list("pk", flat=True)
+        call_for_each(
+            self,
+            request,
+            ids,
+            lambda pk: certificate_revoke(certificate_id=pk, actor=request.user),
+            "Revoked",
+        )
+
+
+@admin.register(HostCertificate)
+class HostCertificateAdmin(ReadOnlyAdmin):
+    """Every host's copy of every certificate: find the hosts where an install failed."""
+
+    list_display = ("certificate", "host", "state", "error_text", "updated_at")
+    list_filter = ("state", "host")
+    list_select_related = ("certificate", "host")
+    search_fields = ("certificate__alias", "host__name", "error_text")
+    fields = ("certificate", "host", "state", "error_text", "updated_at")

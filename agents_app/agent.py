@@ -41,7 +41,10 @@ def _make_root_disk(vm: VirtualMachine, conn) -> tuple[str, int | None]:
     # A direct-download template has no image store copy: its pool copy is the only source.
     if template.primary_policy == PrimaryPolicy.CACHE or template.direct_download:
         copy = pool_copy_ensure(
-            template_id=template.pk, pool_id=pool.pk, libvirt_uri=vm.host.libvirt_uri
+            template_id=template.pk,
+            pool_id=pool.pk,
+            libvirt_uri=vm.host.libvirt_uri,
+            host_name=vm.host.name,
         )
         path = virt.write_overlay(
             conn,

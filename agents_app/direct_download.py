@@ -58,14 +58,14 @@ class Mirror:
 
 
 def _http_fetch(
-    url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_file: str | None, progress
+    url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_dir: str | None, progress
 ) -> DownloadResult:
     return download_to_file(
         url,
         dest,
         checksum=checksum,
         headers=headers,
-        ca_file=ca_file,
+        ca_dir=ca_dir,
         progress=progress,
         connect_timeout=settings.STENCIL_DOWNLOAD_CONNECT_TIMEOUT,
         read_timeout=settings.STENCIL_DOWNLOAD_READ_TIMEOUT,
@@ -105,7 +105,7 @@ def parse_metalink(data: bytes) -> tuple[list[Mirror], str]:
 
 
 def _metalink_fetch(
-    url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_file: str | None, progress
+    url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_dir: str | None, progress
 ) -> DownloadResult:
     listing = dest.with_name(f".{dest.name}.metalink")
     try:
@@ -113,7 +113,7 @@ def _metalink_fetch(
             url,
             listing,
             headers=headers,
-            ca_file=ca_file,
+            ca_dir=ca_dir,
             max_bytes=METALINK_MAX_BYTES,
             max_attempts=2,
             backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
@@ -129,7 +129,7 @@ def _metalink_fetch(
                 dest,
                 checksum=checksum or metalink_checksum,
                 headers=headers,
-                ca_file=ca_file,
+                ca_dir=ca_dir,
                 progress=progress,
             )
         except ChecksumMismatch:
@@ -162,7 +162,7 @@ def fetch_into_pool(
     checksum: str,
     image_format: str,
     headers: dict[str, str] | None = None,
-    ca_file: str | None = None,
+    ca_dir: str | None = None,
     progress=None,
 ) -> Fetched:
     """Download into a hidden temporary file of the pool, verify, inspect; the caller renames.
@@ -181,7 +181,7 @@ def fetch_into_pool(
                 temp,
                 checksum=checksum,
                 headers=headers or {},
-                ca_file=ca_file,
+                ca_dir=ca_dir,
                 progress=progress,
             )
             info = inspect_image(temp, image_format)

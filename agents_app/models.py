@@ -260,3 +260,111 @@ class VmSnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vm.name}@{self.name}"
+
+
+# Direct-download certificates ----------------------------------------------------------------
+
+
+class HostCertificateState(models.TextChoices):
+    PENDING = "PENDING", "Pending"
+    INSTALLED = "INSTALLED", "Installed"
+    FAILED = "FAILED", "Failed"
+    REMOVING = "REMOVING", "Removing"
+    REMOVED = "REMOVED", "Removed"
+
+
+class DirectDownloadCertificate(models.Model):
+    """A CA (or server) certificate that hosts of a zone trust for HTTPS direct downloads.
+
+    Only the certificate is kept, never key material. Revoking keeps the row (with revoked_at)
+    and frees its alias for a new certificate.
+    """
+
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    alias = models.CharField(max_length=64)
+    zone = models.ForeignKey(
+        Zone, on_delete=models.PROTECT, related_name="direct_download_certificates"
+    )
+    pem = models.TextField(help_text="The certificate alone, PEM, as re-encoded after parsing.")
+    subject = models.CharField(max_length=1024)
+    issuer = models.CharField(max_length=1024)
+    serial = models.CharField(max_length=64, help_text="Serial number, hexadecimal.")
+    not_before = models.DateTimeField()
+    not_after = models.DateTimeField()
+    fingerprint_sha256 = models.CharField(max_length=64)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["zone__name", "alias", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["zone", "alias"],
+                condition=models.Q(revoked_at__isnull=True),
+                name="dd_certificate_alias_unique_in_zone",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.alias
+
+    @property
+    def file_name(self) -> str:
+        """Its file in a host's trust directory (the alias rules keep it a plain name)."""
+        return f"{self.alias}.pem"
+
+
+class HostCertificate(FSMModelMixin, models.Model):
+    """A certificate in one host's trust directory, as that host's agent reported it."""
+
+    certificate = models.ForeignKey(
+        DirectDownloadCertificate, on_delete=models.CASCADE, related_name="host_certificates"
+    )
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="certificates")
+    state = FSMField(
+        max_length=16,
+        choices=HostCertificateState.choices,
+        default=HostCertificateState.PENDING,
+        protected=True,
+    )
+    error_text = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["host__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["certificate", "host"], name="host_certificate_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.certificate} on {self.host}"
+
+    # Installing is allowed from every state: the service installs only a certificate that is
+    # not revoked and belongs to the host's zone (a host that left the zone and came back gets
+    # it again), and re-checks that under the row's lock.
+    @transition(field=state, source="*", target=HostCertificateState.INSTALLED)
+    def mark_installed(self) -> None:
+        """The agent wrote the file into its trust directory."""
+
+    @transition(field=state, source="*", target=HostCertificateState.FAILED)
+    def mark_failed(self) -> None:
+        """The agent could not install it; error_text says why, the next sync retries."""
+
+    @transition(
+        field=state,
+        source=[
+            HostCertificateState.PENDING,
+            HostCertificateState.FAILED,
+            HostCertificateState.INSTALLED,
+            HostCertificateState.REMOVING,
+        ],
+        target=HostCertificateState.REMOVING,
+    )
+    def start_removal(self) -> None:
+        """Revoked (or the host left the zone): the host must delete the file."""
+
+    @transition(
+        field=state, source=HostCertificateState.REMOVING, target=HostCertificateState.REMOVED
+    )
+    def mark_removed(self) -> None:
+        """The file is gone from the host's trust directory."""

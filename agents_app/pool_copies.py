@@ -188,13 +188,15 @@ def _fail(ref_id: int, owner: str, reason: str) -> None:
     )
 
 
-def _copy_bytes(ref: TemplatePoolRef, pool: PrimaryPool, libvirt_uri: str) -> tuple[str, int, int]:
+def _copy_bytes(
+    ref: TemplatePoolRef, pool: PrimaryPool, libvirt_uri: str, host_name: str | None = None
+) -> tuple[str, int, int]:
     template = ref.template
     conn = virt.connection(libvirt_uri)
     # A worker that died mid-copy left a partial file: it goes before the new copy starts.
     virt.delete_volume(conn, pool.libvirt_pool_name, ref.volume_name)
     if template.direct_download:
-        return _download_into_pool(ref, pool, conn)
+        return _download_into_pool(ref, pool, conn, host_name)
     source, store_ref = store_source_of(template)
     fmt = template.format.lower()
     path = virt.write_full_copy(
@@ -217,7 +219,9 @@ def _pool_progress(ref_id: int):
     return save
 
 
-def _download_into_pool(ref: TemplatePoolRef, pool: PrimaryPool, conn) -> tuple[str, int, int]:
+def _download_into_pool(
+    ref: TemplatePoolRef, pool: PrimaryPool, conn, host_name: str | None
+) -> tuple[str, int, int]:
     """Direct download: the host fetches the URL into the pool (seed 003), no image store."""
     from templates_app.copies import http_headers_of
 
@@ -231,7 +235,7 @@ def _download_into_pool(ref: TemplatePoolRef, pool: PrimaryPool, conn) -> tuple[
         checksum=template.checksum,
         image_format=template.format,
         headers=http_headers_of(template),
-        ca_file=_trusted_bundle(ref),
+        ca_dir=_trust_dir(host_name),
         progress=_pool_progress(ref.pk),
     )
     try:
@@ -251,13 +255,22 @@ def _download_into_pool(ref: TemplatePoolRef, pool: PrimaryPool, conn) -> tuple[
     return path, fetched.virtual_size, fetched.size
 
 
-def _trusted_bundle(ref: TemplatePoolRef) -> str | None:
-    """Certificates installed on this host for HTTPS direct downloads (if the host has any)."""
-    return None
+def _trust_dir(host_name: str | None) -> str | None:
+    """Certificates installed on this host for HTTPS direct downloads (if it has any)."""
+    if not host_name:
+        return None
+    from .certificates import ca_dir_for
+
+    return ca_dir_for(host_name)
 
 
 def pool_copy_ensure(
-    *, template_id: int, pool_id: int, libvirt_uri: str, wait_timeout: float = 600
+    *,
+    template_id: int,
+    pool_id: int,
+    libvirt_uri: str,
+    host_name: str | None = None,
+    wait_timeout: float = 600,
 ) -> TemplatePoolRef:
     """Return the template's DOWNLOADED copy on the pool, making it if nobody else is."""
     owner = uuid.uuid4().hex
@@ -280,7 +293,7 @@ def pool_copy_ensure(
     ref = TemplatePoolRef.objects.select_related("template").get(pk=ref.pk)
     try:
         with LeaseKeeper(ref.pk, owner):
-            path, size, physical = _copy_bytes(ref, pool, libvirt_uri)
+            path, size, physical = _copy_bytes(ref, pool, libvirt_uri, host_name)
     except (virt.VirtError, QemuImgError, StencilError, DirectDownloadFailed, OSError) as exc:
         reason = getattr(exc, "message", None) or str(exc)
         _fail(ref.pk, owner, reason)
@@ -364,7 +377,12 @@ def template_prepare(
         refs.append(
             pool_copy_set_pinned(template_id=template_id, pool_id=pool.pk, pinned=True, actor=actor)
         )
-        args = {"template_id": template_id, "pool_id": pool.pk, "libvirt_uri": host.libvirt_uri}
+        args = {
+            "template_id": template_id,
+            "pool_id": pool.pk,
+            "libvirt_uri": host.libvirt_uri,
+            "host_name": host.name,
+        }
         queue = host.queue
         transaction.on_commit(lambda a=args, q=queue: pool_copy_task.apply_async(kwargs=a, queue=q))
     return refs

@@ -40,13 +40,15 @@ def vm_snapshot_task(vm_id: int, action: str, name: str, description: str = "") 
 
 
 @shared_task(name="agents_app.tasks.pool_copy_task", acks_late=True)
-def pool_copy_task(template_id: int, pool_id: int, libvirt_uri: str) -> str:
+def pool_copy_task(
+    template_id: int, pool_id: int, libvirt_uri: str, host_name: str | None = None
+) -> str:
     """Pre-populate a template onto a pool (single flight: a copy already there is kept)."""
     from .pool_copies import PoolCopyFailed, pool_copy_ensure
 
     try:
         return pool_copy_ensure(
-            template_id=template_id, pool_id=pool_id, libvirt_uri=libvirt_uri
+            template_id=template_id, pool_id=pool_id, libvirt_uri=libvirt_uri, host_name=host_name
         ).state
     except PoolCopyFailed as exc:
         return f"failed: {exc.message}"
@@ -71,3 +73,21 @@ def pool_reconcile_task(pool_id: int, libvirt_uri: str) -> dict:
     from .pool_copies import pool_reconcile
 
     return pool_reconcile(pool_id=pool_id, libvirt_uri=libvirt_uri)
+
+
+@shared_task(name="agents_app.tasks.certificate_install_task", acks_late=True)
+def certificate_install_task(host_name: str, certificate_id: int) -> str:
+    """Put a direct-download certificate into this host's trust directory (idempotent)."""
+    from .certificates import certificate_install_on_host
+
+    row = certificate_install_on_host(host_name=host_name, certificate_id=certificate_id)
+    return row.state if row is not None else "skipped"
+
+
+@shared_task(name="agents_app.tasks.certificate_remove_task", acks_late=True)
+def certificate_remove_task(host_name: str, certificate_id: int) -> str:
+    """Take a revoked certificate out of this host's trust directory (idempotent)."""
+    from .certificates import certificate_remove_on_host
+
+    row = certificate_remove_on_host(host_name=host_name, certificate_id=certificate_id)
+    return row.state if row is not None else "skipped"

@@ -3,6 +3,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from agents_app.api.certificate_views import DirectDownloadCertificateViewSet
 from agents_app.api.views import (
     HostViewSet,
     PoolCopyViewSet,
@@ -29,6 +30,11 @@ router.register("vms", VirtualMachineViewSet, basename="vm")
 router.register("hosts", HostViewSet, basename="host")
 router.register("primary-pools", PrimaryPoolViewSet, basename="primary-pool")
 router.register("pool-copies", PoolCopyViewSet, basename="pool-copy")
+router.register(
+    "direct-download-certificates",
+    DirectDownloadCertificateViewSet,
+    basename="direct-download-certificate",
+)
 
 urlpatterns = [
     path("gc/sweep/", GcSweepView.as_view(), name="gc-sweep"),

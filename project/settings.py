@@ -209,3 +209,9 @@ STENCIL_HEARTBEAT_SECONDS = int(os.environ.get("STENCIL_HEARTBEAT_SECONDS", "20"
 STENCIL_HOST_DOWN_AFTER_SECONDS = int(os.environ.get("STENCIL_HOST_DOWN_AFTER_SECONDS", "90"))
 STENCIL_POOL_COPY_LEASE_SECONDS = int(os.environ.get("STENCIL_POOL_COPY_LEASE_SECONDS", "60"))
 STENCIL_POOL_COPY_MIN_AGE_SECONDS = int(os.environ.get("STENCIL_POOL_COPY_MIN_AGE_SECONDS", "3600"))
+
+# Direct-download certificates: each agent keeps the certificates its HTTPS downloads trust in
+# STENCIL_AGENT_TRUST_ROOT/<host name>/ (<alias>.pem plus OpenSSL subject-hash links).
+STENCIL_AGENT_TRUST_ROOT = Path(
+    os.environ.get("STENCIL_AGENT_TRUST_ROOT", DATA_DIR / "trust")
+).resolve()

@@ -201,3 +201,42 @@ def test_redirect_to_a_denied_address_fails(
     assert vm.state == "ERROR"
     assert "127.0.0.2" in vm.error_text
     assert pool_files(host_pool) == []
+
+
+def test_https_direct_download_trusts_the_certificates_installed_on_the_host(
+    register, host_pool, image, zone, account, user, admin_user, settings, tmp_path
+):
+    """Fails while the mirror's CA is unknown to the host; works once it is installed there."""
+    import ssl
+
+    import trustme
+    from pytest_httpserver import HTTPServer
+
+    from agents_app.certificates import certificate_install_on_host, certificate_upload
+
+    settings.STENCIL_AGENT_TRUST_ROOT = tmp_path / "trust"
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=context)
+    server.start()
+    try:
+        server.expect_request("/dd.qcow2").respond_with_data(image)
+        template = register(
+            url=f"https://127.0.0.1:{server.port}/dd.qcow2",
+            checksum=sha256(image),
+            direct_download=True,
+        )
+
+        refused = deploy(template, zone, account, user)
+        assert refused.state == "ERROR"
+        assert "certificate" in refused.error_text.lower()
+
+        certificate = certificate_upload(
+            alias="mirror-ca", pem=ca.cert_pem.bytes().decode(), zone=zone, actor=admin_user
+        )
+        certificate_install_on_host(host_name="kvm-dd", certificate_id=certificate.pk)
+        assert deploy(template, zone, account, user).state == "RUNNING"
+    finally:
+        server.clear()
+        server.stop()

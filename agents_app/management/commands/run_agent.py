@@ -1,5 +1,6 @@
 """Run a KVM host's agent: register the host, heartbeat, and consume its own Celery queue."""
 
+import logging
 import socket
 import threading
 
@@ -7,8 +8,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
-from agents_app import agent, services
+from agents_app import agent, certificates, services
 from templates_app.models import Zone
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -44,6 +47,7 @@ class Command(BaseCommand):
             address=address or socket.gethostname(),
         )
         self.stdout.write(f"host {host.name} is {host.state}; consuming queue {host.queue}")
+        self._sync_certificates(name)
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(name, stop), daemon=True)
         beat.start()
@@ -67,5 +71,19 @@ class Command(BaseCommand):
         interval = settings.STENCIL_HEARTBEAT_SECONDS
         while not stop.wait(interval):
             close_old_connections()
-            services.host_heartbeat(name=name)
-            agent.pools_report(host_name=name)
+            try:
+                services.host_heartbeat(name=name)
+                agent.pools_report(host_name=name)
+            except Exception:
+                # A database or libvirt hiccup must not end the heartbeats for good.
+                logger.exception("heartbeat of host %s failed", name)
+            Command._sync_certificates(name)
+
+    @staticmethod
+    def _sync_certificates(name: str) -> None:
+        """Install the zone's missing certificates, remove revoked ones; a failure is logged,
+        never fatal (the next heartbeat tries again)."""
+        try:
+            certificates.certificates_sync_host(host_name=name)
+        except Exception:
+            logger.exception("certificate sync of host %s failed", name)
