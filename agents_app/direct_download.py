@@ -201,3 +201,86 @@ def fetch_into_pool(
             temp.unlink(missing_ok=True)
             raise
     raise DirectDownloadFailed(f"{last_error} (after {CHECKSUM_ATTEMPTS} downloads)")
+
+
+# URL check at registration (run by a random Up host of the zone) ------------------------------
+
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+def _virtual_size_from_header(head: bytes) -> int | None:
+    """qcow2 keeps the virtual size big-endian at offset 24 of its header."""
+    if head[:4] == QCOW2_MAGIC and len(head) >= 32:
+        return int.from_bytes(head[24:32], "big")
+    return None
+
+
+def _probe(url: str, headers: dict[str, str], ca_dir: str | None) -> dict:
+    from templates_app.downloader import probe_url
+
+    result = probe_url(
+        url, headers=headers, ca_dir=ca_dir, timeout=settings.STENCIL_DOWNLOAD_CONNECT_TIMEOUT
+    )
+    return {
+        "url": result.final_url,
+        "size": result.size,
+        "content_type": result.content_type,
+        "virtual_size": _virtual_size_from_header(result.head),
+    }
+
+
+def url_check(
+    *, url: str, headers: dict[str, str] | None = None, ca_dir: str | None = None
+) -> dict:
+    """What the host sees of a URL: {"ok", "error", "checks": [per URL or mirror], "checksum"}.
+
+    For a metalink every mirror is checked (after the URL validator; .torrent skipped), and the
+    metalink's own hash is reported.
+    """
+    headers = headers or {}
+    try:
+        if scheme_of(url) != "metalink":
+            return {
+                "ok": True,
+                "error": "",
+                "checks": [_probe(url, headers, ca_dir)],
+                "checksum": "",
+            }
+        listing_dir = Path(settings.DATA_DIR) / "tmp"
+        listing_dir.mkdir(parents=True, exist_ok=True)
+        listing = listing_dir / f".check-{uuid.uuid4().hex}.metalink"
+        try:
+            download_to_file(
+                url,
+                listing,
+                headers=headers,
+                ca_dir=ca_dir,
+                max_bytes=METALINK_MAX_BYTES,
+                max_attempts=2,
+                backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
+            )
+            mirrors, checksum = parse_metalink(listing.read_bytes())
+        finally:
+            listing.unlink(missing_ok=True)
+        checks, errors = [], []
+        for mirror in mirrors:
+            try:
+                checks.append(_probe(mirror.url, headers, ca_dir))
+            except (DownloadError, UnsafeUrl) as exc:
+                errors.append(f"{redact_url(mirror.url)}: {getattr(exc, 'message', exc)}")
+        if not checks:
+            return {"ok": False, "error": "; ".join(errors), "checks": [], "checksum": checksum}
+        return {
+            "ok": True,
+            "error": "",
+            "checks": checks,
+            "checksum": checksum,
+            "unreachable_mirrors": errors,
+        }
+    except (DownloadError, UnsafeUrl, DirectDownloadFailed) as exc:
+        return {
+            "ok": False,
+            "error": getattr(exc, "message", str(exc)),
+            "checks": [],
+            "checksum": "",
+        }

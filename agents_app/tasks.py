@@ -91,3 +91,12 @@ def certificate_remove_task(host_name: str, certificate_id: int) -> str:
 
     row = certificate_remove_on_host(host_name=host_name, certificate_id=certificate_id)
     return row.state if row is not None else "skipped"
+
+
+@shared_task(name="agents_app.tasks.url_check_task")
+def url_check_task(url: str, headers: dict | None = None, host_name: str | None = None) -> dict:
+    """Direct-download registration: can this host reach the URL (or every metalink mirror)?"""
+    from .certificates import ca_dir_for
+    from .direct_download import url_check
+
+    return url_check(url=url, headers=headers, ca_dir=ca_dir_for(host_name) if host_name else None)

@@ -680,3 +680,100 @@ def _retry_after(response: http.client.HTTPResponse) -> float:
     """Retry-After in seconds (the HTTP-date form is ignored); 0 when absent."""
     value = (response.getheader("Retry-After") or "").strip()
     return float(value) if value.isdigit() else 0.0
+
+
+# Probing a URL without downloading it (the direct-download URL check) ------------------------
+
+PROBE_BYTES = 512
+
+
+@dataclass
+class ProbeResult:
+    """What a URL check found: the final URL (no query string), size, type and first bytes."""
+
+    final_url: str
+    status: int
+    size: int | None
+    content_type: str
+    head: bytes
+
+
+def _probe_once(target: ResolvedTarget, headers: dict[str, str], tls, timeout):
+    if target.scheme == "https":
+        conn: http.client.HTTPConnection = _PinnedHTTPSConnection(target, timeout, tls)
+    else:
+        conn = _PinnedHTTPConnection(target, timeout)
+    sent = {
+        "User-Agent": USER_AGENT,
+        "Accept": "*/*",
+        "Accept-Encoding": "identity",
+        "Connection": "close",
+        **headers,
+        "Range": f"bytes=0-{PROBE_BYTES - 1}",
+    }
+    try:
+        conn.request("GET", target.request_target, headers=sent)
+        response = conn.getresponse()
+        return response, response.read(PROBE_BYTES)
+    except ssl.SSLCertVerificationError as exc:
+        raise DownloadError(
+            f"TLS certificate verification failed for {target.host}: {exc.verify_message}"
+        ) from None
+    except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+        raise DownloadError(
+            f"cannot reach {redact_url(target.url)}: {_describe(exc)}", retryable=True
+        ) from None
+    finally:
+        conn.close()
+
+
+def _size_of(response: http.client.HTTPResponse) -> int | None:
+    content_range = response.getheader("Content-Range") or ""
+    if "/" in content_range and content_range.rsplit("/", 1)[1].strip().isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.getheader("Content-Length")
+    return int(length) if length and length.isdigit() and response.status == 200 else None
+
+
+def probe_url(
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    ca_file: str | None = None,
+    ca_dir: str | None = None,
+    timeout: float = 10,
+    max_redirects: int = 5,
+) -> ProbeResult:
+    """Check a URL with a ranged GET of its first bytes: reachability, size (Content-Range), type,
+    and the image header (a HEAD would not show it, and many mirrors refuse HEAD anyway).
+    Every redirect is validated; credentials stay with their origin."""
+    sent = _checked_headers(dict(headers or {}))
+    target = _validate(url)
+    tls = None
+    for _ in range(max_redirects + 1):
+        if tls is None and target.scheme == "https":
+            tls = _tls_context(ca_file, ca_dir)
+        response, body = _probe_once(target, sent, tls, timeout)
+        if response.status in REDIRECT_STATUSES:
+            location = response.getheader("Location") or ""
+            next_target = _validate(urljoin(target.url, location.strip()))
+            if next_target.origin != target.origin:
+                sent = {
+                    k: v for k, v in sent.items() if k.lower() not in ("authorization", "cookie")
+                }
+            target = next_target
+            continue
+        if response.status >= 400:
+            raise DownloadError(
+                f"HTTP {response.status} from {redact_url(target.url)}",
+                retryable=response.status >= 500,
+                status=response.status,
+            )
+        return ProbeResult(
+            final_url=redact_url(target.url),
+            status=response.status,
+            size=_size_of(response),
+            content_type=response.getheader("Content-Type") or "",
+            head=body,
+        )
+    raise DownloadError(f"more than {max_redirects} redirects from {redact_url(url)}")

@@ -240,3 +240,46 @@ def test_https_direct_download_trusts_the_certificates_installed_on_the_host(
     finally:
         server.clear()
         server.stop()
+
+
+def test_url_check_reports_size_type_and_qcow2_virtual_size(httpserver, image, settings):
+    from agents_app.direct_download import url_check
+
+    settings.STENCIL_URL_ALLOW_LOOPBACK = True
+    httpserver.expect_request("/dd.qcow2").respond_with_data(
+        image, content_type="application/octet-stream"
+    )
+    result = url_check(url=httpserver.url_for("/dd.qcow2"))
+    assert result["ok"], result
+    check = result["checks"][0]
+    assert check["virtual_size"] == 16 * 1024 * 1024
+    assert check["content_type"] == "application/octet-stream"
+    assert check["size"] in (len(image), None)
+
+
+def test_url_check_of_a_dead_url_says_why(httpserver, settings):
+    from agents_app.direct_download import url_check
+
+    settings.STENCIL_URL_ALLOW_LOOPBACK = True
+    httpserver.expect_request("/gone").respond_with_data("no", status=404)
+    result = url_check(url=httpserver.url_for("/gone"))
+    assert not result["ok"]
+    assert "404" in result["error"]
+
+
+def test_url_check_of_a_metalink_checks_every_mirror(httpserver, image, settings):
+    from agents_app.direct_download import url_check
+
+    settings.STENCIL_URL_ALLOW_LOOPBACK = True
+    httpserver.expect_request("/a.qcow2").respond_with_data(image)
+    httpserver.expect_request("/b.qcow2").respond_with_data("x", status=503)
+    digest = hashlib.sha256(image).hexdigest()
+    body = metalink(
+        (httpserver.url_for("/a.qcow2"), 1), (httpserver.url_for("/b.qcow2"), 2), hash_hex=digest
+    )
+    httpserver.expect_request("/m.meta4").respond_with_data(body)
+    result = url_check(url=httpserver.url_for("/m.meta4"))
+    assert result["ok"]
+    assert result["checksum"] == "{SHA-256}" + digest
+    assert len(result["checks"]) == 1
+    assert "503" in result["unreachable_mirrors"][0]
