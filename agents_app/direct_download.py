@@ -284,3 +284,36 @@ def url_check(
             "checks": [],
             "checksum": "",
         }
+
+
+def url_verify(
+    *,
+    url: str,
+    checksum: str,
+    image_format: str,
+    headers: dict[str, str] | None = None,
+    ca_dir: str | None = None,
+) -> dict:
+    """Eager verification (verify=true): stream the whole image, hash and inspect it, keep
+    nothing. Beyond CloudStack, which only checks the checksum at deploy time."""
+    scratch = Path(settings.DATA_DIR) / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        fetched = fetch_into_pool(
+            url=url,
+            pool_dir=scratch,
+            checksum=checksum,
+            image_format=image_format,
+            headers=headers,
+            ca_dir=ca_dir,
+        )
+    except DirectDownloadFailed as exc:
+        return {"ok": False, "error": exc.message}
+    fetched.path.unlink(missing_ok=True)
+    return {
+        "ok": True,
+        "error": "",
+        "sha256": fetched.sha256,
+        "size": fetched.size,
+        "virtual_size": fetched.virtual_size,
+    }

@@ -332,3 +332,70 @@ def hosts_mark_down(*, missed_after_seconds: int) -> int:
                 )
                 count += 1
     return count
+
+
+class UrlCheckFailed(StencilError):
+    """No host could reach the URL (or verify the image); 400 naming `url`."""
+
+    code = "url_check_failed"
+
+
+def _ask_hosts(zone: Zone, task, kwargs: dict, *, timeout: float) -> tuple[Host, dict]:
+    """Send a check to up to 3 random Up hosts of the zone in turn; the first success wins."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    hosts = list(Host.objects.filter(zone=zone, state=HostState.UP).order_by("?")[:3])
+    if not hosts:
+        raise NoCapacity(f"no Up host in zone '{zone}' to check the URL from")
+    errors = []
+    for host in hosts:
+        try:
+            answer = task.apply_async(
+                kwargs={**kwargs, "host_name": host.name}, queue=host.queue
+            ).get(timeout=timeout, disable_sync_subtasks=False)
+        except CeleryTimeout:
+            errors.append(f"{host.name}: no answer within {timeout:g} s")
+            continue
+        if answer.get("ok"):
+            return host, answer
+        errors.append(f"{host.name}: {answer.get('error')}")
+    raise UrlCheckFailed("; ".join(errors), field="url")
+
+
+def direct_download_check(
+    *,
+    zone: Zone,
+    url: str,
+    headers: dict[str, str],
+    verify: bool = False,
+    checksum: str = "",
+    image_format: str = "QCOW2",
+) -> dict:
+    """Registration of a direct-download template: a random Up host of the zone checks the URL
+    (and with verify=true streams, hashes and inspects it). Call it outside any transaction:
+    it waits for the host's answer."""
+    from django.conf import settings
+
+    from .tasks import url_check_task, url_verify_task
+
+    host, answer = _ask_hosts(
+        zone,
+        url_check_task,
+        {"url": url, "headers": headers},
+        timeout=settings.STENCIL_URL_CHECK_TIMEOUT,
+    )
+    answer["host"] = host.name
+    if verify:
+        vhost, verified = _ask_hosts(
+            zone,
+            url_verify_task,
+            {
+                "url": url,
+                "headers": headers,
+                "checksum": checksum or answer.get("checksum", ""),
+                "image_format": image_format,
+            },
+            timeout=settings.STENCIL_URL_VERIFY_TIMEOUT,
+        )
+        answer["verified"] = {**verified, "host": vhost.name}
+    return answer

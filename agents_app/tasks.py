@@ -100,3 +100,24 @@ def url_check_task(url: str, headers: dict | None = None, host_name: str | None 
     from .direct_download import url_check
 
     return url_check(url=url, headers=headers, ca_dir=ca_dir_for(host_name) if host_name else None)
+
+
+@shared_task(name="agents_app.tasks.url_verify_task")
+def url_verify_task(
+    url: str,
+    checksum: str,
+    image_format: str,
+    headers: dict | None = None,
+    host_name: str | None = None,
+) -> dict:
+    """Direct-download registration with verify=true: fetch, hash and inspect the whole image."""
+    from .certificates import ca_dir_for
+    from .direct_download import url_verify
+
+    return url_verify(
+        url=url,
+        checksum=checksum,
+        image_format=image_format,
+        headers=headers,
+        ca_dir=ca_dir_for(host_name) if host_name else None,
+    )

@@ -215,3 +215,7 @@ STENCIL_POOL_COPY_MIN_AGE_SECONDS = int(os.environ.get("STENCIL_POOL_COPY_MIN_AG
 STENCIL_AGENT_TRUST_ROOT = Path(
     os.environ.get("STENCIL_AGENT_TRUST_ROOT", DATA_DIR / "trust")
 ).resolve()
+
+# Direct-download registration: how long the API waits for a host's URL check / full verify.
+STENCIL_URL_CHECK_TIMEOUT = float(os.environ.get("STENCIL_URL_CHECK_TIMEOUT", "20"))
+STENCIL_URL_VERIFY_TIMEOUT = float(os.environ.get("STENCIL_URL_VERIFY_TIMEOUT", "600"))

@@ -53,7 +53,12 @@ class Agent:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "DATABASE_URL": database_url(), "STENCIL_POOL_COPY_LEASE_SECONDS": "2"}
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "STENCIL_POOL_COPY_LEASE_SECONDS": "2",
+            "STENCIL_URL_ALLOW_LOOPBACK": "true",
+        }
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -199,3 +204,21 @@ def test_the_agent_deploys_a_vm_sent_through_the_api(setup, zone, api):
     )
     assert vm.state == "RUNNING", vm.error_text
     assert api.get(f"/api/v1/vms/{vm.uuid}/").data["host"] == agent.name
+
+
+def test_direct_download_url_check_is_answered_by_an_up_host(setup, zone, httpserver):
+    from agents_app.services import NoCapacity, UrlCheckFailed, direct_download_check
+
+    template, pool_dir, agent = setup
+    with pytest.raises(NoCapacity, match="no Up host"):
+        direct_download_check(zone=zone, url=httpserver.url_for("/big.qcow2"), headers={})
+    agent.start()
+
+    answer = direct_download_check(zone=zone, url=httpserver.url_for("/big.qcow2"), headers={})
+    assert answer["host"] == agent.name
+    assert answer["checks"][0]["virtual_size"] == 512 * 1024 * 1024
+
+    httpserver.expect_request("/gone.qcow2").respond_with_data("no", status=404)
+    with pytest.raises(UrlCheckFailed, match=f"{agent.name}: HTTP 404") as refused:
+        direct_download_check(zone=zone, url=httpserver.url_for("/gone.qcow2"), headers={})
+    assert refused.value.field == "url"
