@@ -54,6 +54,7 @@ bench: $(STAMP) services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/gc_sweep.py
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/list_templates.py
 	$(BIN)/python bench/download.py
+	$(BIN)/python bench/direct_download.py
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/deploy_storm.py
 
 lint: $(STAMP)
