@@ -26,9 +26,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Prefetch, QuerySet
@@ -40,6 +39,9 @@ from templates_app.models import Zone
 
 from .choices import HostState
 from .models import DirectDownloadCertificate, Host, HostCertificate, HostCertificateState
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +108,9 @@ def certificate_parse(text: str, *, now: datetime | None = None) -> ParsedCertif
         raise _bad_certificate(f"only a CERTIFICATE block is accepted, not {', '.join(others)}")
     if len(labels) > 1:
         raise _bad_certificate(f"{len(labels)} certificates; send one per alias")
+    # Imported here: agents only read trust folders; cryptography costs ~14 MB per worker.
+    from cryptography import x509
+
     try:
         cert = x509.load_pem_x509_certificate(text.encode("utf-8"))
         return _fields_of(cert, now or timezone.now())
@@ -113,7 +118,9 @@ def certificate_parse(text: str, *, now: datetime | None = None) -> ParsedCertif
         raise _bad_certificate(f"not a valid X.509 certificate ({_first_line(exc)})") from None
 
 
-def _fields_of(cert: x509.Certificate, now: datetime) -> ParsedCertificate:
+def _fields_of(cert: "x509.Certificate", now: datetime) -> ParsedCertificate:
+    from cryptography.hazmat.primitives import hashes, serialization
+
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
     if not_after < now:
         raise _bad_certificate(f"expired on {not_after.isoformat()}")
