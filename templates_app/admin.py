@@ -1,8 +1,9 @@
 """Django admin of the catalogue. Every state change goes through `services`; the admin calls them.
 
 Template pages: registration through `template_register`, edits through `template_update`,
+"Save as new version" through `versions_app.services.template_version_create`,
 Deactivate/Reactivate buttons and actions, the GC sweep (button, actions, dry run), the copies,
-live references and events of a template. Zones, image stores and accounts are plain
+versions, live references and events of a template. Zones, image stores and accounts are plain
 configuration; events and store copies are read-only.
 """
 
@@ -18,10 +19,12 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
+from versions_app import services as version_services
+
 from . import selectors, services
 from .admin_forms import TemplateChangeForm, TemplateRegisterForm
 from .choices import TemplateState
-from .errors import StencilError
+from .errors import InvalidInput, StencilError
 from .models import Account, Event, ImageStore, Template, TemplateDetail, TemplateStoreRef, Zone
 
 REFERENCES_SHOWN = 100
@@ -29,6 +32,9 @@ EVENTS_SHOWN = 50
 NAMES_IN_MESSAGE = 10
 # The service's refusal of a first submission, kept on the request for the second rendering.
 REFUSAL_ATTRIBUTE = "_stencil_service_refusal"
+# The version that "Save as new version" created, for the history entry and the redirect.
+NEW_VERSION_ATTRIBUTE = "_stencil_new_version"
+SAVE_AS_VERSION = "_saveasversion"
 
 
 class ServiceRefused(Exception):
@@ -167,6 +173,47 @@ class TemplateDetailInline(admin.TabularInline):
         return False
 
 
+class TemplateVersionInline(admin.TabularInline):
+    """The versions of a base template (2, 3, ...): shown with a link, edited on their own page."""
+
+    model = Template
+    fk_name = "base"
+    verbose_name = "version"
+    verbose_name_plural = "Versions of this template"
+    fields = ("version", "version_name", "version_state", "url", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).order_by("version_number")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Version")
+    def version(self, template: Template) -> str:
+        return admin_link(
+            "templates_app", "template", template.pk, f"{template.version_number}: {template}"
+        )
+
+    @admin.display(description="State")
+    def version_state(self, template: Template) -> str:
+        return state_badge(template)
+
+
+def state_badge(template: Template) -> str:
+    return format_html(
+        '<span class="stencil-state stencil-state-{}">{}</span>',
+        template.state.lower(),
+        template.state,
+    )
+
+
 # Buttons of the change page: action -> (service, label, the state it is offered in).
 TRANSITIONS = {
     "deactivate": (services.template_deactivate, "Deactivate (delete)", TemplateState.ACTIVE),
@@ -184,6 +231,7 @@ class TemplateAdmin(admin.ModelAdmin):
     change_list_template = "admin/templates_app/template/change_list.html"
     list_display = (
         "name",
+        "version_number",
         "kind",
         "format",
         "account",
@@ -197,7 +245,7 @@ class TemplateAdmin(admin.ModelAdmin):
     list_filter = ("state", "kind", "zones", "account", "is_public", "is_featured")
     list_select_related = ("account",)
     search_fields = ("name", "display_text", "unique_name", "uuid")
-    inlines = (TemplateStoreRefInline, TemplateDetailInline)
+    inlines = (TemplateVersionInline, TemplateStoreRefInline, TemplateDetailInline)
     actions = ("deactivate_selected", "reactivate_selected", "sweep_selected", "sweep_dry_run")
     add_fieldsets = (
         (None, {"fields": ("name", "display_text", "kind", "format", "url", "checksum")}),
@@ -209,6 +257,7 @@ class TemplateAdmin(admin.ModelAdmin):
     )
     fieldsets = (
         (None, {"fields": ("name", "display_text", "os_type", "is_public", "is_featured")}),
+        ("Version", {"fields": ("version_number", "version_name", "base_link")}),
         ("Life cycle", {"fields": ("state_badge", "removed_at", "references")}),
         (
             "Image",
@@ -233,10 +282,9 @@ class TemplateAdmin(admin.ModelAdmin):
         "state_badge",
         "removed_at",
         "references",
+        "version_number",
+        "base_link",
         "kind",
-        "format",
-        "url",
-        "checksum",
         "hypervisor",
         "direct_download",
         "primary_policy",
@@ -258,11 +306,13 @@ class TemplateAdmin(admin.ModelAdmin):
 
     @admin.display(description="State", ordering="state")
     def state_badge(self, template: Template) -> str:
-        return format_html(
-            '<span class="stencil-state stencil-state-{}">{}</span>',
-            template.state.lower(),
-            template.state,
-        )
+        return state_badge(template)
+
+    @admin.display(description="Base template")
+    def base_link(self, template: Template) -> str:
+        if template.base_id is None:
+            return "— (this is the base template, version 1)"
+        return admin_link("templates_app", "template", template.base_id, str(template.base))
 
     @admin.display(description="References", ordering="references")
     def references(self, template: Template) -> int:
@@ -285,10 +335,19 @@ class TemplateAdmin(admin.ModelAdmin):
         if obj.state == TemplateState.REMOVED:
             # A removed template is frozen: the service would refuse any edit.
             return self.readonly_fields + TemplateChangeForm.Meta.fields
+        if obj.state != TemplateState.ACTIVE:
+            # The image fields only feed "Save as new version", offered on ACTIVE templates.
+            return self.readonly_fields + TemplateChangeForm.IMAGE_FIELDS
         return self.readonly_fields
 
     def get_inline_instances(self, request, obj=None):
-        return [] if obj is None else super().get_inline_instances(request, obj)
+        if obj is None:
+            return []
+        inlines = super().get_inline_instances(request, obj)
+        if obj.base_id is not None:
+            # A version has no versions of its own.
+            inlines = [i for i in inlines if not isinstance(i, TemplateVersionInline)]
+        return inlines
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
@@ -309,9 +368,12 @@ class TemplateAdmin(admin.ModelAdmin):
             return super().changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request, obj, form, change):
-        """Register or update through the services; the admin never saves the row itself."""
+        """Register, update or save as a new version through the services; the admin never
+        saves the row itself."""
         try:
-            if change:
+            if change and SAVE_AS_VERSION in request.POST:
+                self._save_as_version(request, obj, form)
+            elif change:
                 self._update(request, obj, form)
             else:
                 self._register(request, obj, form)
@@ -325,9 +387,42 @@ class TemplateAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
 
     def _update(self, request, obj: Template, form: TemplateChangeForm) -> None:
-        changes = {name: form.cleaned_data[name] for name in form.changed_data}
+        changes = form.update_changes()
+        image = [name for name in TemplateChangeForm.IMAGE_FIELDS if name in changes]
+        if image:
+            raise InvalidInput(
+                "a template's image never changes: use “Save as new version” to register "
+                "these values as a new version",
+                field=image[0],
+            )
         if changes:
             services.template_update(template_id=obj.pk, actor=request.user, changes=changes)
+
+    def _save_as_version(self, request, obj: Template, form: TemplateChangeForm) -> None:
+        """A new version of the lineage's base from the page's values; `obj` stays unchanged."""
+        version = version_services.template_version_create(
+            base_template_id=obj.lineage_id, actor=request.user, **form.version_kwargs()
+        )
+        setattr(request, NEW_VERSION_ATTRIBUTE, version)
+
+    def log_change(self, request, obj, message):
+        version = getattr(request, NEW_VERSION_ATTRIBUTE, None)
+        if version is not None:
+            # Nothing of `obj` changed: the history records the new version's addition.
+            return self.log_addition(request, version, [{"added": {}}])
+        return super().log_change(request, obj, message)
+
+    def response_change(self, request, obj):
+        version = getattr(request, NEW_VERSION_ATTRIBUTE, None)
+        if version is None:
+            return super().response_change(request, obj)
+        base = version.base
+        self.message_user(
+            request,
+            f"Created version {version.version_number} of “{base}”; “{obj}” is unchanged.",
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(self._url("change", version.pk))
 
     def save_related(self, request, form, formsets, change):
         """No form.save_m2m(): the service set the zones. The read-only inlines save nothing."""
@@ -348,7 +443,17 @@ class TemplateAdmin(admin.ModelAdmin):
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
             context.update(self._life_cycle_context(request, obj))
+            context.update(self._version_context(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _version_context(self, request, template: Template) -> dict:
+        offered = template.state == TemplateState.ACTIVE and self.has_change_permission(
+            request, template
+        )
+        return {
+            "show_save_as_version": offered,
+            "version_base": template.base if template.base_id else template,
+        }
 
     def _life_cycle_context(self, request, template: Template) -> dict:
         references = list(selectors.template_references(template=template)[:REFERENCES_SHOWN])

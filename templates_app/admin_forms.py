@@ -9,6 +9,7 @@ from .models import Template
 # Service error fields that have another name (or no field of their own) on the admin forms.
 FIELD_ALIASES = {
     "image_format": "format",
+    "version.version_name": "version_name",
     "max_templates": "account",
     "max_secondary_bytes": "account",
 }
@@ -82,8 +83,46 @@ class TemplateRegisterForm(ServiceErrorFormMixin, forms.ModelForm):
 
 
 class TemplateChangeForm(ServiceErrorFormMixin, forms.ModelForm):
-    """The change form; the admin limits its fields to what `services.template_update` edits."""
+    """The change form: what `services.template_update` edits, and the image fields that only
+    "Save as new version" may change (a template's own bytes never change)."""
+
+    IMAGE_FIELDS = ("format", "url", "checksum")
 
     class Meta:
         model = Template
-        fields = ("name", "display_text", "os_type", "is_public", "is_featured")
+        formfield_callback = https_by_default
+        fields = (
+            "name",
+            "display_text",
+            "os_type",
+            "is_public",
+            "is_featured",
+            "version_name",
+            "format",
+            "url",
+            "checksum",
+        )
+        help_texts = {
+            "version_name": "A name for this version, e.g. “with security updates”.",
+            "url": "Changed only by “Save as new version”.",
+            "format": "Changed only by “Save as new version”.",
+            "checksum": "Changed only by “Save as new version”. {ALGO}hex.",
+        }
+
+    def update_changes(self) -> dict:
+        """Keyword `changes` for services.template_update: the edited fields."""
+        return {name: self.cleaned_data[name] for name in self.changed_data}
+
+    def version_kwargs(self) -> dict:
+        """Keyword arguments for versions_app.services.template_version_create: the values on
+        the page (the edited template's unless changed) and the version name if one was typed."""
+        data = {
+            name: self.cleaned_data[name]
+            for name in self.Meta.fields
+            if name in self.cleaned_data and name != "version_name"
+        }
+        if "format" in data:
+            data["image_format"] = data.pop("format")
+        changed_name = "version_name" in self.changed_data
+        data["version_name"] = self.cleaned_data["version_name"] if changed_name else ""
+        return data

@@ -8,7 +8,8 @@ from .models import Event, Template
 
 
 class TemplateFilterSet(django_filters.FilterSet):
-    """`templatefilter` is applied by the view (it needs the user); these narrow further."""
+    """`templatefilter`, `state` and `all_versions` are applied by the view's selector (they
+    decide which rows exist for this user); the others narrow further."""
 
     templatefilter = django_filters.ChoiceFilter(
         choices=TemplateFilter.choices,
@@ -19,6 +20,10 @@ class TemplateFilterSet(django_filters.FilterSet):
         choices=TemplateState.choices,
         method="ignore",
         help_text="Administrators only; others always see ACTIVE templates.",
+    )
+    all_versions = django_filters.BooleanFilter(
+        method="ignore",
+        help_text="true: every version of each lineage; default: its newest ACTIVE one only.",
     )
     zone = django_filters.UUIDFilter(method="filter_zone", help_text="Zone id.")
     kind = django_filters.ChoiceFilter(choices=TemplateKind.choices)

@@ -80,7 +80,11 @@ class ImageStore(models.Model):
 
 
 class Template(ConcurrentTransitionMixin, models.Model):
-    """A VM template or an ISO. `state` is what users may do; `removed_at`: the bytes are gone."""
+    """A VM template or an ISO. `state` is what users may do; `removed_at`: the bytes are gone.
+
+    A version is a Template of its own (own bytes, own life cycle) whose `base` is the base
+    template of its lineage; there is no version of a version.
+    """
 
     uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
     unique_name = models.CharField(max_length=64, unique=True, editable=False)
@@ -106,6 +110,19 @@ class Template(ConcurrentTransitionMixin, models.Model):
     primary_policy = models.CharField(
         max_length=8, choices=PrimaryPolicy.choices, default=PrimaryPolicy.CACHE
     )
+    # Versions (seed 002): a version is a Template whose `base` is the lineage's base template.
+    # The base is version 1; versions get max+1 from versions_app.services, never from a client.
+    base = models.ForeignKey(
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="versions",
+        editable=False,
+        help_text="The base template this is a version of; empty for a base template.",
+    )
+    version_number = models.PositiveIntegerField(default=1, editable=False)
+    version_name = models.CharField(max_length=128, blank=True)
     state = FSMField(
         max_length=16, choices=TemplateState.choices, default=TemplateState.ACTIVE, protected=True
     )
@@ -122,9 +139,27 @@ class Template(ConcurrentTransitionMixin, models.Model):
             models.Index(fields=["account", "state"], name="template_account_state_idx"),
             models.Index(fields=["state", "-created_at", "-id"], name="template_state_created_idx"),
         ]
+        constraints = [
+            # Also the index behind "is there a newer version in this lineage" (listings).
+            models.UniqueConstraint(
+                fields=["base", "version_number"],
+                name="template_version_number_unique",
+                condition=models.Q(base__isnull=False),
+            ),
+            models.CheckConstraint(
+                condition=models.Q(base__isnull=True, version_number=1)
+                | models.Q(base__isnull=False, version_number__gte=2),
+                name="template_base_is_version_one",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def lineage_id(self) -> int:
+        """The id of the lineage's base template (its own id for a base)."""
+        return self.base_id or self.pk
 
     @transition(
         field=state,

@@ -6,6 +6,7 @@ from django.db.models.functions import Coalesce
 
 from agents_app.choices import VmState
 from agents_app.models import TemplatePoolRef, VirtualMachine
+from versions_app.selectors import lineage_of, newer_version_exists
 
 from .choices import TemplateFilter, TemplateState
 from .errors import NoAccount
@@ -98,17 +99,34 @@ def template_list(
     user: AbstractBaseUser,
     template_filter: str = TemplateFilter.EXECUTABLE,
     states: list[str] | None = None,
+    all_versions: bool = False,
 ) -> QuerySet[Template]:
-    """The template listing: ACTIVE only unless staff asks for other states."""
+    """The template listing: ACTIVE only unless staff asks for other states.
+
+    One row per lineage, its newest version in those states (ACTIVE: what 'latest' deploys),
+    unless `all_versions`. Which version is newest does not depend on the caller's filters.
+    """
     if not (user.is_staff and states):
         states = [TemplateState.ACTIVE]
-    queryset = _apply_template_filter(
-        Template.objects.filter(state__in=states), user, template_filter
-    )
+    queryset = Template.objects.filter(state__in=states)
+    if not all_versions:
+        queryset = queryset.exclude(newer_version_exists(states))
+    queryset = _apply_template_filter(queryset, user, template_filter)
     return (
         with_reference_count(queryset)
-        .select_related("account")
+        .select_related("account", "base")
         .prefetch_related("zones", "details")
+    )
+
+
+def template_versions_list(*, user: AbstractBaseUser, template: Template) -> QuerySet[Template]:
+    """The lineage of `template` (base first, any state): the rows this user may see."""
+    lineage = lineage_of(template.lineage_id).values("pk")
+    return (
+        with_reference_count(templates_visible_to(user).filter(pk__in=lineage))
+        .select_related("account", "base")
+        .prefetch_related("zones", "details")
+        .order_by("version_number")
     )
 
 
@@ -117,7 +135,7 @@ def template_detail_queryset(*, user: AbstractBaseUser) -> QuerySet[Template]:
     copies = TemplateStoreRef.objects.select_related("store__zone")
     return (
         with_reference_count(templates_visible_to(user))
-        .select_related("account")
+        .select_related("account", "base")
         .prefetch_related("zones", "details", Prefetch("store_refs", queryset=copies))
     )
 

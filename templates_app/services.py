@@ -28,7 +28,7 @@ from .choices import (
 )
 from .errors import InvalidInput, LimitExceeded, TransitionConflict
 from .events import build_event, record_event, record_events
-from .locks import lock_account, lock_template
+from .locks import lock_account, lock_template, lock_templates
 from .models import Account, ImageStore, Template, TemplateDetail, TemplateStoreRef, Zone
 from .selectors import has_live_reference
 from .urlsafety import HostNotResolved, validate_url
@@ -107,9 +107,9 @@ def create_template_row(
     )
 
 
-def _release_template_charge(account_id: int) -> None:
+def _release_template_charge(account_id: int, count: int = 1) -> None:
     Account.objects.filter(pk=account_id, used_templates__gt=0).update(
-        used_templates=F("used_templates") - 1
+        used_templates=Greatest(F("used_templates") - count, Value(0))
     )
 
 
@@ -225,13 +225,17 @@ def template_register(
     return template
 
 
-EDITABLE_FIELDS = ("name", "display_text", "os_type", "is_public", "is_featured")
+EDITABLE_FIELDS = ("name", "display_text", "os_type", "is_public", "is_featured", "version_name")
 STAFF_ONLY_FIELDS = ("is_featured",)
+VERSION_NAME_MAX_LENGTH = 128
 
 
 @transaction.atomic
 def template_update(*, template_id: int, actor, changes: dict[str, Any]) -> Template:
-    """Edit what users may edit; `is_featured` is for staff only; a REMOVED template is frozen."""
+    """Edit what users may edit; `is_featured` is for staff only; a REMOVED template is frozen.
+
+    Of the versioning fields only `version_name` is editable: the base and the number are not.
+    """
     template = lock_template(template_id)
     unknown = sorted(set(changes) - set(EDITABLE_FIELDS))
     if unknown:
@@ -245,6 +249,10 @@ def template_update(*, template_id: int, actor, changes: dict[str, Any]) -> Temp
         raise TransitionConflict(template, "edit")
     if "name" in changes and not str(changes["name"]).strip():
         raise InvalidInput("the name cannot be blank", field="name")
+    if len(changes.get("version_name") or "") > VERSION_NAME_MAX_LENGTH:
+        raise InvalidInput(
+            f"no more than {VERSION_NAME_MAX_LENGTH} characters", field="version_name"
+        )
     for name, value in changes.items():
         setattr(template, name, value)
     template.save(update_fields=[*changes, "updated_at"])
@@ -276,38 +284,73 @@ def _enqueue_sweep_of(template_ids: list[int]) -> None:
     transaction.on_commit(lambda: gc_sweep_task.delay(template_ids=template_ids))
 
 
+def _lock_active_versions(base: Template) -> list[Template]:
+    """The ACTIVE versions of a locked base, locked in id order (a new statement after the
+    base's lock, so it sees every version committed before we got it)."""
+    ids = list(base.versions.filter(state=TemplateState.ACTIVE).values_list("pk", flat=True))
+    return [version for version in lock_templates(ids) if version.state == TemplateState.ACTIVE]
+
+
 @transaction.atomic
 def template_deactivate(*, template_id: int, actor, reason: str = "deleted") -> Template:
-    """The delete API: ACTIVE -> INACTIVE at once, whatever uses it; the sweep removes later."""
+    """The delete API: ACTIVE -> INACTIVE at once, whatever uses it; the sweep removes later.
+
+    Deleting a base template deletes its ACTIVE versions with it (seed 002); each then follows
+    the same life cycle. Locks: the template, its versions (id order), then the account's row.
+    """
     template = lock_template(template_id)
-    if template.state == TemplateState.INACTIVE:
-        return template
-    if not can_proceed(template.deactivate):
+    if template.state != TemplateState.INACTIVE and not can_proceed(template.deactivate):
         raise TransitionConflict(template, "delete")
-    template.deactivate()
-    template.save(update_fields=["state", "updated_at"])
-    _release_template_charge(template.account_id)
-    record_event(
-        template,
-        from_state=TemplateState.ACTIVE,
-        to_state=template.state,
-        actor=actor,
-        reason=reason,
+    targets = [template] if template.state == TemplateState.ACTIVE else []
+    versions = _lock_active_versions(template) if template.base_id is None else []
+    targets += versions
+    if not targets:
+        return template
+    for target in targets:
+        target.deactivate()
+        target.save(update_fields=["state", "updated_at"])
+    _release_template_charge(template.account_id, count=len(targets))
+    record_events(
+        build_event(
+            target,
+            from_state=TemplateState.ACTIVE,
+            to_state=target.state,
+            actor=actor,
+            reason=reason if target is template else f"base template '{template}' deleted",
+        )
+        for target in targets
     )
-    # A template nobody uses can go at once instead of waiting for the periodic sweep.
-    if not Template.objects.filter(pk=template.pk).filter(has_live_reference()).exists():
-        _enqueue_sweep_of([template.pk])
+    # Templates nobody uses can go at once instead of waiting for the periodic sweep.
+    unused = list(
+        Template.objects.filter(pk__in=[target.pk for target in targets])
+        .exclude(has_live_reference())
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if unused:
+        _enqueue_sweep_of(unused)
     return template
 
 
 @transaction.atomic
 def template_reactivate(*, template_id: int, actor, reason: str = "reactivated") -> Template:
-    """Staff undo of a delete, possible until the sweep has removed the bytes."""
+    """Staff undo of a delete, possible until the sweep has removed the bytes.
+
+    A version comes back only while its base template is ACTIVE (the base's lock first).
+    """
+    base_id = Template.objects.values_list("base_id", flat=True).get(pk=template_id)
+    base = lock_template(base_id) if base_id is not None else None
     template = lock_template(template_id)
     if template.state == TemplateState.ACTIVE:
         return template
     if not can_proceed(template.reactivate):
         raise TransitionConflict(template, "reactivate", reason="its bytes are already removed")
+    if base is not None and base.state != TemplateState.ACTIVE:
+        raise TransitionConflict(
+            template,
+            "reactivate",
+            reason=f"its base template '{base}' is {base.state}; reactivate the base first",
+        )
     template.reactivate()
     template.save(update_fields=["state", "updated_at"])
     Account.objects.filter(pk=template.account_id).update(used_templates=F("used_templates") + 1)

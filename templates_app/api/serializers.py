@@ -2,6 +2,7 @@
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
+from rest_framework.settings import api_settings
 
 from templates_app.choices import (
     Hypervisor,
@@ -18,6 +19,8 @@ from templates_app.models import (
     TemplateStoreRef,
     Zone,
 )
+from templates_app.selectors import templates_visible_to
+from templates_app.services import VERSION_NAME_MAX_LENGTH
 
 
 class UuidRelatedField(serializers.SlugRelatedField):
@@ -114,6 +117,54 @@ class StoreCopySerializer(serializers.ModelSerializer):
         ]
 
 
+def dotted_errors(detail):
+    """{"version": {"base_template": [...]}} -> {"version.base_template": [...]}: one level of
+    nesting, so a 400 names the field as the docs do."""
+    if not isinstance(detail, dict):
+        return detail
+    flat = {}
+    for name, errors in detail.items():
+        if not isinstance(errors, dict):
+            flat[name] = errors
+            continue
+        for inner, inner_errors in errors.items():
+            key = name if inner == api_settings.NON_FIELD_ERRORS_KEY else f"{name}.{inner}"
+            flat[key] = inner_errors
+    return flat
+
+
+class DottedErrorsMixin:
+    """Errors of a nested section are reported as `section.field`."""
+
+    def run_validation(self, data=serializers.empty):
+        try:
+            return super().run_validation(data)
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError(dotted_errors(exc.detail)) from exc
+
+
+def refuse_unknown_keys(data, known, editable) -> None:
+    """A key outside `known` is a 400 naming it (a typo or a read-only field must not pass)."""
+    unknown = sorted(set(data) - set(known)) if hasattr(data, "keys") else []
+    if unknown:
+        raise serializers.ValidationError(
+            {unknown[0]: [f"cannot be changed; editable fields: {', '.join(editable)}"]}
+        )
+
+
+class TemplateVersionSerializer(serializers.Serializer):
+    """`version` of a template: its base template (null for a base), name and number."""
+
+    base_template = serializers.UUIDField(
+        source="base.uuid",
+        default=None,
+        read_only=True,
+        help_text="Id of the base template; null for a base template (version 1).",
+    )
+    version_name = serializers.CharField(read_only=True)
+    version_number = serializers.IntegerField(read_only=True)
+
+
 class TemplateSerializer(serializers.ModelSerializer):
     """A template as listed: no per-copy rows, so a page costs a fixed number of queries."""
 
@@ -123,6 +174,7 @@ class TemplateSerializer(serializers.ModelSerializer):
     zones = serializers.SerializerMethodField()
     details = TemplateDetailSerializer(many=True, read_only=True)
     references = serializers.IntegerField(read_only=True, default=0)
+    version = TemplateVersionSerializer(source="*", read_only=True)
 
     class Meta:
         model = Template
@@ -131,6 +183,7 @@ class TemplateSerializer(serializers.ModelSerializer):
             "unique_name",
             "name",
             "display_text",
+            "version",
             "kind",
             "format",
             "url",
@@ -168,14 +221,52 @@ class TemplateDetailViewSerializer(TemplateSerializer):
         read_only_fields = fields
 
 
-class TemplateCreateSerializer(serializers.Serializer):
-    """Input of POST /templates/ (CloudStack's registerTemplate / registerIso)."""
+class VisibleTemplateField(UuidRelatedField):
+    """A template by id among those the caller can see: another account's private one is
+    as unknown as an id that does not exist."""
 
-    name = serializers.CharField(max_length=128)
+    def get_queryset(self):
+        return templates_visible_to(self.context["request"].user)
+
+
+class TemplateVersionCreateSerializer(serializers.Serializer):
+    """The `version` section of POST /templates/: makes the new template a version."""
+
+    base_template = VisibleTemplateField(
+        queryset=Template.objects.none(),
+        help_text="Id of the base template (not of a version of it).",
+    )
+    version_name = serializers.CharField(
+        max_length=VERSION_NAME_MAX_LENGTH, required=False, allow_blank=True, default=""
+    )
+    version_number = serializers.IntegerField(
+        required=False, help_text="Ignored: the server gives the lineage's next number."
+    )
+
+
+REGISTRATION_REQUIRED = ("name", "format", "url")
+
+
+class TemplateCreateSerializer(DottedErrorsMixin, serializers.Serializer):
+    """Input of POST /templates/ (CloudStack's registerTemplate / registerIso).
+
+    With a `version` section it registers a new version of `version.base_template`; every
+    field not sent is then the base template's (name, format, url and checksum included).
+    """
+
+    name = serializers.CharField(
+        max_length=128, required=False, help_text="Required unless `version` is given."
+    )
     display_text = serializers.CharField(max_length=4096, required=False, allow_blank=True)
     kind = serializers.ChoiceField(choices=TemplateKind.choices, default=TemplateKind.TEMPLATE)
-    format = serializers.ChoiceField(choices=TemplateFormat.choices)
-    url = serializers.CharField(max_length=2048)
+    format = serializers.ChoiceField(
+        choices=TemplateFormat.choices,
+        required=False,
+        help_text="Required unless `version` is given.",
+    )
+    url = serializers.CharField(
+        max_length=2048, required=False, help_text="Required unless `version` is given."
+    )
     checksum = serializers.CharField(max_length=160, required=False, allow_blank=True)
     os_type = serializers.CharField(max_length=128, required=False, allow_blank=True)
     hypervisor = serializers.ChoiceField(choices=Hypervisor.choices, default=Hypervisor.KVM)
@@ -193,6 +284,28 @@ class TemplateCreateSerializer(serializers.Serializer):
         required=False,
         help_text="Owner account (administrators only).",
     )
+    version = TemplateVersionCreateSerializer(
+        required=False, help_text="Register a new version of a base template."
+    )
+
+    def validate(self, attrs):
+        if "version" not in attrs:
+            missing = [name for name in REGISTRATION_REQUIRED if name not in attrs]
+            if missing:
+                message = self.fields[missing[0]].error_messages["required"]
+                raise serializers.ValidationError({name: [message] for name in missing})
+        return attrs
+
+    def registration_fields(self) -> dict:
+        """Keyword arguments of the registration service; for a version, only what was sent
+        (the rest is the base's)."""
+        data = dict(self.validated_data)
+        data.pop("account", None)
+        if data.pop("version", None) is not None:
+            data = {name: value for name, value in data.items() if name in self.initial_data}
+        if "format" in data:
+            data["image_format"] = data.pop("format")
+        return data
 
     def validate_is_featured(self, value: bool) -> bool:
         if value and not self.context["request"].user.is_staff:
@@ -207,22 +320,57 @@ class TemplateCreateSerializer(serializers.Serializer):
         return value
 
 
-class TemplateUpdateSerializer(serializers.Serializer):
-    """PATCH: name, display text, os type, public; featured by administrators."""
+class TemplateVersionUpdateSerializer(serializers.Serializer):
+    """The `version` section of PATCH: only `version_name` changes. The base and the number
+    may be sent back unchanged; another value is a 400 naming the field."""
+
+    base_template = serializers.UUIDField(required=False, allow_null=True)
+    version_name = serializers.CharField(
+        max_length=VERSION_NAME_MAX_LENGTH, required=False, allow_blank=True
+    )
+    version_number = serializers.IntegerField(required=False)
+
+    def to_internal_value(self, data):
+        refuse_unknown_keys(data, self.fields, ["version_name"])
+        return super().to_internal_value(data)
+
+    def validate(self, attrs):
+        template = self.context["template"]
+        base_uuid = template.base.uuid if template.base_id else None
+        if "base_template" in attrs and attrs["base_template"] != base_uuid:
+            raise serializers.ValidationError(
+                {"base_template": ["cannot be changed: a template stays in its lineage"]}
+            )
+        if "version_number" in attrs and attrs["version_number"] != template.version_number:
+            raise serializers.ValidationError(
+                {"version_number": ["cannot be changed: the server numbers versions"]}
+            )
+        return attrs
+
+
+class TemplateUpdateSerializer(DottedErrorsMixin, serializers.Serializer):
+    """PATCH: name, display text, os type, public, version name; featured by administrators."""
 
     name = serializers.CharField(max_length=128, required=False)
     display_text = serializers.CharField(max_length=4096, required=False, allow_blank=True)
     os_type = serializers.CharField(max_length=128, required=False, allow_blank=True)
     is_public = serializers.BooleanField(required=False)
     is_featured = serializers.BooleanField(required=False)
+    version = TemplateVersionUpdateSerializer(
+        required=False, help_text="Only `version_name` can change."
+    )
 
     def to_internal_value(self, data):
-        unknown = sorted(set(data) - set(self.fields)) if hasattr(data, "keys") else []
-        if unknown:
-            raise serializers.ValidationError(
-                {unknown[0]: [f"cannot be changed; editable fields: {', '.join(self.fields)}"]}
-            )
+        refuse_unknown_keys(data, self.fields, self.fields)
         return super().to_internal_value(data)
+
+    def changes(self) -> dict:
+        """What `services.template_update` should change."""
+        data = dict(self.validated_data)
+        version = data.pop("version", None) or {}
+        if "version_name" in version:
+            data["version_name"] = version["version_name"]
+        return data
 
 
 class TemplateDeleteResultSerializer(serializers.Serializer):

@@ -13,6 +13,7 @@ from templates_app import selectors, services, uploads
 from templates_app.choices import TemplateFilter
 from templates_app.filtersets import EventFilterSet, TemplateFilterSet
 from templates_app.models import Template
+from versions_app import services as version_services
 
 from .permissions import IsStaff, IsStaffOrReadOnly
 from .serializers import (
@@ -59,8 +60,16 @@ def reference_rows(template: Template) -> list[dict]:
     return vms + pinned
 
 
+def query_flag(request: Request, name: str) -> bool:
+    """A boolean query parameter read as django-filter's BooleanWidget reads it."""
+    return request.query_params.get(name, "").lower() in ("true", "1")
+
+
 class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Templates and ISOs. DELETE deactivates; the GC sweep removes the bytes later."""
+    """Templates and ISOs. DELETE deactivates; the GC sweep removes the bytes later.
+
+    The listing shows the newest ACTIVE version of each lineage (`?all_versions=true`: all).
+    """
 
     lookup_field = "uuid"
     lookup_url_kwarg = "id"
@@ -78,6 +87,7 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
                     "templatefilter", TemplateFilter.EXECUTABLE
                 ),
                 states=self.request.query_params.getlist("state"),
+                all_versions=query_flag(self.request, "all_versions"),
             )
         return selectors.template_detail_queryset(user=user)
 
@@ -98,16 +108,25 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     @extend_schema(request=TemplateCreateSerializer, responses={201: TemplateDetailViewSerializer})
     def create(self, request: Request) -> Response:
+        """Register a template, or with a `version` section a new version of a base template."""
         serializer = TemplateCreateSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
-        data = dict(serializer.validated_data)
-        account = data.pop("account", None) or selectors.account_of(request.user)
-        template = services.template_register(
-            account=account,
-            actor=request.user,
-            image_format=data.pop("format"),
-            **data,
-        )
+        account = serializer.validated_data.get("account")
+        version = serializer.validated_data.get("version")
+        if version is not None:
+            template = version_services.template_version_create(
+                base_template_id=version["base_template"].pk,
+                actor=request.user,
+                version_name=version["version_name"],
+                account=account,
+                **serializer.registration_fields(),
+            )
+        else:
+            template = services.template_register(
+                account=account or selectors.account_of(request.user),
+                actor=request.user,
+                **serializer.registration_fields(),
+            )
         return Response(self._detail(template.pk), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=UploadParamsRequestSerializer, responses={201: UploadParamsSerializer})
@@ -129,10 +148,12 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @extend_schema(request=TemplateUpdateSerializer, responses=TemplateDetailViewSerializer)
     def partial_update(self, request: Request, id=None) -> Response:
         template = self._owned_template()
-        serializer = TemplateUpdateSerializer(data=request.data, partial=True)
+        serializer = TemplateUpdateSerializer(
+            data=request.data, partial=True, context={"request": request, "template": template}
+        )
         serializer.is_valid(raise_exception=True)
         services.template_update(
-            template_id=template.pk, actor=request.user, changes=serializer.validated_data
+            template_id=template.pk, actor=request.user, changes=serializer.changes()
         )
         return Response(self._detail(template.pk))
 
@@ -155,6 +176,17 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def references(self, request: Request, id=None) -> Response:
         template = self.get_object()
         return Response(ReferenceSerializer(reference_rows(template), many=True).data)
+
+    @extend_schema(responses=TemplateSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def versions(self, request: Request, id=None) -> Response:
+        """The lineage of this template, base (version 1) first, in every state."""
+        template = self.get_object()
+        rows = list(selectors.template_versions_list(user=request.user, template=template))
+        if not any(row.pk == template.lineage_id for row in rows):
+            raise NotFound()  # the base is not visible to this user: neither is its lineage
+        context = self.get_serializer_context()
+        return Response(TemplateSerializer(rows, many=True, context=context).data)
 
 
 class ZoneViewSet(viewsets.ModelViewSet):

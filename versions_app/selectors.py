@@ -1,0 +1,51 @@
+"""Reads about lineages: a base template (version 1) and its versions (2, 3, ...)."""
+
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models.functions import Coalesce
+
+from templates_app.choices import TemplateState
+from templates_app.models import Template
+
+
+def lineage_root_id(template_id: int) -> int | None:
+    """The id of the base template of the lineage `template_id` belongs to (None: unknown id)."""
+    row = Template.objects.filter(pk=template_id).values_list("base_id", "pk").first()
+    return None if row is None else row[0] or row[1]
+
+
+def lineage_of(base_id: int) -> QuerySet[Template]:
+    """Every template of a lineage, in any state, oldest version first."""
+    return Template.objects.filter(Q(pk=base_id) | Q(base_id=base_id)).order_by("version_number")
+
+
+def newer_version_exists(states: list[str]) -> Exists:
+    """For the outer template: its lineage has a higher-numbered version in one of `states`.
+
+    Anything numbered above a template is a version (the base is 1), so the lineage test is
+    `base_id = COALESCE(outer.base_id, outer.id)`: one probe of the (base, version_number)
+    unique index per row, no query per row.
+    """
+    return Exists(
+        Template.objects.filter(
+            base_id=Coalesce(OuterRef("base_id"), OuterRef("pk")),
+            version_number__gt=OuterRef("version_number"),
+            state__in=states,
+        )
+    )
+
+
+def latest_version(base_id: int) -> Template | None:
+    """'latest': the newest ACTIVE template of the lineage (the base included), or None.
+
+    A version's id works too: it stands for its lineage.
+    """
+    root_id = lineage_root_id(base_id)
+    if root_id is None:
+        return None
+    return (
+        lineage_of(root_id)
+        .filter(state=TemplateState.ACTIVE)
+        .select_related("base", "account")
+        .order_by("-version_number")
+        .first()
+    )
