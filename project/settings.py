@@ -219,3 +219,5 @@ STENCIL_AGENT_TRUST_ROOT = Path(
 # Direct-download registration: how long the API waits for a host's URL check / full verify.
 STENCIL_URL_CHECK_TIMEOUT = float(os.environ.get("STENCIL_URL_CHECK_TIMEOUT", "20"))
 STENCIL_URL_VERIFY_TIMEOUT = float(os.environ.get("STENCIL_URL_VERIFY_TIMEOUT", "600"))
+# Registration of direct-download templates asks a host of the zone to check the URL first.
+STENCIL_DIRECT_DOWNLOAD_URL_CHECK = env_bool("STENCIL_DIRECT_DOWNLOAD_URL_CHECK", True)

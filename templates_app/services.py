@@ -28,6 +28,7 @@ from .choices import (
 )
 from .errors import InvalidInput, LimitExceeded, TransitionConflict
 from .events import build_event, record_event, record_events
+from .headers import header_pairs, validate_header_details
 from .locks import lock_account, lock_template, lock_templates
 from .models import Account, ImageStore, Template, TemplateDetail, TemplateStoreRef, Zone
 from .selectors import has_live_reference
@@ -168,11 +169,14 @@ def template_register(
     direct_download: bool = False,
     primary_policy: str = "CACHE",
     details: Any = None,
+    verify: bool = False,
 ) -> Template:
     """Register a template by URL: validate, charge the account, create its store copies.
 
-    A direct-download template gets one BYPASSED/READY row and no secondary copy. Everything
-    happens in one transaction, so a refused registration leaves nothing behind.
+    A direct-download template gets one BYPASSED/READY row and no secondary copy; before that,
+    a random Up host of the zone checks the URL (and with `verify`, streams, hashes and inspects
+    the whole image). Everything is written in one transaction, so a refused registration
+    leaves nothing behind.
     """
     name = (name or "").strip()
     if not name:
@@ -185,7 +189,19 @@ def template_register(
         raise InvalidInput("give at least one zone, or cross_zones=true", field="zones")
     target_zones = list(Zone.objects.all()) if cross_zones else list(zones or [])
     stores = [] if direct_download else _stores_for(target_zones, is_public=is_public)
+    validate_header_details(detail_pairs)
+    checked = {}
+    if direct_download:
+        checked = _check_direct_download(
+            url=url,
+            checksum=checksum,
+            image_format=image_format,
+            zones=target_zones,
+            headers=dict(header_pairs(detail_pairs)),
+            verify=verify,
+        )
 
+    # Locks come after the host's answer: nothing is held while a host is asked.
     account = lock_account(account.pk)
     charge_account(account)
     template = create_template_row(
@@ -210,11 +226,15 @@ def template_register(
         [TemplateDetail(template=template, key=k, value=v) for k, v in detail_pairs]
     )
     if direct_download:
+        verified = checked.get("verified") or {}
         TemplateStoreRef.objects.create(
             template=template,
             store=None,
             download_state=DownloadState.BYPASSED,
             state=StoreRefState.READY,
+            sha256=verified.get("sha256", ""),
+            size=verified.get("virtual_size") or _first_check(checked).get("virtual_size"),
+            physical_size=verified.get("size") or _first_check(checked).get("size"),
         )
     else:
         TemplateStoreRef.objects.bulk_create(
@@ -223,6 +243,43 @@ def template_register(
         _enqueue_downloads(template.pk)
     record_event(template, from_state="", to_state=template.state, actor=actor, reason="registered")
     return template
+
+
+def _first_check(checked: dict) -> dict:
+    checks = checked.get("checks") or [{}]
+    return checks[0]
+
+
+def _check_direct_download(
+    *,
+    url: str,
+    checksum: str,
+    image_format: str,
+    zones: list[Zone],
+    headers: dict[str, str],
+    verify: bool,
+) -> dict:
+    """Seed 003: a checksum is required unless a metalink supplies the hashes, and a random Up
+    host of the zone must reach the URL before registration succeeds."""
+    from agents_app.direct_download import scheme_of
+    from agents_app.services import direct_download_check
+
+    if not checksum and scheme_of(url) != "metalink":
+        raise InvalidInput(
+            "a checksum ({ALGO}hex) is required for direct download, unless the URL is a "
+            "metalink that lists hashes",
+            field="checksum",
+        )
+    if not settings.STENCIL_DIRECT_DOWNLOAD_URL_CHECK:
+        return {}
+    return direct_download_check(
+        zone=zones[0],
+        url=url,
+        headers=headers,
+        verify=verify,
+        checksum=checksum,
+        image_format=image_format,
+    )
 
 
 EDITABLE_FIELDS = ("name", "display_text", "os_type", "is_public", "is_featured", "version_name")

@@ -27,6 +27,14 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def direct_download_url_check_off(settings):
+    """Registering a direct-download template asks an Up host's agent to check the URL; tests
+    that only need such a template skip that round trip. tests/test_agent_worker.py turns it
+    on and runs it against a real agent."""
+    settings.STENCIL_DIRECT_DOWNLOAD_URL_CHECK = False
+
+
 @pytest.fixture
 def zone(db):
     return ZoneFactory(name="zone-a")

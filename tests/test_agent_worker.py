@@ -222,3 +222,51 @@ def test_direct_download_url_check_is_answered_by_an_up_host(setup, zone, httpse
     with pytest.raises(UrlCheckFailed, match=f"{agent.name}: HTTP 404") as refused:
         direct_download_check(zone=zone, url=httpserver.url_for("/gone.qcow2"), headers={})
     assert refused.value.field == "url"
+
+
+def test_direct_download_registration_is_checked_by_a_host_and_verified(
+    setup, zone, httpserver, api, settings
+):
+    import hashlib
+
+    template, pool_dir, agent = setup
+    settings.STENCIL_DIRECT_DOWNLOAD_URL_CHECK = True
+    body = {"name": "dd", "format": "QCOW2", "zones": [str(zone.uuid)], "direct_download": True}
+
+    response = api.post(
+        "/api/v1/templates/",
+        {**body, "url": httpserver.url_for("/big.qcow2"), "checksum": template.checksum},
+        format="json",
+    )
+    assert response.status_code == 409, "no Up host yet"
+    assert "no Up host" in response.data["detail"]
+
+    agent.start()
+    httpserver.expect_request("/gone.qcow2").respond_with_data("no", status=404)
+    response = api.post(
+        "/api/v1/templates/",
+        {**body, "url": httpserver.url_for("/gone.qcow2"), "checksum": template.checksum},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert f"{agent.name}: HTTP 404" in str(response.data["url"])
+
+    response = api.post(
+        "/api/v1/templates/",
+        {
+            **body,
+            "url": httpserver.url_for("/big.qcow2"),
+            "checksum": template.checksum,
+            "verify": True,
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.data
+    copy = response.data["copies"][0]
+    assert (copy["download_state"], copy["state"]) == ("BYPASSED", "READY")
+    assert copy["size"] == 512 * 1024 * 1024
+    source = TemplateStoreRef.objects.select_related("store").get(template=template)
+    data = (Path(source.store.path) / source.install_path).read_bytes()
+    assert TemplateStoreRef.objects.get(template__uuid=response.data["id"]).sha256 == (
+        hashlib.sha256(data).hexdigest()
+    )

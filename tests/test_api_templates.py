@@ -257,3 +257,28 @@ def test_registration_applies_the_outbound_url_rules(api, zone, store, url, rule
     assert response.status_code == 400
     assert rule in str(response.data["url"])
     assert Template.objects.count() == 0
+
+
+def test_direct_download_needs_a_checksum_unless_metalink(api, zone, store):
+    body = payload(zone, direct_download=True, checksum="")
+    response = api.post(LIST, body, format="json")
+    assert response.status_code == 400
+    assert "required for direct download" in str(response.data["checksum"])
+    response = api.post(LIST, {**body, "url": "https://mirror.example/x.meta4"}, format="json")
+    assert response.status_code == 201, response.data
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"HTTP_HEADER": "X-A:b\r\nHost: evil"},
+        {"HTTP_HEADER:Host": "evil.example"},
+        [{"key": "HTTP_HEADER", "value": "Proxy-Authorization:x"}],
+    ],
+    ids=["crlf", "host", "proxy"],
+)
+def test_header_injection_is_refused_at_registration(api, zone, store, details):
+    response = api.post(LIST, payload(zone, details=details), format="json")
+    assert response.status_code == 400
+    assert "details" in response.data
+    assert Template.objects.count() == 0

@@ -275,6 +275,11 @@ class TemplateCreateSerializer(DottedErrorsMixin, serializers.Serializer):
     is_public = serializers.BooleanField(default=False)
     is_featured = serializers.BooleanField(default=False)
     direct_download = serializers.BooleanField(default=False)
+    verify = serializers.BooleanField(
+        default=False,
+        help_text="Direct download only: the checking host streams the whole image, hashes and "
+        "inspects it before registration succeeds (the computed SHA-256 is stored).",
+    )
     primary_policy = serializers.ChoiceField(
         choices=PrimaryPolicy.choices, default=PrimaryPolicy.CACHE
     )
