@@ -164,15 +164,18 @@ def fetch_into_pool(
     headers: dict[str, str] | None = None,
     ca_dir: str | None = None,
     progress=None,
+    temp_name: str | None = None,
 ) -> Fetched:
     """Download into a hidden temporary file of the pool, verify, inspect; the caller renames.
 
     A checksum mismatch downloads again, up to 3 times. Any failure leaves no file behind.
+    `temp_name` names the temporary file after the volume it becomes, so the next attempt can
+    find and delete what a killed worker left (`remove_leftovers`).
     """
     fetcher = DOWNLOADERS.get(scheme_of(url))
     if fetcher is None:
         raise DirectDownloadFailed(f"no downloader for scheme '{scheme_of(url)}'")
-    temp = pool_dir / f".direct-{uuid.uuid4().hex}.part"
+    temp = pool_dir / (f".{temp_name}.part" if temp_name else f".direct-{uuid.uuid4().hex}.part")
     last_error = ""
     for _ in range(CHECKSUM_ATTEMPTS):
         try:
@@ -317,3 +320,14 @@ def url_verify(
         "size": fetched.size,
         "virtual_size": fetched.virtual_size,
     }
+
+
+def remove_leftovers(pool_dir: Path, volume_name: str) -> list[str]:
+    """Delete the temporary files a killed download of this volume left in the pool (ours and
+    the downloader's own `.<name>.part-*`). Single flight means nobody else writes them now."""
+    removed = []
+    for path in pool_dir.iterdir():
+        if path.is_file() and path.name.startswith((f".{volume_name}.part", f"..{volume_name}")):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed

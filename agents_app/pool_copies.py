@@ -225,10 +225,11 @@ def _download_into_pool(
     """Direct download: the host fetches the URL into the pool (seed 003), no image store."""
     from templates_app.copies import http_headers_of
 
-    from .direct_download import fetch_into_pool
+    from .direct_download import fetch_into_pool, remove_leftovers
 
     template = ref.template
     pool_dir = Path(virt.pool_info(conn, pool.libvirt_pool_name).path)
+    remove_leftovers(pool_dir, ref.volume_name)
     fetched = fetch_into_pool(
         url=template.url,
         pool_dir=pool_dir,
@@ -237,6 +238,7 @@ def _download_into_pool(
         headers=http_headers_of(template),
         ca_dir=_trust_dir(host_name),
         progress=_pool_progress(ref.pk),
+        temp_name=ref.volume_name,
     )
     try:
         path = virt.create_volume(

@@ -270,3 +270,80 @@ def test_direct_download_registration_is_checked_by_a_host_and_verified(
     assert TemplateStoreRef.objects.get(template__uuid=response.data["id"]).sha256 == (
         hashlib.sha256(data).hexdigest()
     )
+
+
+def test_a_host_killed_mid_direct_download_leaves_nothing_the_next_attempt_cannot_finish(
+    setup, zone, api, httpserver, tmp_path, settings
+):
+    import hashlib
+
+    from werkzeug import Response
+
+    template, pool_dir, agent = setup
+    image = tmp_path / "dd.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-f", "qcow2", str(image), "64M"], check=True, capture_output=True
+    )
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 6M", str(image)],
+        check=True,
+        capture_output=True,
+    )
+    data = image.read_bytes()
+
+    def slowly(request):
+        def chunks():
+            for start in range(0, len(data), 256 * 1024):
+                time.sleep(0.1)
+                yield data[start : start + 256 * 1024]
+
+        return Response(
+            chunks(),
+            headers={"Content-Length": str(len(data))},
+            content_type="application/octet-stream",
+        )
+
+    httpserver.expect_request("/slow.qcow2").respond_with_handler(slowly)
+    from templates_app import services
+
+    direct = services.template_register(
+        account=template.account,
+        actor=None,
+        name="dd",
+        image_format="QCOW2",
+        url=httpserver.url_for("/slow.qcow2"),
+        zones=[zone],
+        direct_download=True,
+        checksum="{SHA-256}" + hashlib.sha256(data).hexdigest(),
+    )
+    agent.start()
+    pool = PrimaryPool.objects.create(
+        zone=zone, name="pool-k", libvirt_pool_name="pool-k", path=str(pool_dir)
+    )
+    pool.hosts.add(Host.objects.get(name=agent.name))
+    body = {"name": "web", "template": str(direct.uuid), "zone": str(zone.uuid), "deploy": True}
+
+    assert api.post("/api/v1/vms/", body, format="json").status_code == 201
+    wait_until(
+        lambda: any(p.name.startswith(".") for p in pool_dir.iterdir()),
+        what="the download to start",
+    )
+    agent.kill()
+    copy = TemplatePoolRef.objects.get(template=direct, pool=pool)
+    assert copy.state == "DOWNLOAD_IN_PROGRESS"
+    assert any(p.name.startswith(".") for p in pool_dir.iterdir()), "a partial file was left"
+
+    agent.start()
+    second = api.post("/api/v1/vms/", {**body, "name": "web-2"}, format="json").data
+    vm = wait_until(
+        lambda: VirtualMachine.objects.filter(uuid=second["id"]).exclude(state="STARTING").first(),
+        timeout=60,
+        what="the second deploy",
+    )
+    assert vm.state == "RUNNING", vm.error_text
+    copy.refresh_from_db()
+    assert (copy.state, copy.attempts) == ("DOWNLOADED", 2)
+    assert sorted(p.name for p in pool_dir.iterdir()) == sorted(
+        [Path(copy.install_path).name, Path(vm.root_disk_path).name]
+    ), "no partial file remains"
+    assert Path(copy.install_path).read_bytes() == data
