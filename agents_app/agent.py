@@ -87,9 +87,48 @@ def vm_deploy_on_host(*, vm_id: int) -> VirtualMachine:
         )
         virt.define_domain(conn, xml)
         virt.start_domain(conn, domain_name(vm))
-    except (virt.VirtError, QemuImgError, PoolCopyFailed, OSError) as exc:
+    except PoolCopyFailed as exc:
+        if exc.retryable and vm.template.direct_download:
+            moved = _move_to_another_host(vm.pk, exc.message)
+            if moved is not None:
+                return moved
+        return _deploy_failed(vm.pk, exc.message)
+    except (virt.VirtError, QemuImgError, OSError) as exc:
         return _deploy_failed(vm.pk, getattr(exc, "message", None) or str(exc))
     return _deploy_done(vm.pk, disk_path=disk_path, copy_id=copy_id)
+
+
+MAX_DEPLOY_HOSTS = 3
+
+
+@transaction.atomic
+def _move_to_another_host(vm_id: int, reason: str) -> VirtualMachine | None:
+    """A direct download failed for network reasons: another Up host that reaches the pool tries
+    (up to 3 hosts in all). None when no host is left to try."""
+    from .choices import HostState
+    from .tasks import vm_deploy_task
+
+    vm = VirtualMachine.objects.select_for_update(of=("self",)).select_related("pool").get(pk=vm_id)
+    tried = [*vm.deploy_hosts_tried, vm.host_id]
+    if vm.state != VmState.STARTING or len(tried) >= MAX_DEPLOY_HOSTS:
+        return None
+    other = vm.pool.hosts.filter(state=HostState.UP).exclude(pk__in=tried).order_by("?").first()
+    if other is None:
+        return None
+    vm.deploy_hosts_tried = tried
+    vm.host = other
+    vm.error_text = reason[:4000]
+    vm.save(update_fields=["deploy_hosts_tried", "host", "error_text", "updated_at"])
+    record_event(
+        vm,
+        from_state=vm.state,
+        to_state=vm.state,
+        actor_label="agent",
+        reason=f"download failed ({reason}); retrying on {other.name}",
+    )
+    queue, pk = other.queue, vm.pk
+    transaction.on_commit(lambda: vm_deploy_task.apply_async(kwargs={"vm_id": pk}, queue=queue))
+    return vm
 
 
 @transaction.atomic

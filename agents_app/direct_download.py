@@ -36,11 +36,13 @@ _METALINK_HASHES = {"sha-256": "SHA-256", "sha-512": "SHA-512", "sha-1": "SHA-1"
 
 
 class DirectDownloadFailed(Exception):
-    """Every mirror and attempt failed; `message` says why (shown on the VM and the pool copy)."""
+    """Every mirror and attempt failed; `message` says why (shown on the VM and the pool copy).
+    `retryable`: another host might succeed (network trouble, not a bad image or checksum)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, retryable: bool = False):
         super().__init__(message)
         self.message = message
+        self.retryable = retryable
 
 
 @dataclass
@@ -196,7 +198,9 @@ def fetch_into_pool(
             temp.unlink(missing_ok=True)
         except (DownloadError, UnsafeUrl) as exc:
             temp.unlink(missing_ok=True)
-            raise DirectDownloadFailed(getattr(exc, "message", str(exc))) from exc
+            raise DirectDownloadFailed(
+                getattr(exc, "message", str(exc)), retryable=getattr(exc, "retryable", False)
+            ) from exc
         except ImageRejected as exc:
             temp.unlink(missing_ok=True)
             raise DirectDownloadFailed(f"image rejected: {exc.reason}") from exc

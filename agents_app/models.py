@@ -197,6 +197,12 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
     root_disk_path = models.CharField(max_length=1024, blank=True)
     memory_mib = models.PositiveIntegerField(default=256)
     vcpus = models.PositiveSmallIntegerField(default=1)
+    deploy_hosts_tried = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Hosts that tried this deploy (a direct download "
+        "that fails for network reasons moves to another Up host of the pool, up to 3).",
+    )
     error_text = models.TextField(blank=True)
     state = FSMField(
         max_length=16, choices=VmState.choices, default=VmState.STOPPED, protected=True

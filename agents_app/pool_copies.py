@@ -64,10 +64,15 @@ class LeaseKeeper:
 
 
 class PoolCopyFailed(StencilError):
-    """The copy onto the pool failed; the message says why (recorded on the copy too)."""
+    """The copy onto the pool failed; the message says why (recorded on the copy too).
+    `retryable`: a download that another host of the pool may complete."""
 
     status_code = 409
     code = "pool_copy_failed"
+
+    def __init__(self, message: str, *, field: str | None = None, retryable: bool = False):
+        super().__init__(message, field=field)
+        self.retryable = retryable
 
 
 def store_source_of(template: Template) -> tuple[Path, TemplateStoreRef]:
@@ -299,7 +304,7 @@ def pool_copy_ensure(
     except (virt.VirtError, QemuImgError, StencilError, DirectDownloadFailed, OSError) as exc:
         reason = getattr(exc, "message", None) or str(exc)
         _fail(ref.pk, owner, reason)
-        raise PoolCopyFailed(reason) from exc
+        raise PoolCopyFailed(reason, retryable=getattr(exc, "retryable", False)) from exc
     return _finish(ref.pk, owner, path=path, size=size, physical=physical)
 
 

@@ -283,3 +283,54 @@ def test_url_check_of_a_metalink_checks_every_mirror(httpserver, image, settings
     assert result["checksum"] == "{SHA-256}" + digest
     assert len(result["checks"]) == 1
     assert "503" in result["unreachable_mirrors"][0]
+
+
+def test_a_transient_failure_moves_the_deploy_to_another_host_of_the_pool(
+    httpserver,
+    register,
+    host_pool,
+    image,
+    zone,
+    account,
+    user,
+    tmp_path,
+    django_capture_on_commit_callbacks,
+    monkeypatch,
+):
+    from agents_app import tasks
+    from agents_app.models import VirtualMachine
+
+    first_registered = host_pool.hosts.get()
+    second = vm_services.host_register(
+        name="kvm-dd-2", zone=zone, libvirt_uri=first_registered.libvirt_uri
+    )
+    host_pool.hosts.add(second)
+    httpserver.expect_ordered_request("/dd.qcow2").respond_with_data("busy", status=503)
+    httpserver.expect_ordered_request("/dd.qcow2").respond_with_data("busy", status=503)
+    httpserver.expect_ordered_request("/dd.qcow2").respond_with_data("busy", status=503)
+    httpserver.expect_ordered_request("/dd.qcow2").respond_with_data("busy", status=503)
+    httpserver.expect_request("/dd.qcow2").respond_with_data(image)
+    template = register(
+        url=httpserver.url_for("/dd.qcow2"), checksum=sha256(image), direct_download=True
+    )
+    sent = []
+    monkeypatch.setattr(
+        tasks.vm_deploy_task, "apply_async", lambda kwargs, queue: sent.append((kwargs, queue))
+    )
+    vm = vm_services.vm_deploy(
+        name="dd", template_id=template.pk, zone=zone, account=account, actor=user
+    )
+    first_host = vm.host
+
+    with django_capture_on_commit_callbacks(execute=True):
+        moved = vm_deploy_on_host(vm_id=vm.pk)
+
+    other = second if first_host == first_registered else first_registered
+    assert moved.state == "STARTING"
+    assert "503" in moved.error_text
+    assert sent == [({"vm_id": vm.pk}, other.queue)]
+    assert VirtualMachine.objects.get(pk=vm.pk).host == other
+    assert pool_files(host_pool) == []
+
+    done = vm_deploy_on_host(vm_id=vm.pk)
+    assert done.state == "RUNNING", done.error_text
