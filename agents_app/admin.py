@@ -252,7 +252,7 @@ class VirtualMachineAdmin(admin.ModelAdmin):
     """VM records. Start, stop, destroy, recover and expunge are actions calling the services."""
 
     list_display = ("name", "template", "zone", "host", "account", "state", "created_at")
-    list_filter = ("state", "zone", "host", "account")
+    list_filter = ("state", "stateless", "zone", "host", "account")
     list_select_related = ("template", "zone", "host", "account")
     search_fields = ("name", "uuid", "template__name")
     fields = (
@@ -263,6 +263,8 @@ class VirtualMachineAdmin(admin.ModelAdmin):
         "host",
         "pool",
         "account",
+        "stateless",
+        "use_latest_template_version",
         "root_disk_path",
         "error_text",
         "uuid",
@@ -317,6 +319,93 @@ class VirtualMachineAdmin(admin.ModelAdmin):
     @admin.action(description="Expunge selected destroyed VMs", permissions=["change"])
     def expunge_selected(self, request, queryset):
         self._each(request, queryset, services.vm_expunge, "Expunged")
+
+
+# VM pools --------------------------------------------------------------------------------------
+
+from . import vm_pools  # noqa: E402  (section appended on its own, imports with it)
+from .models import VmPool  # noqa: E402
+
+
+class PoolVmInline(admin.TabularInline):
+    """The pool's VMs: their version, state and who took them."""
+
+    model = VirtualMachine
+    fk_name = "vm_pool"
+    fields = ("name", "template", "state", "taken_by", "host")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class VmPoolForm(forms.ModelForm):
+    class Meta:
+        model = VmPool
+        fields = ("name", "account", "zone", "template", "use_latest_template_version", "size")
+
+
+@admin.register(VmPool)
+class VmPoolAdmin(admin.ModelAdmin):
+    """Pools of stateless VMs; created through the service (which deploys the VMs), then taken
+    from and returned to with the list's actions."""
+
+    form = VmPoolForm
+    list_display = ("name", "template", "use_latest_template_version", "size", "zone", "account")
+    list_select_related = ("template", "zone", "account")
+    search_fields = ("name", "uuid", "template__name")
+    inlines = (PoolVmInline,)
+    actions = ("take_selected", "return_selected")
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return ("name", "account", "zone", "template", "use_latest_template_version", "size")
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        data = form.cleaned_data
+        created = vm_pools.vm_pool_create(
+            name=data["name"],
+            template_id=data["template"].pk,
+            zone=data["zone"],
+            account=data["account"],
+            size=data["size"],
+            actor=request.user,
+            use_latest_template_version=data["use_latest_template_version"],
+        )
+        obj.pk = created.pk
+
+    @admin.action(description="Take a VM from each selected pool", permissions=["change"])
+    def take_selected(self, request, queryset):
+        ids = queryset.order_by("pk").values_list("pk", flat=True)
+        call_for_each(
+            self,
+            request,
+            ids,
+            lambda pk: vm_pools.vm_pool_take(pool_id=pk, user=request.user),
+            "Taken",
+        )
+
+    @admin.action(description="Return my VMs of the selected pools", permissions=["change"])
+    def return_selected(self, request, queryset):
+        ids = VirtualMachine.objects.filter(
+            vm_pool__in=queryset, taken_by=request.user
+        ).values_list("pk", flat=True)
+        call_for_each(
+            self,
+            request,
+            ids,
+            lambda pk: vm_pools.vm_pool_return(vm_id=pk, user=request.user),
+            "Returned",
+        )
 
 
 # Direct-download certificates ----------------------------------------------------------------

@@ -86,7 +86,8 @@ def vm_deploy_on_host(*, vm_id: int) -> VirtualMachine:
             domain_type=domain_type_for(vm.host.libvirt_uri),
         )
         virt.define_domain(conn, xml)
-        virt.start_domain(conn, domain_name(vm))
+        if not _kept_down(vm):
+            virt.start_domain(conn, domain_name(vm))
     except PoolCopyFailed as exc:
         if exc.retryable and vm.template.direct_download:
             moved = _move_to_another_host(vm.pk, exc.message)
@@ -96,6 +97,83 @@ def vm_deploy_on_host(*, vm_id: int) -> VirtualMachine:
     except (virt.VirtError, QemuImgError, OSError) as exc:
         return _deploy_failed(vm.pk, getattr(exc, "message", None) or str(exc))
     return _deploy_done(vm.pk, disk_path=disk_path, copy_id=copy_id)
+
+
+def vm_rebuild_on_host(*, vm_id: int) -> VirtualMachine:
+    """Make a stopped VM's root disk again from its (current) template: a stateless VM's disk
+    changes are discarded, and a 'latest' follower moves onto the version it was switched to.
+
+    The domain is undefined first (refused while it has snapshots or a managed save: nothing is
+    lost then), the old root volume deleted, a new one made the way a deploy makes it, and the
+    domain defined again on it, shut off. Errors are recorded on the VM; a repeat redoes it.
+    """
+    vm = VirtualMachine.objects.select_related("template", "host", "pool").get(pk=vm_id)
+    if vm.state != VmState.STOPPED or vm.host_id is None or vm.pool_id is None:
+        return vm
+    conn = virt.connection(vm.host.libvirt_uri)
+    name = domain_name(vm)
+    try:
+        _source_ready(vm)
+        if virt.domain_state(conn, name) not in ("missing", "shutoff"):
+            virt.stop_domain(conn, name, force=True)
+        virt.undefine_domain(conn, name)
+        if vm.root_volume:
+            virt.delete_volume(conn, vm.pool.libvirt_pool_name, vm.root_volume)
+        disk_path, copy_id = _make_root_disk(vm, conn)
+        xml = virt.domain_xml(
+            name=name,
+            uuid=str(vm.uuid),
+            memory_mib=vm.memory_mib,
+            vcpus=vm.vcpus,
+            disk_path=disk_path,
+            disk_format="qcow2",
+            domain_type=domain_type_for(vm.host.libvirt_uri),
+        )
+        virt.define_domain(conn, xml)
+    except PoolCopyFailed as exc:
+        return _record_agent_error(vm.pk, f"rebuild: {exc.message}")
+    except (virt.VirtError, QemuImgError, OSError) as exc:
+        return _record_agent_error(vm.pk, f"rebuild: {getattr(exc, 'message', None) or exc}")
+    return _rebuild_done(vm.pk, disk_path=disk_path, copy_id=copy_id)
+
+
+def _source_ready(vm: VirtualMachine) -> None:
+    """Raise PoolCopyFailed, before anything is deleted, when the template's bytes are not there
+    yet (a new version still downloading): the VM keeps its old disk and the next stop retries."""
+    template = vm.template
+    if template.primary_policy == PrimaryPolicy.CACHE or template.direct_download:
+        pool_copy_ensure(
+            template_id=template.pk,
+            pool_id=vm.pool_id,
+            libvirt_uri=vm.host.libvirt_uri,
+            host_name=vm.host.name,
+        )
+    else:
+        store_source_of(template)
+
+
+@transaction.atomic
+def _rebuild_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualMachine:
+    vm = (
+        VirtualMachine.objects.select_for_update(of=("self",))
+        .select_related("template")
+        .get(pk=vm_id)
+    )
+    vm.root_disk_path = disk_path
+    vm.root_volume = os.path.basename(disk_path)
+    vm.pool_copy_id = copy_id
+    vm.error_text = ""
+    vm.save(
+        update_fields=["root_disk_path", "root_volume", "pool_copy", "error_text", "updated_at"]
+    )
+    record_event(
+        vm,
+        from_state=vm.state,
+        to_state=vm.state,
+        actor_label="agent",
+        reason=f"root disk rebuilt from template '{vm.template}' (id {vm.template_id})",
+    )
+    return vm
 
 
 MAX_DEPLOY_HOSTS = 3
@@ -131,10 +209,18 @@ def _move_to_another_host(vm_id: int, reason: str) -> VirtualMachine | None:
     return vm
 
 
+def _kept_down(vm: VirtualMachine) -> bool:
+    """A free VM of a VM pool is deployed shut off: it starts when a user takes it."""
+    return vm.vm_pool_id is not None and vm.taken_by_id is None
+
+
 @transaction.atomic
 def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualMachine:
     vm = VirtualMachine.objects.select_for_update().get(pk=vm_id)
-    vm.mark_running()
+    if _kept_down(vm):
+        vm.stop()
+    else:
+        vm.mark_running()
     vm.root_disk_path = disk_path
     vm.root_volume = os.path.basename(disk_path)
     vm.pool_copy_id = copy_id
@@ -165,9 +251,16 @@ def _record_agent_error(vm_id: int, reason: str) -> VirtualMachine:
 
 
 def vm_sync_domain(
-    *, vm_id: int, delete_snapshot_metadata: bool = False, delete_managed_save: bool = False
+    *,
+    vm_id: int,
+    delete_snapshot_metadata: bool = False,
+    delete_managed_save: bool = False,
+    rebuild: bool = False,
 ) -> VirtualMachine:
     """Make the libvirt domain match the VM's state; repeating it changes nothing.
+
+    With `rebuild` (a stateless VM was stopped), a STOPPED VM's root disk is then made again
+    from its template (`vm_rebuild_on_host`), after the domain is down.
 
     EXPUNGED undefines the domain (with the metadata flags the caller gave) and deletes the root
     volume, except when snapshots lived in it: then the volume is kept and reported.
@@ -189,6 +282,8 @@ def vm_sync_domain(
             return _undefine_and_clean(vm, conn, delete_snapshot_metadata, delete_managed_save)
     except virt.VirtError as exc:
         return _record_agent_error(vm.pk, exc.message)
+    if rebuild and vm.state == VmState.STOPPED:
+        return vm_rebuild_on_host(vm_id=vm.pk)
     return vm
 
 

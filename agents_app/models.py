@@ -5,6 +5,7 @@ A VM that is not EXPUNGED, and a pinned pool copy, are live references to their 
 
 import uuid as uuid_lib
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, FSMModelMixin, transition
@@ -171,6 +172,32 @@ class TemplatePoolRef(FSMModelMixin, models.Model):
 LIVE_STATES = [VmState.STARTING, VmState.RUNNING, VmState.STOPPED, VmState.ERROR]
 
 
+class VmPool(models.Model):
+    """A pool of stateless VMs of one template lineage (seed 002): a concrete version, or the
+    lineage's newest ACTIVE version ('latest'). Users take a VM and return it; a free VM is kept
+    down, so a new version reaches it at once (and a returned one as it stops)."""
+
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=128, unique=True)
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="vm_pools")
+    zone = models.ForeignKey(Zone, on_delete=models.PROTECT, related_name="vm_pools")
+    template = models.ForeignKey(
+        Template,
+        on_delete=models.PROTECT,
+        related_name="vm_pools",
+        help_text="The version its VMs are made from; with 'latest', any member of the lineage.",
+    )
+    use_latest_template_version = models.BooleanField(default=False)
+    size = models.PositiveSmallIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class VirtualMachine(ConcurrentTransitionMixin, models.Model):
     """A VM. With a host it is a libvirt domain named `vm-<uuid>`; without one, a record only."""
 
@@ -197,6 +224,27 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
     root_disk_path = models.CharField(max_length=1024, blank=True)
     memory_mib = models.PositiveIntegerField(default=256)
     vcpus = models.PositiveSmallIntegerField(default=1)
+    stateless = models.BooleanField(
+        default=False,
+        help_text="Disk changes are discarded when it stops: its root disk is made again from "
+        "its template.",
+    )
+    use_latest_template_version = models.BooleanField(
+        default=False,
+        help_text="Follows the newest ACTIVE version of its template's lineage (stateless only): "
+        "a new version rebuilds it when it is stopped, or when it next stops.",
+    )
+    vm_pool = models.ForeignKey(
+        VmPool, on_delete=models.PROTECT, related_name="vms", null=True, blank=True
+    )
+    taken_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        related_name="pool_vms_taken",
+        null=True,
+        blank=True,
+        help_text="The user who took this pool VM (free when empty).",
+    )
     deploy_hosts_tried = models.JSONField(
         default=list,
         blank=True,

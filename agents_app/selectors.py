@@ -50,3 +50,16 @@ def pool_copies_of_template(*, template_id: int) -> QuerySet[TemplatePoolRef]:
     return TemplatePoolRef.objects.filter(template_id=template_id).select_related(
         "template", "pool__zone"
     )
+
+
+def vm_pools_visible_to(user: AbstractBaseUser) -> QuerySet:
+    """VM pools of the user's accounts (every pool for staff)."""
+    from .models import VmPool
+
+    queryset = VmPool.objects.select_related("template", "zone", "account")
+    if user.is_staff:
+        return queryset
+    membership = Account.members.through.objects.filter(
+        account_id=OuterRef("account_id"), user_id=user.pk
+    )
+    return queryset.filter(Exists(membership))

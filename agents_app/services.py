@@ -15,7 +15,7 @@ from templates_app.errors import (
 )
 from templates_app.events import record_event
 from templates_app.locks import lock_template_shared
-from templates_app.models import Account, Zone
+from templates_app.models import Account, Template, Zone
 from templates_app.selectors import template_in_zone
 
 from .choices import HostState, VmState
@@ -33,20 +33,74 @@ def _lock_vm(vm_id: int) -> VirtualMachine:
     return VirtualMachine.objects.select_for_update().get(pk=vm_id)
 
 
+LATEST_FIELD = "use_latest_template_version"
+
+
+def _lock_usable_template(
+    template_id: int, zone: Zone, *, stateless: bool, use_latest: bool
+) -> Template:
+    """The template a new VM gets, under its shared row lock with the ACTIVE check.
+
+    With `use_latest` (stateless VMs only) `template_id` may be any member of a lineage: the VM
+    gets the newest ACTIVE version, locked and re-checked (a newer one committed between the
+    read and the lock is taken instead).
+    """
+    if use_latest and not stateless:
+        raise InvalidInput(
+            "only a stateless VM may follow the latest template version", field=LATEST_FIELD
+        )
+    if not use_latest:
+        template = lock_template_shared(template_id)
+    else:
+        from versions_app.selectors import latest_version
+
+        for _attempt in range(5):
+            latest = latest_version(template_id)
+            if latest is None:
+                raise TemplateNotUsable(Template.objects.get(pk=template_id))
+            template = lock_template_shared(latest.pk)
+            again = latest_version(template_id)
+            if (
+                template.state == TemplateState.ACTIVE
+                and again is not None
+                and again.pk == latest.pk
+            ):
+                break
+        else:
+            raise TemplateNotUsable(template)
+    if template.state != TemplateState.ACTIVE:
+        raise TemplateNotUsable(template)
+    if not template_in_zone(template, zone):
+        raise InvalidInput(f"template '{template}' is not available in zone '{zone}'", field="zone")
+    return template
+
+
 @transaction.atomic
 def vm_create(
-    *, name: str, template_id: int, zone: Zone, account: Account, actor
+    *,
+    name: str,
+    template_id: int,
+    zone: Zone,
+    account: Account,
+    actor,
+    stateless: bool = False,
+    use_latest_template_version: bool = False,
 ) -> VirtualMachine:
     """Create a VM on an ACTIVE template; the state check and the new reference share one lock."""
     name = (name or "").strip()
     if not name:
         raise InvalidInput("a name is required", field="name")
-    template = lock_template_shared(template_id)
-    if template.state != TemplateState.ACTIVE:
-        raise TemplateNotUsable(template)
-    if not template_in_zone(template, zone):
-        raise InvalidInput(f"template '{template}' is not available in zone '{zone}'", field="zone")
-    vm = VirtualMachine.objects.create(name=name, template=template, zone=zone, account=account)
+    template = _lock_usable_template(
+        template_id, zone, stateless=stateless, use_latest=use_latest_template_version
+    )
+    vm = VirtualMachine.objects.create(
+        name=name,
+        template=template,
+        zone=zone,
+        account=account,
+        stateless=stateless,
+        use_latest_template_version=use_latest_template_version,
+    )
     record_event(vm, from_state="", to_state=vm.state, actor=actor, reason="created")
     return vm
 
@@ -105,9 +159,70 @@ def vm_start(*, vm_id: int, actor) -> VirtualMachine:
     return _transition(vm_id, "start", actor=actor)
 
 
+def _lock_latest_of(template_id: int) -> Template | None:
+    """The newest ACTIVE version of `template_id`'s lineage under its shared row lock (taken
+    before any VM lock: account -> template -> VM), or None when the lineage has none."""
+    from versions_app.selectors import latest_version
+
+    latest = latest_version(template_id)
+    if latest is None:
+        return None
+    locked = lock_template_shared(latest.pk)
+    return locked if locked.state == TemplateState.ACTIVE else None
+
+
+def _follow_latest(vm: VirtualMachine, latest: Template | None) -> bool:
+    """Point a locked 'latest' follower at `latest` (locked, ACTIVE); False when it is there."""
+    if latest is None or vm.template_id == latest.pk:
+        return False
+    before = vm.template_id
+    vm.template = latest
+    vm.save(update_fields=["template", "updated_at"])
+    record_event(
+        vm,
+        from_state=vm.state,
+        to_state=vm.state,
+        actor_label="latest-version",
+        reason=f"follows the latest template version: template id {before} -> {latest.pk} "
+        f"(version {latest.version_number})",
+    )
+    return True
+
+
 @transaction.atomic
 def vm_stop(*, vm_id: int, actor) -> VirtualMachine:
-    return _transition(vm_id, "stop", actor=actor)
+    """Power off. A stateless VM's disk changes are discarded: after the domain is down its host
+    makes the root disk again from its template, which for a 'latest' follower is first moved
+    to the lineage's newest ACTIVE version."""
+    vm = VirtualMachine.objects.get(pk=vm_id)
+    if not vm.stateless:
+        return _transition(vm_id, "stop", actor=actor)
+    latest = _lock_latest_of(vm.template_id) if vm.use_latest_template_version else None
+    vm = _transition(vm_id, "stop", actor=actor, rebuild=True)
+    _follow_latest(vm, latest)
+    return vm
+
+
+@transaction.atomic
+def vm_rebuild_onto_latest(*, vm_id: int) -> bool:
+    """A new version exists: move a STOPPED stateless 'latest' follower onto it and have its
+    host rebuild the root disk. Other VMs are left alone (running followers move when they next
+    stop). True when it was moved."""
+    vm = VirtualMachine.objects.get(pk=vm_id)
+    latest = _lock_latest_of(vm.template_id)
+    vm = _lock_vm(vm_id)
+    if not (vm.stateless and vm.use_latest_template_version and vm.state == VmState.STOPPED):
+        return False
+    if not _follow_latest(vm, latest):
+        return False
+    if vm.host_id is not None:
+        from .tasks import vm_rebuild_task
+
+        queue, pk = vm.host.queue, vm.pk
+        transaction.on_commit(
+            lambda: vm_rebuild_task.apply_async(kwargs={"vm_id": pk}, queue=queue)
+        )
+    return True
 
 
 @transaction.atomic
@@ -249,17 +364,21 @@ def vm_deploy(
     actor,
     memory_mib: int = 256,
     vcpus: int = 1,
+    stateless: bool = False,
+    use_latest_template_version: bool = False,
 ) -> VirtualMachine:
     """Deploy a VM: the reference is created under the template's lock with the state check,
-    and the host's agent makes the disk and starts the domain after commit."""
+    and the host's agent makes the disk and starts the domain after commit.
+
+    A stateless VM may follow 'latest' (`use_latest_template_version`): it is deployed from the
+    newest ACTIVE version of `template_id`'s lineage; a stateful one asking for it is a 400.
+    """
     name = (name or "").strip()
     if not name:
         raise InvalidInput("a name is required", field="name")
-    template = lock_template_shared(template_id)
-    if template.state != TemplateState.ACTIVE:
-        raise TemplateNotUsable(template)
-    if not template_in_zone(template, zone):
-        raise InvalidInput(f"template '{template}' is not available in zone '{zone}'", field="zone")
+    template = _lock_usable_template(
+        template_id, zone, stateless=stateless, use_latest=use_latest_template_version
+    )
     host, pool = _pick_host_and_pool(zone)
     vm = VirtualMachine.objects.create(
         name=name,
@@ -271,6 +390,8 @@ def vm_deploy(
         state=VmState.STARTING,
         memory_mib=memory_mib,
         vcpus=vcpus,
+        stateless=stateless,
+        use_latest_template_version=use_latest_template_version,
     )
     record_event(vm, from_state="", to_state=vm.state, actor=actor, reason=f"deploy on {host}")
     from .tasks import vm_deploy_task

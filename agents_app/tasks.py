@@ -23,14 +23,25 @@ def hosts_mark_down_task() -> int:
 
 @shared_task(name="agents_app.tasks.vm_sync_domain_task", acks_late=True)
 def vm_sync_domain_task(
-    vm_id: int, delete_snapshot_metadata: bool = False, delete_managed_save: bool = False
+    vm_id: int,
+    delete_snapshot_metadata: bool = False,
+    delete_managed_save: bool = False,
+    rebuild: bool = False,
 ) -> str:
-    """Start/stop/undefine the domain to match the VM's state (idempotent)."""
+    """Start/stop/undefine the domain to match the VM's state (idempotent); with rebuild, a
+    stopped stateless VM's root disk is made again from its template."""
     return agent.vm_sync_domain(
         vm_id=vm_id,
         delete_snapshot_metadata=delete_snapshot_metadata,
         delete_managed_save=delete_managed_save,
+        rebuild=rebuild,
     ).state
+
+
+@shared_task(name="agents_app.tasks.vm_rebuild_task", acks_late=True)
+def vm_rebuild_task(vm_id: int) -> str:
+    """Make a stopped VM's root disk again from its template and redefine its domain."""
+    return agent.vm_rebuild_on_host(vm_id=vm_id).state
 
 
 @shared_task(name="agents_app.tasks.vm_snapshot_task", acks_late=True)

@@ -9,6 +9,7 @@ from agents_app.api.views import (
     PoolCopyViewSet,
     PrimaryPoolViewSet,
     VirtualMachineViewSet,
+    VmPoolViewSet,
 )
 from templates_app.api.upload_views import upload_template_bytes
 from templates_app.api.views import (
@@ -27,6 +28,7 @@ router.register("image-stores", ImageStoreViewSet, basename="image-store")
 router.register("accounts", AccountViewSet, basename="account")
 router.register("events", EventViewSet, basename="event")
 router.register("vms", VirtualMachineViewSet, basename="vm")
+router.register("vm-pools", VmPoolViewSet, basename="vm-pool")
 router.register("hosts", HostViewSet, basename="host")
 router.register("primary-pools", PrimaryPoolViewSet, basename="primary-pool")
 router.register("pool-copies", PoolCopyViewSet, basename="pool-copy")

@@ -114,4 +114,31 @@ def template_version_create(
     version.save(update_fields=["base", "version_number", "version_name", "updated_at"])
     # Launch permissions go with the lineage: whoever could deploy the base can deploy this.
     version.shared_with.set(base.shared_with.all())
+    from .tasks import rebuild_latest_followers_task
+
+    base_id = base.pk
+    transaction.on_commit(lambda: rebuild_latest_followers_task.delay(base_template_id=base_id))
     return version
+
+
+def rebuild_latest_followers(*, base_template_id: int) -> int:
+    """A new version exists: every STOPPED stateless VM of the lineage that follows 'latest' is
+    moved onto the newest ACTIVE version at once, and its host rebuilds its root disk (id, uuid,
+    name, zone, account and stateless flag stay). Running ones move when they next stop
+    (`vm_stop`). One transaction per VM; returns how many moved."""
+    from agents_app.choices import VmState
+    from agents_app.models import VirtualMachine
+    from agents_app.services import vm_rebuild_onto_latest
+
+    from .selectors import lineage_of, lineage_root_id
+
+    root_id = lineage_root_id(base_template_id)
+    if root_id is None:
+        return 0
+    followers = VirtualMachine.objects.filter(
+        stateless=True,
+        use_latest_template_version=True,
+        state=VmState.STOPPED,
+        template__in=lineage_of(root_id).values("pk"),
+    ).values_list("pk", flat=True)
+    return sum(vm_rebuild_onto_latest(vm_id=vm_id) for vm_id in list(followers))

@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
+from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine, VmPool
 from templates_app.api.serializers import UuidRelatedField
 from templates_app.models import Template, Zone
 
@@ -15,6 +15,10 @@ class VirtualMachineSerializer(serializers.ModelSerializer):
     account = serializers.UUIDField(source="account.uuid", read_only=True)
     host = serializers.CharField(source="host.name", default=None, read_only=True)
     pool = serializers.CharField(source="pool.name", default=None, read_only=True)
+    use_latest_template_version = serializers.SerializerMethodField(
+        help_text="Follows the newest ACTIVE version of the template's lineage; always false "
+        "for a stateful VM."
+    )
 
     class Meta:
         model = VirtualMachine
@@ -23,6 +27,8 @@ class VirtualMachineSerializer(serializers.ModelSerializer):
             "name",
             "template",
             "template_name",
+            "stateless",
+            "use_latest_template_version",
             "zone",
             "account",
             "host",
@@ -37,6 +43,9 @@ class VirtualMachineSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    def get_use_latest_template_version(self, vm: VirtualMachine) -> bool:
+        return vm.stateless and vm.use_latest_template_version
+
 
 class VirtualMachineCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=128)
@@ -46,6 +55,15 @@ class VirtualMachineCreateSerializer(serializers.Serializer):
         default=False,
         help_text="Place the VM on an Up host of the zone: its agent makes the disk and starts "
         "the domain (answers at once with state STARTING). Without it, a VM record only.",
+    )
+    stateless = serializers.BooleanField(
+        default=False,
+        help_text="Its disk changes are discarded when it stops (rebuilt from its template).",
+    )
+    use_latest_template_version = serializers.BooleanField(
+        default=False,
+        help_text="Stateless VMs only (else 400): deploy from the newest ACTIVE version of the "
+        "template's lineage, and follow new versions (rebuilt when stopped).",
     )
 
 
@@ -210,3 +228,36 @@ class PoolCopyPrepareSerializer(serializers.Serializer):
 class PoolCopyUnpinSerializer(serializers.Serializer):
     template = UuidRelatedField(queryset=Template.objects.all())
     pool = UuidRelatedField(queryset=PrimaryPool.objects.all())
+
+
+# VM pools ----------------------------------------------------------------------------------
+
+
+class VmPoolSerializer(serializers.ModelSerializer):
+    """A pool of stateless VMs of a template lineage: a concrete version, or 'latest'."""
+
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    template = UuidRelatedField(queryset=Template.objects.all())
+    zone = UuidRelatedField(queryset=Zone.objects.all())
+    account = serializers.UUIDField(source="account.uuid", read_only=True)
+    size = serializers.IntegerField(min_value=1, max_value=100)
+    vms = serializers.SlugRelatedField(slug_field="uuid", many=True, read_only=True)
+
+    class Meta:
+        model = VmPool
+        fields = [
+            "id",
+            "name",
+            "template",
+            "use_latest_template_version",
+            "size",
+            "zone",
+            "account",
+            "vms",
+            "created_at",
+        ]
+        read_only_fields = ["created_at"]
+
+
+class VmPoolReturnSerializer(serializers.Serializer):
+    vm = serializers.UUIDField(help_text="Id of the taken VM to give back.")

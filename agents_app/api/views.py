@@ -9,7 +9,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from agents_app import host_services, pool_copies, selectors, services
+from agents_app import host_services, pool_copies, selectors, services, vm_pools
 from agents_app.choices import HostState, PoolCopyState, VmState
 from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
 from templates_app import selectors as template_selectors
@@ -25,6 +25,8 @@ from .serializers import (
     VirtualMachineDestroySerializer,
     VirtualMachineExpungeSerializer,
     VirtualMachineSerializer,
+    VmPoolReturnSerializer,
+    VmPoolSerializer,
     VmSnapshotSerializer,
 )
 
@@ -106,6 +108,8 @@ class VirtualMachineViewSet(
             zone=serializer.validated_data["zone"],
             account=template_selectors.account_of(request.user),
             actor=request.user,
+            stateless=serializer.validated_data["stateless"],
+            use_latest_template_version=serializer.validated_data["use_latest_template_version"],
         )
         return self._answer(vm, status.HTTP_201_CREATED)
 
@@ -283,3 +287,64 @@ class PoolCopyViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             template_id=template.pk, pool_id=pool.pk, pinned=False, actor=request.user
         )
         return Response(self._copies([ref])[0])
+
+
+class VmPoolViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """VM pools: create (deploys the stateless VMs), take a VM, return it."""
+
+    serializer_class = VmPoolSerializer
+    lookup_field = "uuid"
+    lookup_url_kwarg = "id"
+
+    def get_queryset(self):
+        return selectors.vm_pools_visible_to(self.request.user).prefetch_related("vms")
+
+    def create(self, request: Request) -> Response:
+        serializer = VmPoolSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        template = data["template"]
+        visible = template_selectors.templates_visible_to(request.user)
+        if not visible.filter(pk=template.pk).exists():
+            return Response(
+                {"template": [f"unknown template id '{template.uuid}'"]},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        pool = vm_pools.vm_pool_create(
+            name=data["name"],
+            template_id=template.pk,
+            zone=data["zone"],
+            account=template_selectors.account_of(request.user),
+            size=data["size"],
+            actor=request.user,
+            use_latest_template_version=data.get("use_latest_template_version", False),
+        )
+        fresh = self.get_queryset().get(pk=pool.pk)
+        return Response(VmPoolSerializer(fresh).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=VirtualMachineSerializer)
+    @action(detail=True, methods=["post"])
+    def take(self, request: Request, id=None) -> Response:
+        """Take a free VM of the pool (it starts); 409 when none is free."""
+        vm = vm_pools.vm_pool_take(pool_id=self.get_object().pk, user=request.user)
+        fresh = selectors.vms_visible_to(request.user).get(pk=vm.pk)
+        return Response(VirtualMachineSerializer(fresh).data)
+
+    @extend_schema(request=VmPoolReturnSerializer, responses=VirtualMachineSerializer)
+    @action(detail=True, methods=["post"], url_path="return", url_name="return")
+    def return_vm(self, request: Request, id=None) -> Response:
+        """Give a taken VM back: it stops, its disk changes are discarded."""
+        serializer = VmPoolReturnSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        pool = self.get_object()
+        vm = pool.vms.filter(uuid=serializer.validated_data["vm"]).first()
+        if vm is None:
+            raise ValidationError({"vm": ["not a VM of this pool"]})
+        vm = vm_pools.vm_pool_return(vm_id=vm.pk, user=request.user)
+        fresh = selectors.vms_visible_to(request.user).get(pk=vm.pk)
+        return Response(VirtualMachineSerializer(fresh).data)
