@@ -363,3 +363,17 @@ def pools_report(*, host_name: str) -> int:
             capacity_bytes=info.capacity, used_bytes=info.allocation
         )
     return updated
+
+
+def vm_disk_to_store(*, vm_id: int, ref_id: int):
+    """Host side of "version from a VM": flatten the VM's root disk into the image store copy
+    (the stores are mounted on hosts), inspected and renamed like a download."""
+    from templates_app.copies import store_copy_from_local
+    from templates_app.qemu import qemu_img_convert
+
+    vm = VirtualMachine.objects.get(pk=vm_id)
+
+    def write(temp):
+        qemu_img_convert(vm.root_disk_path, "QCOW2", temp, "QCOW2")
+
+    return store_copy_from_local(ref_id=ref_id, write=write)

@@ -132,3 +132,9 @@ def url_verify_task(
         headers=headers,
         ca_dir=ca_dir_for(host_name) if host_name else None,
     )
+
+
+@shared_task(name="agents_app.tasks.vm_disk_to_store_task", acks_late=True)
+def vm_disk_to_store_task(vm_id: int, ref_id: int) -> str:
+    """Copy a stopped VM's disk into an image store as a new template version's bytes."""
+    return agent.vm_disk_to_store(vm_id=vm_id, ref_id=ref_id).download_state

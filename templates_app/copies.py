@@ -5,8 +5,10 @@ a row lock with a lease, works outside any transaction, and finishes under the l
 worker that dies leaves a lease that runs out; the next attempt takes the copy over.
 """
 
+import hashlib
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from .headers import header_pairs
 from .inspection import ImageRejected, inspect_image
 from .locks import lock_copy, lock_template
 from .models import Account, Template, TemplateStoreRef
+from .qemu import QemuImgError
 from .urlsafety import UnsafeUrl
 
 logger = logging.getLogger(__name__)
@@ -121,6 +124,8 @@ def _finish(ref_id: int, owner: str, *, info, sha256: str, physical_size: int) -
         actor_label="storage-worker",
         reason="verified",
     )
+    if ref.template.base_id is not None:
+        _rebuild_followers_after_commit(ref.template.base_id)
     return True
 
 
@@ -193,3 +198,47 @@ def _reason(exc: Exception) -> str:
         return f"image rejected: {exc.reason}"
     message = getattr(exc, "message", None) or str(exc)
     return f"{type(exc).__name__}: {message}" if isinstance(exc, OSError) else message
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def store_copy_from_local(*, ref_id: int, write: Callable[[Path], None]) -> TemplateStoreRef:
+    """Fill a copy from bytes made here (e.g. a VM's disk converted by its host): `write`
+    produces the image at a temporary path in the store; it is inspected like a download and
+    renamed only when it passes. Idempotent like store_copy_download."""
+    owner = uuid.uuid4().hex
+    ref = _claim(ref_id, owner)
+    if ref is None:
+        return TemplateStoreRef.objects.get(pk=ref_id)
+    template = ref.template
+    image = storepaths.absolute(ref.store, ref.install_path)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    temp = image.with_name(f".{image.name}.part-{owner[:8]}")
+    try:
+        write(temp)
+        sha256 = _sha256_of(temp)
+        info = inspect_image(temp, template.format)
+        temp.replace(image)
+        properties = storepaths.write_properties(
+            image.parent, _properties(template, image, info, sha256)
+        )
+    except (ImageRejected, QemuImgError, OSError) as exc:
+        _remove_quietly(temp, image, image.parent / storepaths.PROPERTIES_NAME)
+        _fail(ref.pk, owner, _reason(exc))
+        return TemplateStoreRef.objects.get(pk=ref_id)
+    if not _finish(ref.pk, owner, info=info, sha256=sha256, physical_size=image.stat().st_size):
+        _remove_quietly(image, properties)
+    return TemplateStoreRef.objects.get(pk=ref_id)
+
+
+def _rebuild_followers_after_commit(base_id: int) -> None:
+    """A version's bytes are READY: stateless VMs following 'latest' can move onto it now."""
+    from versions_app.tasks import rebuild_latest_followers_task
+
+    transaction.on_commit(lambda: rebuild_latest_followers_task.delay(base_template_id=base_id))

@@ -392,3 +392,45 @@ def test_a_rebuild_onto_bytes_not_there_yet_keeps_the_old_disk(pool, lineage, zo
     assert backing_of(old_disk) == pool_copy_path(base, pool), "the old disk is untouched"
     conn = virt.connection(kept.host.libvirt_uri)
     assert virt.domain_state(conn, agent.domain_name(kept)) == "shutoff"
+
+
+# Versions from a VM (the seed's first case) ------------------------------------------------------
+
+
+def test_version_from_a_vm_then_latest_reads_the_vm_change(lineage, zone, account, user):
+    """Create a VM from a template; change its disk; create a version from that VM; deploy from
+    'latest': the new VM's disk reads the pattern back."""
+    from versions_app.services import template_version_from_vm
+
+    base, _ = lineage
+    source = deploy(base, zone, account, user)
+    source = stop(source, user)
+    scribble(source.root_disk_path)
+
+    version = template_version_from_vm(vm_id=source.pk, actor=user, version_name="patched")
+    ref = TemplateStoreRef.objects.get(template=version)
+    ref = agent.vm_disk_to_store(vm_id=source.pk, ref_id=ref.pk)
+    assert (ref.download_state, ref.state) == ("DOWNLOADED", "READY"), ref.error_text
+    assert (version.base_id, version.version_number, version.version_name) == (
+        base.pk,
+        2,
+        "patched",
+    )
+
+    fresh = deploy(base, zone, account, user, stateless=True, use_latest_template_version=True)
+    assert fresh.state == "RUNNING", fresh.error_text
+    assert fresh.template_id == version.pk
+    assert reads_pattern(fresh.root_disk_path, 0x77)
+
+
+def test_version_from_a_running_vm_is_refused(lineage, zone, account, user):
+    from templates_app.errors import StencilError
+    from templates_app.models import Template
+    from versions_app.services import template_version_from_vm
+
+    base, _ = lineage
+    running = deploy(base, zone, account, user)
+    with pytest.raises(StencilError, match="stop the VM") as refused:
+        template_version_from_vm(vm_id=running.pk, actor=user)
+    assert refused.value.status_code == 409
+    assert not Template.objects.filter(base=base).exists()

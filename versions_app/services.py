@@ -7,8 +7,9 @@ from django.db.models import Max
 
 from templates_app.choices import TemplateState
 from templates_app.errors import InvalidInput, TransitionConflict
-from templates_app.locks import lock_template
-from templates_app.models import Account, Template
+from templates_app.events import record_event
+from templates_app.locks import lock_account, lock_template
+from templates_app.models import Account, Template, TemplateStoreRef
 from templates_app.services import VERSION_NAME_MAX_LENGTH, template_register
 
 BASE_FIELD = "version.base_template"
@@ -142,3 +143,56 @@ def rebuild_latest_followers(*, base_template_id: int) -> int:
         template__in=lineage_of(root_id).values("pk"),
     ).values_list("pk", flat=True)
     return sum(vm_rebuild_onto_latest(vm_id=vm_id) for vm_id in list(followers))
+
+
+@transaction.atomic
+def template_version_from_vm(*, vm_id: int, actor, version_name: str = "") -> Template:
+    """oVirt's "create a version from a VM": the VM's host flattens its root disk
+    (`qemu-img convert -f qcow2 -O qcow2`) into an image store as the new version's bytes.
+
+    The VM must be on a host and STOPPED, so the disk is consistent. The version is numbered
+    under the base's lock like any other and becomes deployable when its copy is READY.
+    """
+    from agents_app.choices import VmState
+    from agents_app.models import VirtualMachine
+    from templates_app.services import _stores_for, charge_account, create_template_row
+
+    vm = VirtualMachine.objects.select_related("template", "host", "zone").get(pk=vm_id)
+    base = vm.template.base or vm.template
+    base = _lock_base(base.pk, actor)
+    if vm.host_id is None or vm.state != VmState.STOPPED:
+        raise TransitionConflict(vm, "create a version from", reason="stop the VM on its host")
+    account = lock_account(base.account_id)
+    charge_account(account)
+    version = create_template_row(
+        account=account,
+        name=base.name,
+        display_text=base.display_text,
+        kind=base.kind,
+        format="QCOW2",
+        url="",
+        os_type=base.os_type,
+        hypervisor=base.hypervisor,
+        is_public=base.is_public,
+        is_featured=base.is_featured,
+        primary_policy=base.primary_policy,
+        base=base,
+        version_number=_next_number(base),
+        version_name=(version_name or f"from {vm.name}").strip()[:VERSION_NAME_MAX_LENGTH],
+    )
+    version.zones.set([vm.zone])
+    version.shared_with.set(base.shared_with.all())
+    (store,) = _stores_for([vm.zone], is_public=False)
+    ref = TemplateStoreRef.objects.create(template=version, store=store)
+    record_event(
+        version,
+        from_state="",
+        to_state=version.state,
+        actor=actor,
+        reason=f"version {version.version_number} from VM {vm.name}",
+    )
+    from agents_app.tasks import vm_disk_to_store_task
+
+    queue, payload = vm.host.queue, {"vm_id": vm.pk, "ref_id": ref.pk}
+    transaction.on_commit(lambda: vm_disk_to_store_task.apply_async(kwargs=payload, queue=queue))
+    return version
