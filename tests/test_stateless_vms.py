@@ -434,3 +434,15 @@ def test_version_from_a_running_vm_is_refused(lineage, zone, account, user):
         template_version_from_vm(vm_id=running.pk, actor=user)
     assert refused.value.status_code == 409
     assert not Template.objects.filter(base=base).exists()
+
+
+def test_api_creates_a_version_from_a_stopped_vm(api, lineage, zone, account, user):
+    base, _ = lineage
+    vm = stop(deploy(base, zone, account, user), user)
+    response = api.post(
+        f"/api/v1/vms/{vm.uuid}/create-version/", {"version_name": "v2"}, format="json"
+    )
+    assert response.status_code == 202, response.data
+    assert response.data["version_number"] == 2
+    lineage_ids = [t["id"] for t in api.get(f"/api/v1/templates/{base.uuid}/versions/").data]
+    assert response.data["template"] in lineage_ids

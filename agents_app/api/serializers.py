@@ -261,3 +261,7 @@ class VmPoolSerializer(serializers.ModelSerializer):
 
 class VmPoolReturnSerializer(serializers.Serializer):
     vm = serializers.UUIDField(help_text="Id of the taken VM to give back.")
+
+
+class VmVersionRequestSerializer(serializers.Serializer):
+    version_name = serializers.CharField(max_length=128, required=False, allow_blank=True)

@@ -28,6 +28,7 @@ from .serializers import (
     VmPoolReturnSerializer,
     VmPoolSerializer,
     VmSnapshotSerializer,
+    VmVersionRequestSerializer,
 )
 
 # Filters: related objects are named by their public ids ------------------------------------
@@ -117,6 +118,23 @@ class VirtualMachineViewSet(
     @action(detail=True, methods=["post"])
     def start(self, request: Request, id=None) -> Response:
         return self._answer(services.vm_start(vm_id=self.get_object().pk, actor=request.user))
+
+    @extend_schema(request=VmVersionRequestSerializer, responses={202: None})
+    @action(detail=True, methods=["post"], url_path="create-version")
+    def create_version(self, request: Request, id=None) -> Response:
+        """oVirt's "new template version from this VM": the VM must be stopped; its host copies
+        the disk into an image store, and the version is deployable once that copy is READY."""
+        from versions_app.services import template_version_from_vm
+
+        serializer = VmVersionRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        version = template_version_from_vm(
+            vm_id=self.get_object().pk, actor=request.user, **serializer.validated_data
+        )
+        return Response(
+            {"template": str(version.uuid), "version_number": version.version_number},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
     @extend_schema(request=None, responses=VirtualMachineSerializer)
     @action(detail=True, methods=["post"])
