@@ -4,13 +4,31 @@ States move only through services: actions call them, exactly as the API does. H
 and snapshots are written by agents, so their pages are read-only.
 """
 
+from collections import Counter
+
 from django import forms
 from django.contrib import admin
 
-from templates_app.admin import ReadOnlyAdmin, call_for_each, human_size, progress_bar
+from templates_app.admin import (
+    ReadOnlyAdmin,
+    ReadOnlyTabularInline,
+    call_for_each,
+    human_size,
+    progress_bar,
+)
 
-from . import host_services, pool_copies, services
-from .models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine, VmSnapshot
+from . import host_services, pool_copies, services, vm_pools
+from .certificates import certificate_revoke
+from .models import (
+    DirectDownloadCertificate,
+    Host,
+    HostCertificate,
+    PrimaryPool,
+    TemplatePoolRef,
+    VirtualMachine,
+    VmPool,
+    VmSnapshot,
+)
 
 
 class ActionsOnlyAdmin(admin.ModelAdmin):
@@ -221,20 +239,12 @@ class TemplatePoolRefAdmin(ActionsOnlyAdmin):
 # VMs and snapshots -------------------------------------------------------------------------
 
 
-class VmSnapshotInline(admin.TabularInline):
+class VmSnapshotInline(ReadOnlyTabularInline):
     """The VM's snapshots, as recorded from libvirt: shown, never edited here."""
 
     model = VmSnapshot
     fields = ("name", "description", "created_at")
     readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(VmSnapshot)
@@ -323,23 +333,15 @@ class VirtualMachineAdmin(admin.ModelAdmin):
 
 # VM pools --------------------------------------------------------------------------------------
 
-from . import vm_pools  # noqa: E402  (section appended on its own, imports with it)
-from .models import VmPool  # noqa: E402
 
-
-class PoolVmInline(admin.TabularInline):
+class PoolVmInline(ReadOnlyTabularInline):
     """The pool's VMs: their version, state and who took them."""
 
     model = VirtualMachine
     fk_name = "vm_pool"
     fields = ("name", "template", "state", "taken_by", "host")
     readonly_fields = fields
-    extra = 0
-    can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 class VmPoolForm(forms.ModelForm):
@@ -410,29 +412,16 @@ class VmPoolAdmin(admin.ModelAdmin):
 
 # Direct-download certificates ----------------------------------------------------------------
 
-from collections import Counter  # noqa: E402  (section appended on its own, imports with it)
 
-from .certificates import certificate_revoke  # noqa: E402
-from .models import DirectDownloadCertificate, HostCertificate  # noqa: E402
-
-
-class HostCertificateInline(admin.TabularInline):
+class HostCertificateInline(ReadOnlyTabularInline):
     """Where the certificate is installed, as each host's agent reported it."""
 
     model = HostCertificate
     fields = ("host", "state", "error_text", "updated_at")
     readonly_fields = fields
-    extra = 0
-    can_delete = False
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("host")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 class RevokedFilter(admin.SimpleListFilter):

@@ -77,6 +77,19 @@ def admin_link(app_label: str, model_name: str, object_id: int, text: str) -> st
     return format_html('<a href="{}">{}</a>', url, text)
 
 
+class ReadOnlyTabularInline(admin.TabularInline):
+    """Rows that services and agents write: shown on the parent's page, never edited there."""
+
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 def progress_bar(percent: int) -> str:
     return format_html('<progress max="100" value="{}"></progress> {}%', percent, percent)
 
@@ -115,7 +128,7 @@ def sweep_message(result: services.SweepResult) -> str:
 # Template ----------------------------------------------------------------------------------
 
 
-class TemplateStoreRefInline(admin.TabularInline):
+class TemplateStoreRefInline(ReadOnlyTabularInline):
     """The template's copies on image stores (or its BYPASSED row): shown, never edited."""
 
     model = TemplateStoreRef
@@ -132,17 +145,9 @@ class TemplateStoreRefInline(admin.TabularInline):
         "error_text",
     )
     readonly_fields = fields
-    extra = 0
-    can_delete = False
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("store__zone")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="Progress")
     def progress(self, ref: TemplateStoreRef) -> str:
@@ -157,23 +162,15 @@ class TemplateStoreRefInline(admin.TabularInline):
         return human_size(ref.physical_size)
 
 
-class TemplateDetailInline(admin.TabularInline):
+class TemplateDetailInline(ReadOnlyTabularInline):
     """Key/value details (e.g. HTTP_HEADER), set at registration."""
 
     model = TemplateDetail
     fields = ("key", "value")
     readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
-class TemplateVersionInline(admin.TabularInline):
+class TemplateVersionInline(ReadOnlyTabularInline):
     """The versions of a base template (2, 3, ...): shown with a link, edited on their own page."""
 
     model = Template
@@ -182,18 +179,10 @@ class TemplateVersionInline(admin.TabularInline):
     verbose_name_plural = "Versions of this template"
     fields = ("version", "version_name", "version_state", "url", "created_at")
     readonly_fields = fields
-    extra = 0
-    can_delete = False
     show_change_link = False
 
     def get_queryset(self, request):
         return super().get_queryset(request).order_by("version_number")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="Version")
     def version(self, template: Template) -> str:
