@@ -83,8 +83,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # most of each request's time (docs/benchmarks.md).
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", "-c jit=off")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Web, worker and beat share one SQLite file in the zero-setup run: wait instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Web, worker, beat and agent share one SQLite file in the zero-setup run. WAL lets readers
+    # run beside the one writer; IMMEDIATE takes the write lock when a transaction begins, so a
+    # reader never has to upgrade its lock mid-transaction (which SQLite answers with "database
+    # is locked" at once, whatever the timeout); the busy timeout makes writers queue.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": (
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;"
+            ),
+        }
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
