@@ -46,6 +46,7 @@ run: $(STAMP) run-packages
 test: $(STAMP) system-packages services libvirtd
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) \
 	  $(BIN)/pytest -n 2 --dist loadgroup -p no:cacheprovider
@@ -58,7 +59,7 @@ bench: $(STAMP) services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/deploy_storm.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Pinned set that CI and make run install (pip install -c constraints.txt). Regenerate with: make lock' > constraints.txt

@@ -2,7 +2,21 @@ from django.apps import AppConfig
 
 
 class AgentsAppConfig(AppConfig):
-    """KVM agents, primary pools and virtual machines (the references that keep templates alive)."""
+    """Compute: KVM hosts and their agents, primary pools and pool copies, VMs, VM pools,
+    snapshots and direct-download certificates. It plugs into the layers below through what
+    they own: the catalogue's reference registry and URL-check hook, and the versions' signal."""
 
     name = "agents_app"
     verbose_name = "Agents and VMs"
+
+    def ready(self) -> None:
+        from templates_app.url_checks import register_direct_download_checker
+        from versions_app.signals import version_usable
+
+        from .handlers import on_version_usable
+        from .references import register_compute_references
+        from .services import direct_download_check
+
+        register_compute_references()
+        register_direct_download_checker(direct_download_check)
+        version_usable.connect(on_version_usable, dispatch_uid="agents.version_usable")

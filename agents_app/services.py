@@ -1,7 +1,7 @@
 """VM record life cycle. Creating a VM takes its template's row lock: it cannot race the sweep."""
 
-from datetime import timedelta
-
+from celery.exceptions import TimeoutError as CeleryTimeout
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django_fsm import can_proceed
@@ -17,7 +17,18 @@ from templates_app.events import record_event
 from templates_app.locks import lock_template_shared
 from templates_app.models import Account, Template, Zone
 from templates_app.selectors import template_in_zone
+from templates_app.tasks import gc_sweep_task
+from versions_app.selectors import latest_version
 
+from .agent.tasks import (
+    url_check_task,
+    url_verify_task,
+    vm_deploy_task,
+    vm_reboot_task,
+    vm_rebuild_task,
+    vm_snapshot_task,
+    vm_sync_domain_task,
+)
 from .choices import HostState, VmState
 from .models import Host, PrimaryPool, VirtualMachine
 
@@ -52,8 +63,6 @@ def _lock_usable_template(
     if not use_latest:
         template = lock_template_shared(template_id)
     else:
-        from versions_app.selectors import latest_version
-
         for _attempt in range(5):
             latest = latest_version(template_id)
             if latest is None:
@@ -116,8 +125,6 @@ def _enqueue_domain_sync(vm: VirtualMachine, **flags: bool) -> None:
     """After commit, the VM's host makes its libvirt domain match the VM's state."""
     if vm.host_id is None:
         return
-    from .tasks import vm_sync_domain_task
-
     queue, vm_id = vm.host.queue, vm.pk
     transaction.on_commit(
         lambda: vm_sync_domain_task.apply_async(kwargs={"vm_id": vm_id, **flags}, queue=queue)
@@ -162,8 +169,6 @@ def vm_start(*, vm_id: int, actor) -> VirtualMachine:
 def _lock_latest_of(template_id: int) -> Template | None:
     """The newest ACTIVE version of `template_id`'s lineage under its shared row lock (taken
     before any VM lock: account -> template -> VM), or None when the lineage has none."""
-    from versions_app.selectors import latest_version
-
     latest = latest_version(template_id)
     if latest is None:
         return None
@@ -216,8 +221,6 @@ def vm_rebuild_onto_latest(*, vm_id: int) -> bool:
     if not _follow_latest(vm, latest):
         return False
     if vm.host_id is not None:
-        from .tasks import vm_rebuild_task
-
         queue, pk = vm.host.queue, vm.pk
         transaction.on_commit(
             lambda: vm_rebuild_task.apply_async(kwargs={"vm_id": pk}, queue=queue)
@@ -231,8 +234,6 @@ def vm_reboot(*, vm_id: int, actor) -> VirtualMachine:
     vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
     if vm.state != VmState.RUNNING or vm.host_id is None:
         raise TransitionConflict(vm, "reboot", reason="only a running VM on a host reboots")
-    from .tasks import vm_reboot_task
-
     queue, pk = vm.host.queue, vm.pk
     transaction.on_commit(lambda: vm_reboot_task.apply_async(kwargs={"vm_id": pk}, queue=queue))
     record_event(vm, from_state=vm.state, to_state=vm.state, actor=actor, reason="reboot")
@@ -272,8 +273,6 @@ def vm_recover(*, vm_id: int, actor) -> VirtualMachine:
 def _expunge(vm_id: int, *, actor, **flags) -> VirtualMachine:
     vm = _transition(vm_id, "expunge", actor=actor, **flags)
     if vm.template.state == TemplateState.INACTIVE:
-        from templates_app.tasks import gc_sweep_task
-
         template_id = vm.template_id
         transaction.on_commit(lambda: gc_sweep_task.delay(template_ids=[template_id]))
     return vm
@@ -305,8 +304,6 @@ def _snapshot_target(vm_id: int) -> VirtualMachine:
 
 
 def _enqueue_snapshot_action(vm: VirtualMachine, action: str, **kwargs) -> None:
-    from .tasks import vm_snapshot_task
-
     queue = vm.host.queue
     payload = {"vm_id": vm.pk, "action": action, **kwargs}
     transaction.on_commit(lambda: vm_snapshot_task.apply_async(kwargs=payload, queue=queue))
@@ -394,65 +391,9 @@ def vm_deploy(
         use_latest_template_version=use_latest_template_version,
     )
     record_event(vm, from_state="", to_state=vm.state, actor=actor, reason=f"deploy on {host}")
-    from .tasks import vm_deploy_task
-
     queue, vm_id = host.queue, vm.pk
     transaction.on_commit(lambda: vm_deploy_task.apply_async(kwargs={"vm_id": vm_id}, queue=queue))
     return vm
-
-
-@transaction.atomic
-def host_register(
-    *, name: str, zone: Zone, libvirt_uri: str, address: str = "", capabilities: dict | None = None
-) -> Host:
-    """An agent announces itself (on start): create or update its host and mark it Up."""
-    host, _ = Host.objects.select_for_update().get_or_create(
-        name=name, defaults={"zone": zone, "libvirt_uri": libvirt_uri}
-    )
-    host.zone, host.libvirt_uri, host.address = zone, libvirt_uri, address
-    host.capabilities = capabilities or {}
-    return _heartbeat(host, reason="agent started")
-
-
-def _heartbeat(host: Host, *, reason: str) -> Host:
-    before = host.state
-    if host.state != HostState.MAINTENANCE:
-        host.connect()
-    host.last_heartbeat_at = timezone.now()
-    host.save()
-    if before != host.state:
-        record_event(
-            host, from_state=before, to_state=host.state, actor_label="agent", reason=reason
-        )
-    return host
-
-
-@transaction.atomic
-def host_heartbeat(*, name: str) -> Host:
-    """The agent is alive."""
-    return _heartbeat(Host.objects.select_for_update().get(name=name), reason="heartbeat")
-
-
-def hosts_mark_down(*, missed_after_seconds: int) -> int:
-    """Beat: hosts whose last heartbeat is older than the limit go Down."""
-    limit = timezone.now() - timedelta(seconds=missed_after_seconds)
-    stale = Host.objects.filter(state=HostState.UP, last_heartbeat_at__lt=limit)
-    count = 0
-    for host_id in stale.values_list("pk", flat=True):
-        with transaction.atomic():
-            host = Host.objects.select_for_update().get(pk=host_id)
-            if host.state == HostState.UP and host.last_heartbeat_at < limit:
-                host.miss_heartbeats()
-                host.save()
-                record_event(
-                    host,
-                    from_state=HostState.UP,
-                    to_state=host.state,
-                    actor_label="heartbeat-check",
-                    reason="missed heartbeats",
-                )
-                count += 1
-    return count
 
 
 class UrlCheckFailed(StencilError):
@@ -463,8 +404,6 @@ class UrlCheckFailed(StencilError):
 
 def _ask_hosts(zone: Zone, task, kwargs: dict, *, timeout: float) -> tuple[Host, dict]:
     """Send a check to up to 3 random Up hosts of the zone in turn; the first success wins."""
-    from celery.exceptions import TimeoutError as CeleryTimeout
-
     hosts = list(Host.objects.filter(zone=zone, state=HostState.UP).order_by("?")[:3])
     if not hosts:
         raise NoCapacity(f"no Up host in zone '{zone}' to check the URL from")
@@ -495,10 +434,6 @@ def direct_download_check(
     """Registration of a direct-download template: a random Up host of the zone checks the URL
     (and with verify=true streams, hashes and inspects it). Call it outside any transaction:
     it waits for the host's answer."""
-    from django.conf import settings
-
-    from .tasks import url_check_task, url_verify_task
-
     host, answer = _ask_hosts(
         zone,
         url_check_task,

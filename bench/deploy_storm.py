@@ -39,6 +39,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from agents_app.agent import heartbeat
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _common  # noqa: E402
@@ -127,9 +129,8 @@ def check_connections_headroom() -> None:
 
 def make_fixture(workdir: Path) -> dict:
     """Zone, store, account, an Up host on the test driver and its pool."""
-    from agents_app import services as vm_services
+    from agents_app.agent.virt import write_test_node_xml
     from agents_app.models import PrimaryPool
-    from agents_app.virt import write_test_node_xml
     from templates_app.models import Account, ImageStore, Zone
 
     store_dir = workdir / "store"
@@ -144,7 +145,7 @@ def make_fixture(workdir: Path) -> dict:
         accounts=1, store_path=str(store_dir)
     )
     zone = Zone.objects.get(pk=zone_id)
-    host = vm_services.host_register(name="bench-kvm", zone=zone, libvirt_uri=uri)
+    host = heartbeat.host_register(name="bench-kvm", zone=zone, libvirt_uri=uri)
     pool = PrimaryPool.objects.create(
         zone=zone, name="bench-pool", libvirt_pool_name=POOL_NAME, path=str(pool_dir)
     )
@@ -198,8 +199,8 @@ def make_template(fx: dict, name: str, size: int, *, bytes_from: Path | None = N
 
 def one_copy(fx: dict, template, source: Path, label: str) -> float:
     """Time pool_copy_ensure for a (template, pool) that has no copy yet."""
-    from agents_app import virt
-    from agents_app.pool_copies import pool_copy_ensure
+    from agents_app.agent import virt
+    from agents_app.agent.pool_copies import pool_copy_ensure
 
     cold(source)
     converts: list[float] = []
@@ -222,8 +223,8 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
     from django.db import connection, connections
 
     from agents_app import services as vm_services
-    from agents_app import virt
-    from agents_app.agent import vm_deploy_on_host
+    from agents_app.agent import virt
+    from agents_app.agent.vms import vm_deploy_on_host
 
     started: list[float] = []
     converts: list[float] = []
@@ -309,7 +310,7 @@ def copy_events(ref) -> dict:
 
 
 def backing_of(path: str) -> str | None:
-    from templates_app.qemu import run_qemu_img
+    from templates_app.images.qemu import run_qemu_img
 
     out = run_qemu_img(["info", "-U", "-f", "qcow2", "--output=json", path]).stdout
     return json.loads(out).get("full-backing-filename")
@@ -442,10 +443,10 @@ def report_floor(template, run_: dict, storm_wall: float | None) -> tuple[bool, 
 
 def linked_clones(fx: dict, small, big) -> tuple[bool, str]:
     """Median time of a CACHE deploy on an existing pool copy, 1 GiB vs 8 GiB template."""
-    from agents_app import agent, virt
     from agents_app import services as vm_services
-    from agents_app.pool_copies import pool_copy_ensure
-    from templates_app.qemu import run_qemu_img
+    from agents_app.agent import virt, vms
+    from agents_app.agent.pool_copies import pool_copy_ensure
+    from templates_app.images.qemu import run_qemu_img
 
     start = time.perf_counter()
     big_copy = pool_copy_ensure(
@@ -473,7 +474,7 @@ def linked_clones(fx: dict, small, big) -> tuple[bool, str]:
                     actor=None,
                 )
                 start = time.perf_counter()
-                vm = agent.vm_deploy_on_host(vm_id=vm.pk)
+                vm = vms.vm_deploy_on_host(vm_id=vm.pk)
                 seconds = time.perf_counter() - start
                 if vm.state != "RUNNING":
                     raise RuntimeError(f"clone deploy failed: {vm.error_text}")
@@ -521,7 +522,7 @@ def main() -> int:
     # Deploys enqueue a task for the host's agent on commit; here the threads are the agent.
     os.environ["CELERY_BROKER_URL"] = "memory://localhost/"
     _common.setup_django()
-    from agents_app import virt
+    from agents_app.agent import virt
 
     for tool in ("qemu-img", "qemu-io"):
         if shutil.which(tool) is None:

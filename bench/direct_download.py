@@ -89,8 +89,8 @@ def child_main(args: argparse.Namespace) -> int:
     import django
 
     django.setup()
-    from agents_app import direct_download
-    from templates_app import inspection
+    from agents_app.agent import direct_download
+    from templates_app.images import inspection
 
     setup_s = time.perf_counter() - started
     rss_setup = dl.maxrss_kib()
@@ -142,7 +142,7 @@ def child_main(args: argparse.Namespace) -> int:
 
 def make_image(path: Path, size: int) -> str:
     """A RAW image of random bytes that our detection takes for raw; return its SHA-256 hex."""
-    from templates_app.inspection import detect_format  # needs no django.setup()
+    from templates_app.images.inspection import detect_format  # needs no django.setup()
 
     for _attempt in range(SOURCE_ATTEMPTS):
         expected = dl.make_source(path, size)

@@ -11,8 +11,8 @@ sendfile(2)), and downloads it three times each, alternately, with
 
   (a) `curl -s -f -o DEST URL`;
   (b) the same, then `sha256sum DEST` (the hash in a second pass, like a naive tool);
-  (c) `templates_app.downloader.download_to_file(URL, DEST, checksum="{SHA-256}…")` in a child
-      process of its own (`--child`, Django set up on a throwaway SQLite URL, no query made),
+  (c) `templates_app.images.downloader.download_to_file(URL, DEST, checksum="{SHA-256}…")` in a
+      child process of its own (`--child`, Django set up on a throwaway SQLite URL, no query made),
       which reports its own peak RSS (ru_maxrss, the whole process, Django included).
 
 It prints medians, the ratios to the targets below and MET/MISSED, then one more instrumented
@@ -169,7 +169,7 @@ def child_main(args: argparse.Namespace) -> int:
     import django
 
     django.setup()
-    from templates_app import downloader
+    from templates_app.images import downloader
 
     setup_s = time.perf_counter() - started
     rss_setup = maxrss_kib()

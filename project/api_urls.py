@@ -17,9 +17,9 @@ from templates_app.api.views import (
     EventViewSet,
     GcSweepView,
     ImageStoreViewSet,
-    TemplateViewSet,
     ZoneViewSet,
 )
+from versions_app.api.views import TemplateViewSet
 
 router = DefaultRouter()
 router.register("templates", TemplateViewSet, basename="template")

@@ -197,7 +197,7 @@ STENCIL_UPLOAD_SECRET = os.environ.get("STENCIL_UPLOAD_SECRET", SECRET_KEY + ":u
 STENCIL_UPLOAD_EXPIRY_SECONDS = int(os.environ.get("STENCIL_UPLOAD_EXPIRY_SECONDS", "3600"))
 
 # Outbound URLs: rules for every URL the storage worker and the agents fetch (first request,
-# redirects, mirrors); see templates_app/urlsafety.py. Private ranges (10/8, 172.16/12,
+# redirects, mirrors); see templates_app/images/urlsafety.py. Private ranges (10/8, 172.16/12,
 # 192.168/16, fc00::/7) stay allowed: internal mirrors are normal. An unset or empty variable
 # keeps the default, so a blank value in a deployment file cannot switch the protection off.
 STENCIL_URL_DENIED_NETWORKS = [

@@ -1,10 +1,9 @@
 """Django admin of the catalogue. Every state change goes through `services`; the admin calls them.
 
 Template pages: registration through `template_register`, edits through `template_update`,
-"Save as new version" through `versions_app.services.template_version_create`,
 Deactivate/Reactivate buttons and actions, the GC sweep (button, actions, dry run), the copies,
-versions, live references and events of a template. Zones, image stores and accounts are plain
-configuration; events and store copies are read-only.
+live references and events of a template (versions_app.admin adds versions to these pages).
+Zones, image stores and accounts are plain configuration; events and store copies are read-only.
 """
 
 from collections.abc import Callable, Iterable
@@ -14,18 +13,17 @@ from django.contrib.admin.utils import unquote
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.template.defaultfilters import filesizeformat, pluralize
+from django.template.defaultfilters import filesizeformat
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
-
-from versions_app import services as version_services
 
 from . import selectors, services
 from .admin_forms import TemplateChangeForm, TemplateRegisterForm
 from .choices import TemplateState
 from .errors import InvalidInput, StencilError
 from .models import Account, Event, ImageStore, Template, TemplateDetail, TemplateStoreRef, Zone
+from .references import describe_counts, reference_rows
 
 REFERENCES_SHOWN = 100
 EVENTS_SHOWN = 50
@@ -105,8 +103,7 @@ def _names(rows: list[dict], total: int) -> str:
 
 
 def _holder(row: dict) -> str:
-    vms, destroyed = row["references"]["vms"], row["references"]["destroyed_vms"]
-    return f"{row['name']} ({vms} VM{pluralize(vms)}, {destroyed} destroyed)"
+    return f"{row['name']} ({describe_counts(row['references'])})"
 
 
 def sweep_message(result: services.SweepResult) -> str:
@@ -170,31 +167,6 @@ class TemplateDetailInline(ReadOnlyTabularInline):
     readonly_fields = fields
 
 
-class TemplateVersionInline(ReadOnlyTabularInline):
-    """The versions of a base template (2, 3, ...): shown with a link, edited on their own page."""
-
-    model = Template
-    fk_name = "base"
-    verbose_name = "version"
-    verbose_name_plural = "Versions of this template"
-    fields = ("version", "version_name", "version_state", "url", "created_at")
-    readonly_fields = fields
-    show_change_link = False
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).order_by("version_number")
-
-    @admin.display(description="Version")
-    def version(self, template: Template) -> str:
-        return admin_link(
-            "templates_app", "template", template.pk, f"{template.version_number}: {template}"
-        )
-
-    @admin.display(description="State")
-    def version_state(self, template: Template) -> str:
-        return state_badge(template)
-
-
 def state_badge(template: Template) -> str:
     return format_html(
         '<span class="stencil-state stencil-state-{}">{}</span>',
@@ -234,7 +206,7 @@ class TemplateAdmin(admin.ModelAdmin):
     list_filter = ("state", "kind", "zones", "account", "is_public", "is_featured")
     list_select_related = ("account",)
     search_fields = ("name", "display_text", "unique_name", "uuid")
-    inlines = (TemplateVersionInline, TemplateStoreRefInline, TemplateDetailInline)
+    inlines = (TemplateStoreRefInline, TemplateDetailInline)
     actions = ("deactivate_selected", "reactivate_selected", "sweep_selected", "sweep_dry_run")
     add_fieldsets = (
         (None, {"fields": ("name", "display_text", "kind", "format", "url", "checksum")}),
@@ -330,13 +302,7 @@ class TemplateAdmin(admin.ModelAdmin):
         return self.readonly_fields
 
     def get_inline_instances(self, request, obj=None):
-        if obj is None:
-            return []
-        inlines = super().get_inline_instances(request, obj)
-        if obj.base_id is not None:
-            # A version has no versions of its own.
-            inlines = [i for i in inlines if not isinstance(i, TemplateVersionInline)]
-        return inlines
+        return [] if obj is None else super().get_inline_instances(request, obj)
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
@@ -387,12 +353,11 @@ class TemplateAdmin(admin.ModelAdmin):
         if changes:
             services.template_update(template_id=obj.pk, actor=request.user, changes=changes)
 
+    # versions_app.admin serves a subclass that offers "Save as new version".
+    supports_versions = False
+
     def _save_as_version(self, request, obj: Template, form: TemplateChangeForm) -> None:
-        """A new version of the lineage's base from the page's values; `obj` stays unchanged."""
-        version = version_services.template_version_create(
-            base_template_id=obj.lineage_id, actor=request.user, **form.version_kwargs()
-        )
-        setattr(request, NEW_VERSION_ATTRIBUTE, version)
+        raise InvalidInput("this admin does not create versions", field="version_name")
 
     def log_change(self, request, obj, message):
         version = getattr(request, NEW_VERSION_ATTRIBUTE, None)
@@ -436,8 +401,10 @@ class TemplateAdmin(admin.ModelAdmin):
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _version_context(self, request, template: Template) -> dict:
-        offered = template.state == TemplateState.ACTIVE and self.has_change_permission(
-            request, template
+        offered = (
+            self.supports_versions
+            and template.state == TemplateState.ACTIVE
+            and self.has_change_permission(request, template)
         )
         return {
             "show_save_as_version": offered,
@@ -445,16 +412,15 @@ class TemplateAdmin(admin.ModelAdmin):
         }
 
     def _life_cycle_context(self, request, template: Template) -> dict:
-        references = list(selectors.template_references(template=template)[:REFERENCES_SHOWN])
+        every = reference_rows(template)
+        references = every[:REFERENCES_SHOWN]
         # One more than shown tells whether to link to the full list.
         events = list(self._events_of(request, template)[: EVENTS_SHOWN + 1])
         more_events = len(events) > EVENTS_SHOWN
-        vm_filter = f"template__id__exact={template.pk}"
         return {
             "transition_buttons": self._transition_buttons(request, template),
             "live_references": references,
-            "reference_count": getattr(template, "references", len(references)),
-            "all_references_url": self._list_url("agents_app_virtualmachine", vm_filter),
+            "reference_count": len(every),
             "template_events": events[:EVENTS_SHOWN],
             "more_events_url": self._more_events_url(template) if more_events else "",
         }

@@ -20,14 +20,15 @@ from django_fsm import can_proceed
 
 from . import storepaths
 from .choices import DownloadState, StoreRefState, TemplateState
-from .downloader import DownloadError, download_to_file
 from .events import record_copy_event
-from .headers import header_pairs
-from .inspection import ImageRejected, inspect_image
+from .images.downloader import DownloadError, download_to_file
+from .images.headers import header_pairs
+from .images.inspection import ImageRejected, inspect_image
+from .images.qemu import QemuImgError
+from .images.urlsafety import UnsafeUrl
 from .locks import lock_copy, lock_template
 from .models import Account, Template, TemplateStoreRef
-from .qemu import QemuImgError
-from .urlsafety import UnsafeUrl
+from .signals import send_store_copy_ready_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,7 @@ def _claim(ref_id: int, owner: str) -> TemplateStoreRef | None:
     if not can_proceed(ref.start_download):
         return None  # another worker holds a live lease
     before = ref.download_state
-    ref.start_download()
-    ref.start_creating()
+    ref.step("start_download")
     ref.install_path = storepaths.relative_install_path(template)
     ref.lease_owner = owner
     ref.lease_expires_at = timezone.now() + LEASE
@@ -104,8 +104,7 @@ def _finish(ref_id: int, owner: str, *, info, sha256: str, physical_size: int) -
         return False
     if ref.state != StoreRefState.CREATING:
         return False  # the sweep removed the template meanwhile: the bytes go with it
-    ref.finish_download()
-    ref.mark_ready()
+    ref.step("finish_download")
     ref.size = info.virtual_size
     ref.physical_size = physical_size
     ref.sha256 = sha256
@@ -124,8 +123,7 @@ def _finish(ref_id: int, owner: str, *, info, sha256: str, physical_size: int) -
         actor_label="storage-worker",
         reason="verified",
     )
-    if ref.template.base_id is not None:
-        _rebuild_followers_after_commit(ref.template.base_id)
+    send_store_copy_ready_on_commit(template_id=ref.template_id, ref_id=ref.pk)
     return True
 
 
@@ -134,9 +132,7 @@ def _fail(ref_id: int, owner: str, reason: str) -> None:
     ref = lock_copy(ref_id)
     if ref.lease_owner != owner or ref.download_state != DownloadState.DOWNLOAD_IN_PROGRESS:
         return
-    ref.fail_download()
-    if ref.state == StoreRefState.CREATING:
-        ref.release()
+    ref.step("fail_download")
     ref.error_text = reason[:4000]
     ref.lease_owner = ""
     ref.lease_expires_at = None
@@ -235,10 +231,3 @@ def store_copy_from_local(*, ref_id: int, write: Callable[[Path], None]) -> Temp
     if not _finish(ref.pk, owner, info=info, sha256=sha256, physical_size=image.stat().st_size):
         _remove_quietly(image, properties)
     return TemplateStoreRef.objects.get(pk=ref_id)
-
-
-def _rebuild_followers_after_commit(base_id: int) -> None:
-    """A version's bytes are READY: stateless VMs following 'latest' can move onto it now."""
-    from versions_app.tasks import rebuild_latest_followers_task
-
-    transaction.on_commit(lambda: rebuild_latest_followers_task.delay(base_template_id=base_id))

@@ -253,6 +253,26 @@ class TemplateStoreRef(FSMModelMixin, models.Model):
         where = self.store or "direct download"
         return f"{self.template} on {where}"
 
+    # Each step of a copy moves its two state fields together: (download_state transition,
+    # state transition). "release" only applies to a copy that was CREATING.
+    PAIRED_STEPS = {
+        "start_download": ("start_download", "start_creating"),
+        "finish_download": ("finish_download", "mark_ready"),
+        "fail_download": ("fail_download", "release"),
+        "start_upload": ("start_upload", "start_creating"),
+        "finish_upload": ("finish_upload", "mark_ready"),
+        "fail_upload": ("fail_upload", "release"),
+        "lose_bytes": ("lose_bytes", "unready"),
+    }
+
+    def step(self, name: str) -> None:
+        """Move both state fields through the step `name` (a key of PAIRED_STEPS)."""
+        download_transition, state_transition = self.PAIRED_STEPS[name]
+        getattr(self, download_transition)()
+        if state_transition == "release" and self.state != StoreRefState.CREATING:
+            return
+        getattr(self, state_transition)()
+
     def lease_is_free(self) -> bool:
         """Nobody works on it, or its worker's lease ran out (the worker died)."""
         if self.download_state != DownloadState.DOWNLOAD_IN_PROGRESS:

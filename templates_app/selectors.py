@@ -1,16 +1,12 @@
 """Read queries shared by the API, admin and commands. Each returns a ready-to-use queryset."""
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
-
-from agents_app.choices import VmState
-from agents_app.models import TemplatePoolRef, VirtualMachine
-from versions_app.selectors import lineage_of, newer_version_exists
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 
 from .choices import TemplateFilter, TemplateState
 from .errors import NoAccount
 from .models import Account, Event, ImageStore, Template, TemplateStoreRef, Zone
+from .references import with_reference_count
 
 
 def account_ids_of(user: AbstractBaseUser) -> list[int]:
@@ -38,34 +34,6 @@ def _shared_with(user: AbstractBaseUser) -> Exists:
             template_id=OuterRef("pk"),
             account__members=user,
         )
-    )
-
-
-def live_vm_references(template_ref: str = "pk") -> QuerySet[VirtualMachine]:
-    """VMs that still need the template's bytes: every VM that is not EXPUNGED."""
-    return VirtualMachine.objects.filter(template_id=OuterRef(template_ref)).exclude(
-        state=VmState.EXPUNGED
-    )
-
-
-def pinned_pool_copies(template_ref: str = "pk") -> QuerySet[TemplatePoolRef]:
-    """Pre-populated copies on primary pools: operators keep these until they unpin them."""
-    return TemplatePoolRef.objects.filter(template_id=OuterRef(template_ref), pinned=True)
-
-
-def has_live_reference() -> Q:
-    """The one place that says what a live reference is: a VM not EXPUNGED, or a pinned copy."""
-    return Q(Exists(live_vm_references())) | Q(Exists(pinned_pool_copies()))
-
-
-def _count_of(queryset: QuerySet) -> Coalesce:
-    counts = queryset.order_by().values("template_id").annotate(n=Count("pk")).values("n")
-    return Coalesce(Subquery(counts, output_field=IntegerField()), 0)
-
-
-def with_reference_count(queryset: QuerySet[Template]) -> QuerySet[Template]:
-    return queryset.annotate(
-        references=_count_of(live_vm_references()) + _count_of(pinned_pool_copies())
     )
 
 
@@ -99,34 +67,27 @@ def template_list(
     user: AbstractBaseUser,
     template_filter: str = TemplateFilter.EXECUTABLE,
     states: list[str] | None = None,
-    all_versions: bool = False,
 ) -> QuerySet[Template]:
-    """The template listing: ACTIVE only unless staff asks for other states.
+    """The catalogue's listing: ACTIVE only unless staff asks for other states, every row the
+    filter admits (versions_app narrows it to one row per lineage)."""
+    states = listing_states(user, states)
+    queryset = _apply_template_filter(
+        Template.objects.filter(state__in=states), user, template_filter
+    )
+    return with_listing_relations(queryset)
 
-    One row per lineage, its newest version in those states (ACTIVE: what 'latest' deploys),
-    unless `all_versions`. Which version is newest does not depend on the caller's filters.
-    """
-    if not (user.is_staff and states):
-        states = [TemplateState.ACTIVE]
-    queryset = Template.objects.filter(state__in=states)
-    if not all_versions:
-        queryset = queryset.exclude(newer_version_exists(states))
-    queryset = _apply_template_filter(queryset, user, template_filter)
+
+def listing_states(user: AbstractBaseUser, states: list[str] | None) -> list[str]:
+    """The states a listing shows: ACTIVE, unless staff asks for others."""
+    return list(states) if (user.is_staff and states) else [TemplateState.ACTIVE]
+
+
+def with_listing_relations(queryset: QuerySet[Template]) -> QuerySet[Template]:
+    """What a listed template shows: its reference count, account, base, zones and details."""
     return (
         with_reference_count(queryset)
         .select_related("account", "base")
         .prefetch_related("zones", "details")
-    )
-
-
-def template_versions_list(*, user: AbstractBaseUser, template: Template) -> QuerySet[Template]:
-    """The lineage of `template` (base first, any state): the rows this user may see."""
-    lineage = lineage_of(template.lineage_id).values("pk")
-    return (
-        with_reference_count(templates_visible_to(user).filter(pk__in=lineage))
-        .select_related("account", "base")
-        .prefetch_related("zones", "details")
-        .order_by("version_number")
     )
 
 
@@ -137,24 +98,6 @@ def template_detail_queryset(*, user: AbstractBaseUser) -> QuerySet[Template]:
         with_reference_count(templates_visible_to(user))
         .select_related("account", "base")
         .prefetch_related("zones", "details", Prefetch("store_refs", queryset=copies))
-    )
-
-
-def template_references(*, template: Template) -> QuerySet[VirtualMachine]:
-    """The live references that keep a template's bytes: listed on its page and in the API."""
-    return (
-        VirtualMachine.objects.filter(template=template)
-        .exclude(state=VmState.EXPUNGED)
-        .select_related("account", "zone")
-        .order_by("created_at", "pk")
-    )
-
-
-def template_pinned_copies(*, template: Template) -> QuerySet[TemplatePoolRef]:
-    return (
-        TemplatePoolRef.objects.filter(template=template, pinned=True)
-        .select_related("pool__zone")
-        .order_by("pk")
     )
 
 

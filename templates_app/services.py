@@ -11,13 +11,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, Count, F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models import BigIntegerField, F, OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 from django.utils.text import slugify
 from django_fsm import can_proceed
 
-from .checksums import normalize_checksum
 from .choices import (
     DownloadState,
     ImageStoreState,
@@ -28,11 +27,16 @@ from .choices import (
 )
 from .errors import InvalidInput, LimitExceeded, TransitionConflict
 from .events import build_event, record_event, record_events
-from .headers import header_pairs, validate_header_details
+from .fsm import bulk_transition
+from .images.checksums import normalize_checksum
+from .images.headers import header_pairs, validate_header_details
+from .images.metalink import scheme_of
+from .images.urlsafety import HostNotResolved, validate_url
 from .locks import lock_account, lock_template, lock_templates
 from .models import Account, ImageStore, Template, TemplateDetail, TemplateStoreRef, Zone
-from .selectors import has_live_reference
-from .urlsafety import HostNotResolved, validate_url
+from .references import has_live_reference, reference_counts
+from .signals import template_removed
+from .url_checks import check_direct_download_url
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +118,7 @@ def _release_template_charge(account_id: int, count: int = 1) -> None:
     )
 
 
-def _stores_for(zones: Iterable[Zone], *, is_public: bool) -> list[ImageStore]:
+def stores_for(zones: Iterable[Zone], *, is_public: bool) -> list[ImageStore]:
     """A public template goes to every store of a zone; a private one to one random store."""
     chosen: list[ImageStore] = []
     for zone in zones:
@@ -149,11 +153,22 @@ def _normalize_details(details: Any) -> list[tuple[str, str]]:
     return result
 
 
-@transaction.atomic
-def template_register(
+@dataclass
+class RegistrationPlan:
+    """A registration that passed every check, ready to be written (`template_create_planned`).
+
+    Built outside any transaction: the host's URL check is a network round trip."""
+
+    name: str
+    zones: list[Zone]
+    stores: list[ImageStore]
+    detail_pairs: list[tuple[str, str]]
+    fields: dict[str, Any]
+    checked: dict = field(default_factory=dict)
+
+
+def template_registration_plan(
     *,
-    account: Account,
-    actor,
     name: str,
     image_format: str,
     url: str,
@@ -170,14 +185,10 @@ def template_register(
     primary_policy: str = "CACHE",
     details: Any = None,
     verify: bool = False,
-) -> Template:
-    """Register a template by URL: validate, charge the account, create its store copies.
-
-    A direct-download template gets one BYPASSED/READY row and no secondary copy; before that,
-    a random Up host of the zone checks the URL (and with `verify`, streams, hashes and inspects
-    the whole image). Everything is written in one transaction, so a refused registration
-    leaves nothing behind.
-    """
+) -> RegistrationPlan:
+    """Validate a registration by URL and, for direct download, have a random Up host of the
+    zone check the URL (with `verify`: stream, hash and inspect the whole image). Writes
+    nothing and holds no lock: call it before opening the registration's transaction."""
     name = (name or "").strip()
     if not name:
         raise InvalidInput("a name is required", field="name")
@@ -188,7 +199,7 @@ def template_register(
     if not cross_zones and not zones:
         raise InvalidInput("give at least one zone, or cross_zones=true", field="zones")
     target_zones = list(Zone.objects.all()) if cross_zones else list(zones or [])
-    stores = [] if direct_download else _stores_for(target_zones, is_public=is_public)
+    stores = [] if direct_download else stores_for(target_zones, is_public=is_public)
     validate_header_details(detail_pairs)
     checked = {}
     if direct_download:
@@ -200,49 +211,104 @@ def template_register(
             headers=dict(header_pairs(detail_pairs)),
             verify=verify,
         )
-
-    # Locks come after the host's answer: nothing is held while a host is asked.
-    account = lock_account(account.pk)
-    charge_account(account)
-    template = create_template_row(
-        account=account,
+    return RegistrationPlan(
         name=name,
-        display_text=display_text,
-        kind=kind,
-        format=image_format,
-        url=url,
-        checksum=checksum,
-        os_type=os_type,
-        hypervisor=hypervisor,
-        is_public=is_public,
-        is_featured=is_featured,
-        cross_zones=cross_zones,
-        direct_download=direct_download,
-        primary_policy=primary_policy,
+        zones=target_zones,
+        stores=stores,
+        detail_pairs=detail_pairs,
+        checked=checked,
+        fields={
+            "display_text": display_text,
+            "kind": kind,
+            "format": image_format,
+            "url": url,
+            "checksum": checksum,
+            "os_type": os_type,
+            "hypervisor": hypervisor,
+            "is_public": is_public,
+            "is_featured": is_featured,
+            "cross_zones": cross_zones,
+            "direct_download": direct_download,
+            "primary_policy": primary_policy,
+        },
     )
-    if not cross_zones:
-        template.zones.set(target_zones)
+
+
+def template_create(
+    *,
+    account_id: int,
+    actor,
+    name: str,
+    zones: list[Zone],
+    copies: list[TemplateStoreRef],
+    detail_pairs: Iterable[tuple[str, str]] = (),
+    secondary_bytes: int = 0,
+    reason: str = "registered",
+    **fields: Any,
+) -> Template:
+    """The one way a template row is born (registration, upload, version): lock and charge the
+    account, create the row with its uuid and unique name, its zones, details and copies
+    (unsaved `TemplateStoreRef`s, given their template here), and record the event. Call it
+    inside a transaction; downloads are the caller's to enqueue."""
+    account = lock_account(account_id)
+    charge_account(account, secondary_bytes=secondary_bytes)
+    template = create_template_row(account=account, name=name, **fields)
+    if not fields.get("cross_zones"):
+        template.zones.set(zones)
     TemplateDetail.objects.bulk_create(
         [TemplateDetail(template=template, key=k, value=v) for k, v in detail_pairs]
     )
-    if direct_download:
-        verified = checked.get("verified") or {}
-        TemplateStoreRef.objects.create(
-            template=template,
-            store=None,
-            download_state=DownloadState.BYPASSED,
-            state=StoreRefState.READY,
-            sha256=verified.get("sha256", ""),
-            size=verified.get("virtual_size") or _first_check(checked).get("virtual_size"),
-            physical_size=verified.get("size") or _first_check(checked).get("size"),
-        )
-    else:
-        TemplateStoreRef.objects.bulk_create(
-            [TemplateStoreRef(template=template, store=store) for store in stores]
-        )
-        _enqueue_downloads(template.pk)
-    record_event(template, from_state="", to_state=template.state, actor=actor, reason="registered")
+    for copy in copies:
+        copy.template = template
+    TemplateStoreRef.objects.bulk_create(copies)
+    record_event(template, from_state="", to_state=template.state, actor=actor, reason=reason)
     return template
+
+
+def template_create_planned(
+    plan: RegistrationPlan, *, account_id: int, actor, reason: str = "registered", **extra: Any
+) -> Template:
+    """Write a planned registration (inside the caller's transaction); `extra` are more row
+    fields (a version's base and number)."""
+    if plan.fields["direct_download"]:
+        verified = plan.checked.get("verified") or {}
+        first = _first_check(plan.checked)
+        copies = [
+            TemplateStoreRef(
+                store=None,
+                download_state=DownloadState.BYPASSED,
+                state=StoreRefState.READY,
+                sha256=verified.get("sha256", ""),
+                size=verified.get("virtual_size") or first.get("virtual_size"),
+                physical_size=verified.get("size") or first.get("size"),
+            )
+        ]
+    else:
+        copies = [TemplateStoreRef(store=store) for store in plan.stores]
+    template = template_create(
+        account_id=account_id,
+        actor=actor,
+        name=plan.name,
+        zones=plan.zones,
+        copies=copies,
+        detail_pairs=plan.detail_pairs,
+        reason=reason,
+        **plan.fields,
+        **extra,
+    )
+    if not plan.fields["direct_download"]:
+        _enqueue_downloads(template.pk)
+    return template
+
+
+def template_register(*, account: Account, actor, **params: Any) -> Template:
+    """Register a template by URL (`template_registration_plan`'s parameters): check it first,
+    outside any transaction, then write the row, its copies and the charge in one transaction,
+    so a refused registration leaves nothing behind. A direct-download template gets one
+    BYPASSED/READY row and no secondary copy."""
+    plan = template_registration_plan(**params)
+    with transaction.atomic():
+        return template_create_planned(plan, account_id=account.pk, actor=actor)
 
 
 def _first_check(checked: dict) -> dict:
@@ -260,10 +326,8 @@ def _check_direct_download(
     verify: bool,
 ) -> dict:
     """Seed 003: a checksum is required unless a metalink supplies the hashes, and a random Up
-    host of the zone must reach the URL before registration succeeds."""
-    from agents_app.direct_download import scheme_of
-    from agents_app.services import direct_download_check
-
+    host of the zone must reach the URL before registration succeeds (the compute layer
+    registers who asks the host: templates_app.url_checks)."""
     if not checksum and scheme_of(url) != "metalink":
         raise InvalidInput(
             "a checksum ({ALGO}hex) is required for direct download, unless the URL is a "
@@ -272,7 +336,7 @@ def _check_direct_download(
         )
     if not settings.STENCIL_DIRECT_DOWNLOAD_URL_CHECK:
         return {}
-    return direct_download_check(
+    return check_direct_download_url(
         zone=zones[0],
         url=url,
         headers=headers,
@@ -435,7 +499,6 @@ class SweepResult:
     held: list[dict] = field(default_factory=list)
     held_count: int = 0
     copies_destroyed: int = 0
-    pool_copies: dict = field(default_factory=dict)
     batches: int = 0
 
     def as_dict(self) -> dict:
@@ -447,7 +510,6 @@ class SweepResult:
             "held_count": self.held_count,
             "held": self.held,
             "copies_destroyed": self.copies_destroyed,
-            "pool_copies": self.pool_copies,
         }
 
 
@@ -459,27 +521,15 @@ def _inactive(template_ids: list[int] | None):
 
 
 def _describe_holders(template_ids: list[int] | None) -> tuple[list[dict], int]:
-    from agents_app.choices import VmState
-
+    """The INACTIVE templates something still needs, with their live references per kind."""
     held = _inactive(template_ids).filter(has_live_reference())
-    rows = (
-        held.annotate(
-            live_vms=Count("vms", filter=~Q(vms__state=VmState.EXPUNGED), distinct=True),
-            destroyed_vms=Count("vms", filter=Q(vms__state=VmState.DESTROYED), distinct=True),
-            pinned_copies=Count("pool_refs", filter=Q(pool_refs__pinned=True), distinct=True),
-        )
-        .order_by("pk")
-        .values("uuid", "name", "live_vms", "destroyed_vms", "pinned_copies")[:HELD_LIST_LIMIT]
-    )
+    counts = reference_counts()
+    rows = held.annotate(**counts).order_by("pk").values("uuid", "name", *counts)[:HELD_LIST_LIMIT]
     listed = [
         {
             "id": str(row["uuid"]),
             "name": row["name"],
-            "references": {
-                "vms": row["live_vms"],
-                "destroyed_vms": row["destroyed_vms"],
-                "pinned_pool_copies": row["pinned_copies"],
-            },
+            "references": {name.removesuffix("_references"): row[name] for name in counts},
         }
         for row in rows
     ]
@@ -505,14 +555,15 @@ def _remove_batch(candidate_ids: list[int], *, actor, actor_label: str) -> list[
             return []
         ids = [row["pk"] for row in removable]
         now = timezone.now()
-        Template.objects.filter(pk__in=ids).update(
-            state=TemplateState.REMOVED, removed_at=now, updated_at=now
+        bulk_transition(
+            Template.objects.filter(pk__in=ids), Template.remove, removed_at=now, updated_at=now
         )
         _release_secondary_bytes(ids)
-        TemplateStoreRef.objects.filter(
-            template_id__in=ids,
-            state__in=[StoreRefState.ALLOCATED, StoreRefState.CREATING, StoreRefState.READY],
-        ).update(state=StoreRefState.DESTROYING, updated_at=now)
+        bulk_transition(
+            TemplateStoreRef.objects.filter(template_id__in=ids),
+            TemplateStoreRef.start_destroying,
+            updated_at=now,
+        )
         record_events(
             build_event(
                 Template(
@@ -526,6 +577,7 @@ def _remove_batch(candidate_ids: list[int], *, actor, actor_label: str) -> list[
             )
             for row in removable
         )
+        transaction.on_commit(lambda: template_removed.send(sender=Template, template_ids=ids))
     return removable
 
 
@@ -595,9 +647,11 @@ def destroy_removed_copies(*, batch_size: int) -> int:
             return destroyed
         last_id = batch[-1].pk
         refs = [ref for ref in batch if _delete_copy_files(ref)]
-        TemplateStoreRef.objects.filter(
-            pk__in=[ref.pk for ref in refs], state=StoreRefState.DESTROYING
-        ).update(state=StoreRefState.DESTROYED, updated_at=timezone.now())
+        bulk_transition(
+            TemplateStoreRef.objects.filter(pk__in=[ref.pk for ref in refs]),
+            TemplateStoreRef.finish_destroying,
+            updated_at=timezone.now(),
+        )
         record_events(
             build_event(
                 ref,
@@ -609,13 +663,6 @@ def destroy_removed_copies(*, batch_size: int) -> int:
             for ref in refs
         )
         destroyed += len(refs)
-
-
-def _evict_pool_copies() -> dict[str, int]:
-    """Unused cached copies on primary pools: marked on one sweep, evicted on a later one."""
-    from agents_app.pool_copies import pool_copies_evict
-
-    return pool_copies_evict()
 
 
 class _SweepLock:
@@ -677,6 +724,5 @@ def gc_sweep(
                 {"id": str(r["uuid"]), "name": r["name"]} for r in removed[: max(room, 0)]
             )
         result.copies_destroyed = destroy_removed_copies(batch_size=batch_size)
-        result.pool_copies = _evict_pool_copies()
     result.held, result.held_count = _describe_holders(template_ids)
     return result

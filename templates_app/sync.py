@@ -66,8 +66,7 @@ def _mark_missing(ref_id: int) -> TemplateStoreRef | None:
     if ref.state != StoreRefState.READY:
         return None
     before = ref.download_state
-    ref.lose_bytes()
-    ref.unready()
+    ref.step("lose_bytes")
     ref.error_text = "file missing from the image store (template sync)"
     ref.save()
     record_copy_event(ref, before=before, actor_label="template-sync", reason=ref.error_text)

@@ -27,13 +27,15 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from . import storepaths
-from .checksums import normalize_checksum, split_checksum
 from .choices import DownloadState, ImageStoreState, TemplateKind, TemplateState
 from .errors import InvalidInput, StencilError
-from .events import record_copy_event, record_event
-from .inspection import ImageRejected, inspect_image
-from .locks import lock_account, lock_copy, lock_template
+from .events import record_copy_event
+from .images.checksums import normalize_checksum, split_checksum
+from .images.inspection import ImageRejected, inspect_image
+from .locks import lock_copy, lock_template
 from .models import Account, TemplateStoreRef, Zone
+from .services import _validate_kind_and_format, template_create, template_deactivate
+from .signals import send_store_copy_ready_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +106,6 @@ def template_upload_params(
     is_public: bool = False,
 ) -> UploadParams:
     """Persist the template and its NOT_UPLOADED copy, charge the account, sign the URL."""
-    from .services import _validate_kind_and_format, charge_account, create_template_row
-
     name = (name or "").strip()
     if not name:
         raise InvalidInput("a name is required", field="name")
@@ -116,11 +116,21 @@ def template_upload_params(
     stores = list(zone.image_stores.filter(state=ImageStoreState.UP))
     if not stores:
         raise InvalidInput(f"zone '{zone.name}' has no image store that is up", field="zone")
-    account = lock_account(account.pk)
-    charge_account(account, secondary_bytes=size)
-    template = create_template_row(
-        account=account,
+    expires_at = timezone.now() + timedelta(seconds=settings.STENCIL_UPLOAD_EXPIRY_SECONDS)
+    copy = TemplateStoreRef(
+        store=random.choice(stores),
+        download_state=DownloadState.NOT_UPLOADED,
+        upload_expires_at=expires_at,
+        charged_bytes=size,
+    )
+    template = template_create(
+        account_id=account.pk,
+        actor=actor,
         name=name,
+        zones=[zone],
+        copies=[copy],
+        secondary_bytes=size,
+        reason="upload requested",
         display_text=display_text,
         kind=kind,
         format=image_format,
@@ -128,18 +138,7 @@ def template_upload_params(
         os_type=os_type,
         is_public=is_public,
     )
-    template.zones.set([zone])
-    expires_at = timezone.now() + timedelta(seconds=settings.STENCIL_UPLOAD_EXPIRY_SECONDS)
-    ref = TemplateStoreRef.objects.create(
-        template=template,
-        store=random.choice(stores),
-        download_state=DownloadState.NOT_UPLOADED,
-        upload_expires_at=expires_at,
-        charged_bytes=size,
-    )
-    record_event(
-        template, from_state="", to_state=template.state, actor=actor, reason="upload requested"
-    )
+    ref = template.store_refs.get()
     post_url = f"{base_url.rstrip('/')}/api/v1/uploads/{template.uuid}/"
     metadata = _encode(
         {
@@ -191,8 +190,7 @@ def _claim_upload(ref_id: int) -> TemplateStoreRef:
         raise UploadConflict("an upload of this template is under way")
     if ref.download_state == DownloadState.UPLOAD_ABANDONED or template.state != "ACTIVE":
         raise UploadConflict("this upload was abandoned")
-    ref.start_upload()
-    ref.start_creating()
+    ref.step("start_upload")
     ref.install_path = storepaths.relative_install_path(template)
     ref.attempts += 1
     ref.error_text = ""
@@ -224,8 +222,7 @@ def _stream(
 @transaction.atomic
 def _finish_upload(ref_id: int, *, size: int, sha256: str, virtual_size: int) -> TemplateStoreRef:
     ref = lock_copy(ref_id)
-    ref.finish_upload()
-    ref.mark_ready()
+    ref.step("finish_upload")
     Account.objects.filter(pk=ref.template.account_id).update(
         used_secondary_bytes=Greatest(F("used_secondary_bytes") - ref.charged_bytes + size, 0)
     )
@@ -238,6 +235,7 @@ def _finish_upload(ref_id: int, *, size: int, sha256: str, virtual_size: int) ->
     record_copy_event(
         ref, before=DownloadState.UPLOAD_IN_PROGRESS, actor_label="upload", reason="verified"
     )
+    send_store_copy_ready_on_commit(template_id=ref.template_id, ref_id=ref.pk)
     return ref
 
 
@@ -246,8 +244,7 @@ def _fail_upload(ref_id: int, reason: str) -> None:
     ref = lock_copy(ref_id)
     if ref.download_state != DownloadState.UPLOAD_IN_PROGRESS:
         return
-    ref.fail_upload()
-    ref.release()
+    ref.step("fail_upload")
     ref.error_text = reason[:4000]
     ref.save()
     record_copy_event(
@@ -317,8 +314,6 @@ def template_upload_receive(
 def abandon_expired_uploads(*, now: datetime | None = None) -> int:
     """Sweep: uploads past their expiry become UPLOAD_ABANDONED, their charge released and
     their template deactivated (the GC sweep then removes it)."""
-    from .services import template_deactivate
-
     now = now or timezone.now()
     expired = TemplateStoreRef.objects.filter(
         upload_expires_at__lte=now,

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import libvirt
 import pytest
 
-from agents_app import virt
+from agents_app.agent import virt
 
 QEMU_URI = "qemu:///system"
 BACKENDS = ("test", "qemu")

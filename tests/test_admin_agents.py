@@ -9,11 +9,11 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from agents_app import services as vm_services
+from agents_app.agent import heartbeat
+from agents_app.agent.tasks import pool_copy_task
 from agents_app.management.commands.list_hosts import heartbeat_age
 from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VmSnapshot
 from agents_app.pool_copies import pool_copy_set_pinned
-from agents_app.tasks import pool_copy_task
 from tests.factories import ZoneFactory
 
 pytestmark = pytest.mark.django_db
@@ -27,7 +27,7 @@ def staff(client, admin_user):
 
 @pytest.fixture
 def host(zone):
-    return vm_services.host_register(name="kvm-1", zone=zone, libvirt_uri="test:///default")
+    return heartbeat.host_register(name="kvm-1", zone=zone, libvirt_uri="test:///default")
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ def test_pool_form_creates_a_pool_with_its_hosts(staff, zone, host):
     ],
 )
 def test_pool_form_refuses_bad_input(staff, zone, field, value, message):
-    stranger = vm_services.host_register(
+    stranger = heartbeat.host_register(
         name="kvm-b", zone=ZoneFactory(name="zone-b"), libvirt_uri="test:///default"
     )
     data = {
@@ -256,7 +256,7 @@ def test_prepare_template_refusal_from_the_service(register, host, pool, admin_u
 
 
 def test_list_hosts(host, pool, zone):
-    vm_services.host_register(name="kvm-2", zone=zone, libvirt_uri="qemu+ssh://kvm-2/system")
+    heartbeat.host_register(name="kvm-2", zone=zone, libvirt_uri="qemu+ssh://kvm-2/system")
     Host.objects.filter(name="kvm-2").update(last_heartbeat_at=None)
     lines = run("list_hosts").splitlines()
 

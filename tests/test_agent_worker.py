@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from agents_app import virt
+from agents_app.agent import virt
 from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
 from agents_app.pool_copies import template_prepare
 from project.celery import app

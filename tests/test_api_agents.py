@@ -10,9 +10,11 @@ import pytest
 from django.utils import timezone
 
 from agents_app import services as vm_services
+from agents_app.agent import heartbeat
+from agents_app.agent.tasks import pool_copy_task
+from agents_app.host_services import hosts_mark_down
 from agents_app.models import Host, PrimaryPool, TemplatePoolRef
 from agents_app.pool_copies import pool_copy_set_pinned
-from agents_app.tasks import pool_copy_task
 from templates_app import services
 from templates_app.models import Event, Template
 from tests.factories import ZoneFactory
@@ -25,7 +27,7 @@ COPIES = "/api/v1/pool-copies/"
 
 
 def make_host(zone, name="kvm-1"):
-    return vm_services.host_register(name=name, zone=zone, libvirt_uri="test:///default")
+    return heartbeat.host_register(name=name, zone=zone, libvirt_uri="test:///default")
 
 
 def make_pool(zone, name="pool-1", hosts=()):
@@ -89,7 +91,7 @@ def test_hosts_list_and_detail(api, host, pool, zone):
 def test_hosts_filters(api, host, zone):
     make_host(ZoneFactory(name="zone-b"), name="kvm-b")
     Host.objects.filter(name="kvm-b").update(last_heartbeat_at=timezone.now() - timedelta(hours=1))
-    vm_services.hosts_mark_down(missed_after_seconds=90)
+    hosts_mark_down(missed_after_seconds=90)
 
     def names(**query):
         return [h["name"] for h in api.get(HOSTS, query).data["results"]]
@@ -113,11 +115,11 @@ def test_maintenance_on_and_off(admin_api, host, admin_user):
     response = admin_api.post(f"{HOSTS}{host.uuid}/maintenance/")
     assert (response.status_code, response.data["state"]) == (200, "MAINTENANCE")
     # The agent keeps sending heartbeats: they do not bring a host out of maintenance.
-    assert vm_services.host_heartbeat(name="kvm-1").state == "MAINTENANCE"
+    assert heartbeat.host_heartbeat(name="kvm-1").state == "MAINTENANCE"
 
     response = admin_api.post(f"{HOSTS}{host.uuid}/maintenance-off/")
     assert (response.status_code, response.data["state"]) == (200, "DISCONNECTED")
-    assert vm_services.host_heartbeat(name="kvm-1").state == "UP"
+    assert heartbeat.host_heartbeat(name="kvm-1").state == "UP"
 
     events = Event.objects.filter(object_uuid=host.uuid, actor=admin_user)
     assert list(events.order_by("pk").values_list("from_state", "to_state")) == [

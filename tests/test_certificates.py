@@ -27,23 +27,23 @@ from django.urls import reverse
 from django.utils import timezone
 from pytest_httpserver import HTTPServer
 
-from agents_app import services as host_services
-from agents_app.certificates import (
+from agents_app.agent import heartbeat
+from agents_app.agent.tasks import certificate_install_task, certificate_remove_task
+from agents_app.agent.trust import (
     ca_dir_for,
     certificate_install_on_host,
     certificate_remove_on_host,
-    certificate_revoke,
-    certificate_upload,
     certificates_sync_host,
     trust_dir_for,
 )
+from agents_app.certificates import certificate_revoke, certificate_upload
+from agents_app.host_services import hosts_mark_down
 from agents_app.management.commands import run_agent
 from agents_app.models import DirectDownloadCertificate, Host, HostCertificate
-from agents_app.tasks import certificate_install_task, certificate_remove_task
-from templates_app.downloader import DownloadError, download_to_file
 from templates_app.errors import StencilError
+from templates_app.images.downloader import DownloadError, download_to_file
+from templates_app.images.urlsafety import DEFAULT_DENIED_NETWORKS
 from templates_app.models import Event
-from templates_app.urlsafety import DEFAULT_DENIED_NETWORKS
 from tests.factories import ZoneFactory
 
 pytestmark = pytest.mark.django_db
@@ -112,12 +112,12 @@ def trust_root(settings, tmp_path):
 
 
 def make_host(zone, name: str) -> Host:
-    return host_services.host_register(name=name, zone=zone, libvirt_uri="test:///default")
+    return heartbeat.host_register(name=name, zone=zone, libvirt_uri="test:///default")
 
 
 def mark_down(host: Host) -> Host:
     Host.objects.filter(pk=host.pk).update(last_heartbeat_at=timezone.now() - timedelta(hours=1))
-    host_services.hosts_mark_down(missed_after_seconds=90)
+    hosts_mark_down(missed_after_seconds=90)
     host.refresh_from_db()
     return host
 
@@ -765,7 +765,7 @@ def test_heartbeat_syncs_certificates_and_survives_a_failing_sync(
     def broken(**kwargs):
         raise RuntimeError("trust directory on fire")
 
-    monkeypatch.setattr(run_agent.certificates, "certificates_sync_host", broken)
+    monkeypatch.setattr(run_agent.trust, "certificates_sync_host", broken)
     run_agent.Command._heartbeats("kvm-1", OneBeat())  # returns: the loop did not crash
     assert "certificate sync of host kvm-1 failed" in caplog.text
 

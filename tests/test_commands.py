@@ -50,7 +50,7 @@ def test_register_list_delete_sweep(account, store, make_vm):
 
     dry = run("gc_sweep", "--dry-run")
     assert "would remove 0" in dry
-    assert "vms=1" in dry
+    assert "vm=1" in dry
 
 
 def test_register_with_bad_checksum_names_the_field(account, store):

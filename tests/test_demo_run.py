@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from agents_app import virt
+from agents_app.agent import virt
 from agents_app.choices import HostState
 from agents_app.models import Host, PrimaryPool
 

@@ -15,13 +15,14 @@ import pytest
 from django.db import connections
 
 from agents_app import services as vm_services
-from agents_app.agent import vm_deploy_on_host
+from agents_app.agent import heartbeat
+from agents_app.agent.vms import vm_deploy_on_host
 from agents_app.models import PrimaryPool, TemplatePoolRef, VirtualMachine
 from agents_app.pool_copies import pool_copy_set_pinned
 from templates_app import services
 from templates_app.copies import store_copy_download
+from templates_app.images.qemu import run_qemu_img
 from templates_app.models import TemplateStoreRef
-from templates_app.qemu import run_qemu_img
 
 from . import libvirt_backends
 
@@ -59,7 +60,7 @@ def cloud(libvirt_backend, register, image_server, zone):
         store_copy_download(ref_id=TemplateStoreRef.objects.get(template=template).pk)
         return template
 
-    host = vm_services.host_register(name="kvm-1", zone=zone, libvirt_uri=uri)
+    host = heartbeat.host_register(name="kvm-1", zone=zone, libvirt_uri=uri)
     pool = PrimaryPool.objects.create(
         zone=zone, name="pool-1", libvirt_pool_name=pool_name, path=str(pool_dir)
     )
@@ -170,7 +171,7 @@ def test_pinned_copy_is_a_live_reference(cloud, user, admin_user):
     result = services.gc_sweep()
     template.refresh_from_db()
     assert template.state == "INACTIVE"
-    assert result.held[0]["references"]["pinned_pool_copies"] == 1
+    assert result.held[0]["references"]["pinned_pool_copy"] == 1
 
     pool_copy_set_pinned(template_id=template.pk, pool_id=pool.pk, pinned=False, actor=admin_user)
     services.gc_sweep()
@@ -185,7 +186,7 @@ def test_driver_cloud(register, image_server, zone, tmp_path):
         url, checksum = image_server
         template = register(url=url, checksum=checksum)
         store_copy_download(ref_id=TemplateStoreRef.objects.get(template=template).pk)
-        host = vm_services.host_register(name="kvm-t", zone=zone, libvirt_uri=backend.uri)
+        host = heartbeat.host_register(name="kvm-t", zone=zone, libvirt_uri=backend.uri)
         pool = PrimaryPool.objects.create(
             zone=zone,
             name="pool-t",

@@ -12,9 +12,10 @@ import pytest
 from werkzeug import Response
 
 from agents_app import services as vm_services
-from agents_app.agent import vm_deploy_on_host
-from agents_app.direct_download import DirectDownloadFailed, parse_metalink
+from agents_app.agent import heartbeat
+from agents_app.agent.vms import vm_deploy_on_host
 from agents_app.models import PrimaryPool, TemplatePoolRef
+from templates_app.images.metalink import MetalinkRefused, parse_metalink
 from templates_app.models import TemplateStoreRef
 
 from . import libvirt_backends
@@ -41,7 +42,7 @@ def host_pool(zone, tmp_path, settings):
     settings.STENCIL_URL_ALLOW_LOOPBACK = True
     settings.STENCIL_DOWNLOAD_BACKOFF_BASE = 0.01
     with libvirt_backends.open_backend("test", tmp_path) as backend:
-        host = vm_services.host_register(name="kvm-dd", zone=zone, libvirt_uri=backend.uri)
+        host = heartbeat.host_register(name="kvm-dd", zone=zone, libvirt_uri=backend.uri)
         pool = PrimaryPool.objects.create(
             zone=zone,
             name="pool-dd",
@@ -183,7 +184,7 @@ def test_metalink_listing_only_file_and_denied_addresses_fails_cleanly(
     ids=["billion-laughs", "external-entity"],
 )
 def test_hostile_metalinks_are_refused(hostile):
-    with pytest.raises(DirectDownloadFailed, match="metalink refused"):
+    with pytest.raises(MetalinkRefused, match="metalink refused"):
         parse_metalink(hostile)
 
 
@@ -212,7 +213,8 @@ def test_https_direct_download_trusts_the_certificates_installed_on_the_host(
     import trustme
     from pytest_httpserver import HTTPServer
 
-    from agents_app.certificates import certificate_install_on_host, certificate_upload
+    from agents_app.agent.trust import certificate_install_on_host
+    from agents_app.certificates import certificate_upload
 
     settings.STENCIL_AGENT_TRUST_ROOT = tmp_path / "trust"
     ca = trustme.CA()
@@ -243,7 +245,7 @@ def test_https_direct_download_trusts_the_certificates_installed_on_the_host(
 
 
 def test_url_check_reports_size_type_and_qcow2_virtual_size(httpserver, image, settings):
-    from agents_app.direct_download import url_check
+    from agents_app.agent.direct_download import url_check
 
     settings.STENCIL_URL_ALLOW_LOOPBACK = True
     httpserver.expect_request("/dd.qcow2").respond_with_data(
@@ -258,7 +260,7 @@ def test_url_check_reports_size_type_and_qcow2_virtual_size(httpserver, image, s
 
 
 def test_url_check_of_a_dead_url_says_why(httpserver, settings):
-    from agents_app.direct_download import url_check
+    from agents_app.agent.direct_download import url_check
 
     settings.STENCIL_URL_ALLOW_LOOPBACK = True
     httpserver.expect_request("/gone").respond_with_data("no", status=404)
@@ -268,7 +270,7 @@ def test_url_check_of_a_dead_url_says_why(httpserver, settings):
 
 
 def test_url_check_of_a_metalink_checks_every_mirror(httpserver, image, settings):
-    from agents_app.direct_download import url_check
+    from agents_app.agent.direct_download import url_check
 
     settings.STENCIL_URL_ALLOW_LOOPBACK = True
     httpserver.expect_request("/a.qcow2").respond_with_data(image)
@@ -297,11 +299,11 @@ def test_a_transient_failure_moves_the_deploy_to_another_host_of_the_pool(
     django_capture_on_commit_callbacks,
     monkeypatch,
 ):
-    from agents_app import tasks
+    from agents_app.agent import tasks
     from agents_app.models import VirtualMachine
 
     first_registered = host_pool.hosts.get()
-    second = vm_services.host_register(
+    second = heartbeat.host_register(
         name="kvm-dd-2", zone=zone, libvirt_uri=first_registered.libvirt_uri
     )
     host_pool.hosts.add(second)

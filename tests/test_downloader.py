@@ -16,15 +16,15 @@ import trustme
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from templates_app import urlsafety
-from templates_app.downloader import (
+from templates_app.images import urlsafety
+from templates_app.images.downloader import (
     ChecksumMismatch,
     DownloadError,
     DownloadResult,
     StallError,
     download_to_file,
 )
-from templates_app.urlsafety import DEFAULT_DENIED_NETWORKS, UnsafeUrl
+from templates_app.images.urlsafety import DEFAULT_DENIED_NETWORKS, UnsafeUrl
 
 MIB = 1 << 20
 FAST = {"backoff_base": 0.01, "backoff_cap": 0.05, "connect_timeout": 2, "read_timeout": 2}

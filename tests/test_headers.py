@@ -3,7 +3,7 @@
 import pytest
 
 from templates_app.errors import InvalidInput
-from templates_app.headers import header_pairs, validate_header_details
+from templates_app.images.headers import header_pairs, validate_header_details
 
 
 def test_both_spellings_become_headers():

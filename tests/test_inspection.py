@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from templates_app import inspection
-from templates_app.inspection import (
+from templates_app.images import inspection
+from templates_app.images.inspection import (
     ImageInfo,
     ImageRejected,
     check_header,
     detect_format,
     inspect_image,
 )
-from templates_app.qemu import (
+from templates_app.images.qemu import (
     QEMU_FORMATS,
     QemuImgError,
     qemu_img_convert,

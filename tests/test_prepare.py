@@ -2,7 +2,7 @@
 
 import pytest
 
-from agents_app import services as vm_services
+from agents_app.agent import heartbeat
 from agents_app.models import PrimaryPool, TemplatePoolRef
 from agents_app.pool_copies import pool_copy_set_pinned, template_prepare
 from templates_app.errors import InvalidInput
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def other_zone_pool():
     zone = ZoneFactory(name="zone-far")
-    host = vm_services.host_register(name="kvm-far", zone=zone, libvirt_uri="test:///default")
+    host = heartbeat.host_register(name="kvm-far", zone=zone, libvirt_uri="test:///default")
     pool = PrimaryPool.objects.create(zone=zone, name="far", libvirt_pool_name="far", path="/x")
     pool.hosts.add(host)
     return pool

@@ -8,14 +8,15 @@ import subprocess
 
 import pytest
 
-from agents_app import agent, virt
 from agents_app import services as vm_services
+from agents_app.agent import virt, vms
+from agents_app.followers import rebuild_latest_followers, vm_version_create
 from agents_app.models import VirtualMachine
 from templates_app import services as template_services
 from templates_app.copies import store_copy_download
 from templates_app.errors import InvalidInput
 from templates_app.models import TemplateStoreRef
-from versions_app.services import rebuild_latest_followers, template_version_create
+from versions_app.services import template_version_create
 
 from . import libvirt_backends
 from .test_deploy import backing_of, cloud, image_server  # noqa: F401  (fixtures)
@@ -53,7 +54,7 @@ def deploy(template, zone, account, user, **flags) -> VirtualMachine:
     vm = vm_services.vm_deploy(
         name="s", template_id=template.pk, zone=zone, account=account, actor=user, **flags
     )
-    return agent.vm_deploy_on_host(vm_id=vm.pk)
+    return vms.vm_deploy_on_host(vm_id=vm.pk)
 
 
 def test_a_stateful_vm_cannot_follow_latest(lineage, zone, account, user):
@@ -140,7 +141,7 @@ def pool_copy_path(template, pool) -> str:
 def stop(vm, user) -> VirtualMachine:
     """Stop through the service, then the host's work as its worker would run it."""
     vm_services.vm_stop(vm_id=vm.pk, actor=user)
-    return agent.vm_sync_domain(vm_id=vm.pk, rebuild=vm.stateless)
+    return vms.vm_sync_domain(vm_id=vm.pk, rebuild=vm.stateless)
 
 
 def test_a_stopped_follower_is_rebuilt_onto_the_new_version(pool, lineage, zone, account, user):
@@ -152,7 +153,7 @@ def test_a_stopped_follower_is_rebuilt_onto_the_new_version(pool, lineage, zone,
 
     v2 = add_version("v2")
     assert rebuild_latest_followers(base_template_id=base.pk) == 1
-    rebuilt = agent.vm_rebuild_on_host(vm_id=vm.pk)
+    rebuilt = vms.vm_rebuild_on_host(vm_id=vm.pk)
 
     assert rebuilt.error_text == ""
     assert rebuilt.template_id == v2.pk
@@ -166,12 +167,12 @@ def test_a_stopped_follower_is_rebuilt_onto_the_new_version(pool, lineage, zone,
     assert rebuilt.stateless and rebuilt.state == "STOPPED"
     assert backing_of(rebuilt.root_disk_path) == pool_copy_path(v2, pool)
     conn = virt.connection(rebuilt.host.libvirt_uri)
-    assert virt.domain_state(conn, agent.domain_name(rebuilt)) == "shutoff"
+    assert virt.domain_state(conn, vms.domain_name(rebuilt)) == "shutoff"
     assert rebuild_latest_followers(base_template_id=base.pk) == 0, "nothing left to move"
 
     vm_services.vm_start(vm_id=vm.pk, actor=user)
-    assert agent.vm_sync_domain(vm_id=vm.pk).error_text == ""
-    assert virt.domain_state(conn, agent.domain_name(rebuilt)) == "running"
+    assert vms.vm_sync_domain(vm_id=vm.pk).error_text == ""
+    assert virt.domain_state(conn, vms.domain_name(rebuilt)) == "running"
 
 
 def test_a_running_follower_is_rebuilt_when_it_next_stops(pool, lineage, zone, account, user):
@@ -216,17 +217,35 @@ def test_a_stateful_vm_on_the_base_is_never_touched(lineage, zone, account, user
     assert reads_pattern(vm.root_disk_path, 0x77), "its disk keeps its changes"
 
 
-def test_creating_a_version_enqueues_the_rebuild_job(
+def test_a_version_whose_bytes_become_ready_enqueues_the_rebuild_job(
     base_only, user, django_capture_on_commit_callbacks
 ):
     from unittest import mock
 
+    from templates_app.signals import send_store_copy_ready_on_commit
+
+    with mock.patch("agents_app.handlers.rebuild_latest_followers_task.delay") as delay:
+        with django_capture_on_commit_callbacks(execute=True):
+            version = template_version_create(base_template_id=base_only.pk, actor=user)
+        delay.assert_not_called()  # its copy is still downloading: 'latest' is not there yet
+        ref = version.store_refs.get()
+        with django_capture_on_commit_callbacks(execute=True):
+            send_store_copy_ready_on_commit(template_id=version.pk, ref_id=ref.pk)
+    delay.assert_called_once_with(base_template_id=base_only.pk)
+
+
+def test_a_direct_download_version_enqueues_the_rebuild_job_at_once(
+    register, user, django_capture_on_commit_callbacks
+):
+    from unittest import mock
+
+    base = register(direct_download=True, checksum="{SHA-256}" + "a" * 64)
     with (
-        mock.patch("versions_app.tasks.rebuild_latest_followers_task.delay") as delay,
+        mock.patch("agents_app.handlers.rebuild_latest_followers_task.delay") as delay,
         django_capture_on_commit_callbacks(execute=True),
     ):
-        template_version_create(base_template_id=base_only.pk, actor=user)
-    delay.assert_called_once_with(base_template_id=base_only.pk)
+        template_version_create(base_template_id=base.pk, actor=user)
+    delay.assert_called_once_with(base_template_id=base.pk)
 
 
 @pytest.fixture
@@ -271,33 +290,33 @@ def test_pool_on_latest_hands_out_the_new_version(lineage, zone, account, user, 
     )
     vm1, vm2 = pool.vms.order_by("id")
     for vm in (vm1, vm2):
-        done = agent.vm_deploy_on_host(vm_id=vm.pk)
+        done = vms.vm_deploy_on_host(vm_id=vm.pk)
         assert done.state == "STOPPED", done.error_text or "a free pool VM is kept down"
         assert done.stateless and done.template_id == base.pk
 
     taken1 = vm_pools.vm_pool_take(pool_id=pool.pk, user=user)
     assert taken1.pk == vm1.pk and taken1.state == "RUNNING"
-    agent.vm_sync_domain(vm_id=vm1.pk)
+    vms.vm_sync_domain(vm_id=vm1.pk)
 
     v2 = add_version("v2")
     assert rebuild_latest_followers(base_template_id=base.pk) == 1, "only the free, down VM"
-    agent.vm_rebuild_on_host(vm_id=vm2.pk)
+    vms.vm_rebuild_on_host(vm_id=vm2.pk)
     vm1.refresh_from_db()
     assert vm1.template_id == base.pk, "a VM in use is not touched"
 
     taken2 = vm_pools.vm_pool_take(pool_id=pool.pk, user=other_user)
     assert taken2.pk == vm2.pk and taken2.template_id == v2.pk
-    assert agent.vm_sync_domain(vm_id=vm2.pk).error_text == ""
+    assert vms.vm_sync_domain(vm_id=vm2.pk).error_text == ""
 
     with pytest.raises(vm_pools.PoolExhausted):
         vm_pools.vm_pool_take(pool_id=pool.pk, user=user)
 
     returned = vm_pools.vm_pool_return(vm_id=vm1.pk, user=user)
     assert returned.state == "STOPPED" and returned.taken_by_id is None
-    agent.vm_sync_domain(vm_id=vm1.pk, rebuild=True)
+    vms.vm_sync_domain(vm_id=vm1.pk, rebuild=True)
     again = vm_pools.vm_pool_take(pool_id=pool.pk, user=user)
     assert again.pk == vm1.pk and again.template_id == v2.pk
-    assert agent.vm_sync_domain(vm_id=vm1.pk).error_text == ""
+    assert vms.vm_sync_domain(vm_id=vm1.pk).error_text == ""
     again.refresh_from_db()
     assert backing_of(again.root_disk_path) == pool_copy_path(v2, again.pool)
 
@@ -328,7 +347,7 @@ def test_pool_admin_creates_the_pool_and_takes_and_returns(
     pool = VmPool.objects.get(name="lab")
     (vm,) = pool.vms.all()
     assert vm.stateless and vm.use_latest_template_version
-    agent.vm_deploy_on_host(vm_id=vm.pk)
+    vms.vm_deploy_on_host(vm_id=vm.pk)
 
     changelist = reverse("admin:agents_app_vmpool_changelist")
     client.post(changelist, {"action": "take_selected", "_selected_action": [pool.pk]})
@@ -359,7 +378,7 @@ def test_pool_api_create_take_return(api, other_api, lineage, zone):
     vm_id = str(made.data["vms"][0])
     vm = VirtualMachine.objects.get(uuid=vm_id)
     assert vm.stateless and vm.use_latest_template_version
-    agent.vm_deploy_on_host(vm_id=vm.pk)
+    vms.vm_deploy_on_host(vm_id=vm.pk)
 
     assert other_api.get(f"/api/v1/vm-pools/{pool_id}/").status_code == 404
     taken = api.post(f"/api/v1/vm-pools/{pool_id}/take/")
@@ -384,14 +403,14 @@ def test_a_rebuild_onto_bytes_not_there_yet_keeps_the_old_disk(pool, lineage, zo
     pending = template_version_create(base_template_id=base.pk, actor=user)  # not downloaded
 
     assert rebuild_latest_followers(base_template_id=base.pk) == 1
-    kept = agent.vm_rebuild_on_host(vm_id=vm.pk)
+    kept = vms.vm_rebuild_on_host(vm_id=vm.pk)
 
     assert kept.template_id == pending.pk
     assert "rebuild" in kept.error_text
     assert Path(old_disk).exists()
     assert backing_of(old_disk) == pool_copy_path(base, pool), "the old disk is untouched"
     conn = virt.connection(kept.host.libvirt_uri)
-    assert virt.domain_state(conn, agent.domain_name(kept)) == "shutoff"
+    assert virt.domain_state(conn, vms.domain_name(kept)) == "shutoff"
 
 
 # Versions from a VM (the seed's first case) ------------------------------------------------------
@@ -400,16 +419,14 @@ def test_a_rebuild_onto_bytes_not_there_yet_keeps_the_old_disk(pool, lineage, zo
 def test_version_from_a_vm_then_latest_reads_the_vm_change(lineage, zone, account, user):
     """Create a VM from a template; change its disk; create a version from that VM; deploy from
     'latest': the new VM's disk reads the pattern back."""
-    from versions_app.services import template_version_from_vm
-
     base, _ = lineage
     source = deploy(base, zone, account, user)
     source = stop(source, user)
     scribble(source.root_disk_path)
 
-    version = template_version_from_vm(vm_id=source.pk, actor=user, version_name="patched")
+    version = vm_version_create(vm_id=source.pk, actor=user, version_name="patched")
     ref = TemplateStoreRef.objects.get(template=version)
-    ref = agent.vm_disk_to_store(vm_id=source.pk, ref_id=ref.pk)
+    ref = vms.vm_disk_to_store(vm_id=source.pk, ref_id=ref.pk)
     assert (ref.download_state, ref.state) == ("DOWNLOADED", "READY"), ref.error_text
     assert (version.base_id, version.version_number, version.version_name) == (
         base.pk,
@@ -426,12 +443,11 @@ def test_version_from_a_vm_then_latest_reads_the_vm_change(lineage, zone, accoun
 def test_version_from_a_running_vm_is_refused(lineage, zone, account, user):
     from templates_app.errors import StencilError
     from templates_app.models import Template
-    from versions_app.services import template_version_from_vm
 
     base, _ = lineage
     running = deploy(base, zone, account, user)
     with pytest.raises(StencilError, match="stop the VM") as refused:
-        template_version_from_vm(vm_id=running.pk, actor=user)
+        vm_version_create(vm_id=running.pk, actor=user)
     assert refused.value.status_code == 409
     assert not Template.objects.filter(base=base).exists()
 

@@ -46,7 +46,7 @@ def test_sweep_keeps_a_template_while_any_vm_is_not_expunged(register, make_vm, 
     template.refresh_from_db()
     assert template.state == TemplateState.INACTIVE, "a destroyed VM can be recovered"
     assert result.held_count == 1
-    assert result.held[0]["references"]["destroyed_vms"] == 1
+    assert result.held[0]["references"]["destroyed_vm"] == 1
 
     vm_services.vm_expunge(vm_id=vm.pk, actor=user)
     result = services.gc_sweep()
@@ -98,7 +98,7 @@ def test_dry_run_changes_nothing_and_says_what_holds_the_rest(register, make_vm,
     result = services.gc_sweep(dry_run=True)
 
     assert [r["name"] for r in result.removed] == ["free"]
-    assert [(h["name"], h["references"]["vms"]) for h in result.held] == [("held", 1)]
+    assert [(h["name"], h["references"]["vm"]) for h in result.held] == [("held", 1)]
     assert set(Template.objects.values_list("state", flat=True)) == {TemplateState.INACTIVE}
 
 

@@ -9,9 +9,9 @@ import socket
 
 import pytest
 
-from templates_app import urlsafety
 from templates_app.errors import InvalidInput
-from templates_app.urlsafety import (
+from templates_app.images import urlsafety
+from templates_app.images.urlsafety import (
     DEFAULT_DENIED_NETWORKS,
     HostNotResolved,
     ResolvedTarget,

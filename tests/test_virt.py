@@ -16,8 +16,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from agents_app import virt
-from templates_app.qemu import QemuImgError, qemu_img_info, run_qemu_img
+from agents_app.agent import virt
+from templates_app.images.qemu import QemuImgError, qemu_img_info, run_qemu_img
 
 from . import libvirt_backends
 from .libvirt_backends import LibvirtBackend

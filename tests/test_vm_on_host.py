@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agents_app import agent, virt
 from agents_app import services as vm_services
+from agents_app.agent import heartbeat, virt, vms
 from agents_app.models import VirtualMachine, VmSnapshot
 
 from . import libvirt_backends
@@ -29,7 +29,7 @@ def running_vm(libvirt_backend, register, image_server, zone, account, user):  #
     url, checksum = image_server
     template = register(url=url, checksum=checksum)
     store_copy_download(ref_id=TemplateStoreRef.objects.get(template=template).pk)
-    host = vm_services.host_register(name="kvm-1", zone=zone, libvirt_uri=libvirt_backend.uri)
+    host = heartbeat.host_register(name="kvm-1", zone=zone, libvirt_uri=libvirt_backend.uri)
     pool = PrimaryPool.objects.create(
         zone=zone,
         name="pool-1",
@@ -40,13 +40,13 @@ def running_vm(libvirt_backend, register, image_server, zone, account, user):  #
     vm = vm_services.vm_deploy(
         name="web", template_id=template.pk, zone=zone, account=account, actor=user, memory_mib=64
     )
-    vm = agent.vm_deploy_on_host(vm_id=vm.pk)
+    vm = vms.vm_deploy_on_host(vm_id=vm.pk)
     assert vm.state == "RUNNING", vm.error_text
     return vm, virt.connection(libvirt_backend.uri)
 
 
 def domain_state(vm, conn) -> str:
-    return virt.domain_state(conn, agent.domain_name(vm))
+    return virt.domain_state(conn, vms.domain_name(vm))
 
 
 def test_stop_start_destroy_recover_expunge(running_vm, user):
@@ -54,25 +54,25 @@ def test_stop_start_destroy_recover_expunge(running_vm, user):
     assert domain_state(vm, conn) == "running"
 
     vm_services.vm_stop(vm_id=vm.pk, actor=user)
-    agent.vm_sync_domain(vm_id=vm.pk)
+    vms.vm_sync_domain(vm_id=vm.pk)
     assert domain_state(vm, conn) == "shutoff"
 
     vm_services.vm_start(vm_id=vm.pk, actor=user)
-    agent.vm_sync_domain(vm_id=vm.pk)
+    vms.vm_sync_domain(vm_id=vm.pk)
     assert domain_state(vm, conn) == "running"
 
     vm_services.vm_destroy(vm_id=vm.pk, actor=user)
-    agent.vm_sync_domain(vm_id=vm.pk)
+    vms.vm_sync_domain(vm_id=vm.pk)
     assert domain_state(vm, conn) == "shutoff", "destroyed VMs stay defined: recoverable"
     vm_services.vm_recover(vm_id=vm.pk, actor=user)
     vm_services.vm_destroy(vm_id=vm.pk, actor=user)
 
     vm_services.vm_expunge(vm_id=vm.pk, actor=user)
-    done = agent.vm_sync_domain(vm_id=vm.pk)
+    done = vms.vm_sync_domain(vm_id=vm.pk)
     assert done.error_text == ""
     assert domain_state(vm, conn) == "missing"
     assert not Path(vm.root_disk_path).exists(), "expunge deletes the disk"
-    assert agent.vm_sync_domain(vm_id=vm.pk).state == "EXPUNGED", "a repeat is harmless"
+    assert vms.vm_sync_domain(vm_id=vm.pk).state == "EXPUNGED", "a repeat is harmless"
 
 
 def test_snapshots_and_safe_undefine(running_vm, user):
@@ -80,20 +80,20 @@ def test_snapshots_and_safe_undefine(running_vm, user):
 
     vm, conn = running_vm
     vm_services.vm_stop(vm_id=vm.pk, actor=user)
-    agent.vm_sync_domain(vm_id=vm.pk)
+    vms.vm_sync_domain(vm_id=vm.pk)
     for name in ("before-upgrade", "after-upgrade"):
         vm_services.vm_snapshot_create(vm_id=vm.pk, name=name, actor=user)
-        agent.vm_snapshot_on_host(vm_id=vm.pk, action="create", name=name)
+        vms.vm_snapshot_on_host(vm_id=vm.pk, action="create", name=name)
     assert list(vm.snapshots.values_list("name", flat=True)) == ["before-upgrade", "after-upgrade"]
-    assert sorted(virt.snapshot_list(conn, agent.domain_name(vm))) == [
+    assert sorted(virt.snapshot_list(conn, vms.domain_name(vm))) == [
         "after-upgrade",
         "before-upgrade",
     ]
 
-    agent.vm_snapshot_on_host(vm_id=vm.pk, action="revert", name="before-upgrade")
+    vms.vm_snapshot_on_host(vm_id=vm.pk, action="revert", name="before-upgrade")
     vm_services.vm_snapshot_delete(vm_id=vm.pk, name="after-upgrade", actor=user)
-    agent.vm_snapshot_on_host(vm_id=vm.pk, action="delete", name="after-upgrade")
-    assert virt.snapshot_list(conn, agent.domain_name(vm)) == ["before-upgrade"]
+    vms.vm_snapshot_on_host(vm_id=vm.pk, action="delete", name="after-upgrade")
+    assert virt.snapshot_list(conn, vms.domain_name(vm)) == ["before-upgrade"]
 
     with pytest.raises(StencilError, match="before-upgrade") as refused:
         vm_services.vm_destroy(vm_id=vm.pk, actor=user, expunge=True)
@@ -101,7 +101,7 @@ def test_snapshots_and_safe_undefine(running_vm, user):
     assert VirtualMachine.objects.get(pk=vm.pk).state == "STOPPED", "nothing half-done"
 
     vm_services.vm_destroy(vm_id=vm.pk, actor=user, expunge=True, delete_snapshot_metadata=True)
-    done = agent.vm_sync_domain(vm_id=vm.pk, delete_snapshot_metadata=True)
+    done = vms.vm_sync_domain(vm_id=vm.pk, delete_snapshot_metadata=True)
     assert domain_state(vm, conn) == "missing"
     assert not VmSnapshot.objects.filter(vm=vm).exists()
     assert Path(vm.root_disk_path).exists(), "the snapshot data stays in the kept volume"
@@ -112,10 +112,10 @@ def test_snapshot_api_and_409(api, running_vm, user):
     vm, conn = running_vm
     base = f"/api/v1/vms/{vm.uuid}/"
     api.post(base + "stop/")
-    agent.vm_sync_domain(vm_id=vm.pk)
+    vms.vm_sync_domain(vm_id=vm.pk)
     response = api.post(base + "snapshots/", {"name": "s1"}, format="json")
     assert response.status_code == 202
-    agent.vm_snapshot_on_host(vm_id=vm.pk, action="create", name="s1")
+    vms.vm_snapshot_on_host(vm_id=vm.pk, action="create", name="s1")
     assert [s["name"] for s in api.get(base + "snapshots/").data] == ["s1"]
     assert api.post(base + "snapshots/", {"name": "s1"}, format="json").status_code == 400
 
@@ -134,10 +134,10 @@ def test_reboot_keeps_it_running_and_pools_report_libvirt_sizes(running_vm, user
 
     vm, conn = running_vm
     vm_services.vm_reboot(vm_id=vm.pk, actor=user)
-    assert agent.vm_reboot_on_host(vm_id=vm.pk).error_text == ""
+    assert vms.vm_reboot_on_host(vm_id=vm.pk).error_text == ""
     assert domain_state(vm, conn) == "running"
 
-    assert agent.pools_report(host_name=vm.host.name) == 1
+    assert heartbeat.pools_report(host_name=vm.host.name) == 1
     pool = PrimaryPool.objects.get(pk=vm.pool_id)
     info = virt.pool_info(conn, pool.libvirt_pool_name)
     assert (pool.capacity_bytes, pool.used_bytes) == (info.capacity, info.allocation)

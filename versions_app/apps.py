@@ -2,7 +2,14 @@ from django.apps import AppConfig
 
 
 class VersionsAppConfig(AppConfig):
-    """Template versions and 'latest' resolution (issue: template versions)."""
+    """Template lineages: version numbering, 'latest', the newest-per-lineage listing rule."""
 
     name = "versions_app"
     verbose_name = "Versions"
+
+    def ready(self) -> None:
+        from templates_app.signals import store_copy_ready
+
+        from .handlers import on_store_copy_ready
+
+        store_copy_ready.connect(on_store_copy_ready, dispatch_uid="versions.copy_ready")

@@ -1,9 +1,11 @@
 """Reads about lineages: a base template (version 1) and its versions (2, 3, ...)."""
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce
 
-from templates_app.choices import TemplateState
+from templates_app import selectors as catalogue
+from templates_app.choices import TemplateFilter, TemplateState
 from templates_app.models import Template
 
 
@@ -32,6 +34,29 @@ def newer_version_exists(states: list[str]) -> Exists:
             state__in=states,
         )
     )
+
+
+def template_list(
+    *,
+    user: AbstractBaseUser,
+    template_filter: str = TemplateFilter.EXECUTABLE,
+    states: list[str] | None = None,
+    all_versions: bool = False,
+) -> QuerySet[Template]:
+    """The template listing: one row per lineage, its newest version in the listed states
+    (ACTIVE: what 'latest' deploys), unless `all_versions`. Which version is newest does not
+    depend on the caller's filters."""
+    queryset = catalogue.template_list(user=user, template_filter=template_filter, states=states)
+    if all_versions:
+        return queryset
+    return queryset.exclude(newer_version_exists(catalogue.listing_states(user, states)))
+
+
+def template_versions_list(*, user: AbstractBaseUser, template: Template) -> QuerySet[Template]:
+    """The lineage of `template` (base first, any state): the rows this user may see."""
+    lineage = lineage_of(template.lineage_id).values("pk")
+    visible = catalogue.templates_visible_to(user).filter(pk__in=lineage)
+    return catalogue.with_listing_relations(visible).order_by("version_number")
 
 
 def latest_version(base_id: int) -> Template | None:

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from agents_app import host_services, pool_copies, selectors, services, vm_pools
 from agents_app.choices import HostState, PoolCopyState, VmState
+from agents_app.followers import vm_version_create
 from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
 from templates_app import selectors as template_selectors
 from templates_app.api.permissions import IsStaff, IsStaffOrReadOnly
@@ -124,11 +125,9 @@ class VirtualMachineViewSet(
     def create_version(self, request: Request, id=None) -> Response:
         """oVirt's "new template version from this VM": the VM must be stopped; its host copies
         the disk into an image store, and the version is deployable once that copy is READY."""
-        from versions_app.services import template_version_from_vm
-
         serializer = VmVersionRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        version = template_version_from_vm(
+        version = vm_version_create(
             vm_id=self.get_object().pk, actor=request.user, **serializer.validated_data
         )
         return Response(

@@ -13,7 +13,7 @@ from templates_app import selectors, services, uploads
 from templates_app.choices import TemplateFilter
 from templates_app.filtersets import EventFilterSet, TemplateFilterSet
 from templates_app.models import Template
-from versions_app import services as version_services
+from templates_app.references import reference_rows
 
 from .permissions import IsStaff, IsStaffOrReadOnly
 from .serializers import (
@@ -34,32 +34,6 @@ from .serializers import (
 )
 
 
-def reference_rows(template: Template) -> list[dict]:
-    vms = [
-        {
-            "kind": "vm",
-            "id": vm.uuid,
-            "name": vm.name,
-            "state": vm.state,
-            "account": vm.account.name,
-            "zone": vm.zone.name,
-        }
-        for vm in selectors.template_references(template=template)
-    ]
-    pinned = [
-        {
-            "kind": "pinned_pool_copy",
-            "id": copy.pool.uuid,
-            "name": copy.pool.name,
-            "state": copy.state,
-            "account": "",
-            "zone": copy.pool.zone.name,
-        }
-        for copy in selectors.template_pinned_copies(template=template)
-    ]
-    return vms + pinned
-
-
 def query_flag(request: Request, name: str) -> bool:
     """A boolean query parameter read as django-filter's BooleanWidget reads it."""
     return request.query_params.get(name, "").lower() in ("true", "1")
@@ -68,7 +42,8 @@ def query_flag(request: Request, name: str) -> bool:
 class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Templates and ISOs. DELETE deactivates; the GC sweep removes the bytes later.
 
-    The listing shows the newest ACTIVE version of each lineage (`?all_versions=true`: all).
+    versions_app.api.views extends it with lineages (the listing's newest-per-lineage rule,
+    new versions, `versions/`); project/api_urls.py serves that one.
     """
 
     lookup_field = "uuid"
@@ -87,7 +62,6 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
                     "templatefilter", TemplateFilter.EXECUTABLE
                 ),
                 states=self.request.query_params.getlist("state"),
-                all_versions=query_flag(self.request, "all_versions"),
             )
         return selectors.template_detail_queryset(user=user)
 
@@ -111,23 +85,16 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         """Register a template, or with a `version` section a new version of a base template."""
         serializer = TemplateCreateSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
-        account = serializer.validated_data.get("account")
-        version = serializer.validated_data.get("version")
-        if version is not None:
-            template = version_services.template_version_create(
-                base_template_id=version["base_template"].pk,
-                actor=request.user,
-                version_name=version["version_name"],
-                account=account,
-                **serializer.registration_fields(),
-            )
-        else:
-            template = services.template_register(
-                account=account or selectors.account_of(request.user),
-                actor=request.user,
-                **serializer.registration_fields(),
-            )
+        template = self.register(serializer)
         return Response(self._detail(template.pk), status=status.HTTP_201_CREATED)
+
+    def register(self, serializer: TemplateCreateSerializer) -> Template:
+        account = serializer.validated_data.get("account")
+        return services.template_register(
+            account=account or selectors.account_of(self.request.user),
+            actor=self.request.user,
+            **serializer.registration_fields(),
+        )
 
     @extend_schema(request=UploadParamsRequestSerializer, responses={201: UploadParamsSerializer})
     @action(detail=False, methods=["post"], url_path="upload-params")
@@ -176,17 +143,6 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def references(self, request: Request, id=None) -> Response:
         template = self.get_object()
         return Response(ReferenceSerializer(reference_rows(template), many=True).data)
-
-    @extend_schema(responses=TemplateSerializer(many=True))
-    @action(detail=True, methods=["get"])
-    def versions(self, request: Request, id=None) -> Response:
-        """The lineage of this template, base (version 1) first, in every state."""
-        template = self.get_object()
-        rows = list(selectors.template_versions_list(user=request.user, template=template))
-        if not any(row.pk == template.lineage_id for row in rows):
-            raise NotFound()  # the base is not visible to this user: neither is its lineage
-        context = self.get_serializer_context()
-        return Response(TemplateSerializer(rows, many=True, context=context).data)
 
 
 class ZoneViewSet(viewsets.ModelViewSet):

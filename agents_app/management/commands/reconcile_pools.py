@@ -2,8 +2,8 @@
 
 from django.core.management.base import BaseCommand
 
+from agents_app.agent.pool_copies import pool_reconcile
 from agents_app.models import PrimaryPool
-from agents_app.pool_copies import pool_reconcile
 
 
 class Command(BaseCommand):

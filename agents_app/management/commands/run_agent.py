@@ -4,11 +4,12 @@ import logging
 import socket
 import threading
 
+from celery import current_app
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
-from agents_app import agent, certificates, services
+from agents_app.agent import heartbeat, trust
 from templates_app.models import Zone
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Command(BaseCommand):
             zone_obj = Zone.objects.get(name=zone)
         except Zone.DoesNotExist as exc:
             raise CommandError(f"zone: no zone named '{zone}'") from exc
-        host = services.host_register(
+        host = heartbeat.host_register(
             name=name,
             zone=zone_obj,
             libvirt_uri=libvirt_uri,
@@ -51,10 +52,9 @@ class Command(BaseCommand):
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(name, stop), daemon=True)
         beat.start()
-        from project.celery import app
-
         # Threads, not forks: the agent keeps one libvirt connection for its whole process.
-        worker = app.Worker(
+        # The project's Celery app (project/__init__.py makes it the current one).
+        worker = current_app.Worker(
             queues=[host.queue],
             hostname=f"agent-{name}@{socket.gethostname()}",
             pool="threads",
@@ -72,8 +72,8 @@ class Command(BaseCommand):
         while not stop.wait(interval):
             close_old_connections()
             try:
-                services.host_heartbeat(name=name)
-                agent.pools_report(host_name=name)
+                heartbeat.host_heartbeat(name=name)
+                heartbeat.pools_report(host_name=name)
             except Exception:
                 # A database or libvirt hiccup must not end the heartbeats for good.
                 logger.exception("heartbeat of host %s failed", name)
@@ -84,6 +84,6 @@ class Command(BaseCommand):
         """Install the zone's missing certificates, remove revoked ones; a failure is logged,
         never fatal (the next heartbeat tries again)."""
         try:
-            certificates.certificates_sync_host(host_name=name)
+            trust.certificates_sync_host(host_name=name)
         except Exception:
             logger.exception("certificate sync of host %s failed", name)

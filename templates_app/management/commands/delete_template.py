@@ -2,8 +2,9 @@
 
 from django.core.management.base import BaseCommand
 
-from templates_app import selectors, services
+from templates_app import services
 from templates_app.errors import StencilError
+from templates_app.references import reference_total
 
 from ._base import command_error, find_template
 
@@ -21,5 +22,5 @@ class Command(BaseCommand):
             services.template_deactivate(template_id=found.pk, actor=None, reason=reason)
         except StencilError as exc:
             raise command_error(exc) from exc
-        references = selectors.template_references(template=found).count()
+        references = reference_total(found)
         self.stdout.write(f"{found.uuid} is INACTIVE; {references} live reference(s) hold it")

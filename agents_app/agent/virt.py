@@ -42,7 +42,7 @@ from pathlib import Path
 
 import libvirt
 
-from templates_app.qemu import (
+from templates_app.images.qemu import (
     qemu_format,
     qemu_img_convert,
     qemu_img_create_overlay,
@@ -173,8 +173,9 @@ def _forget_connections_after_fork() -> None:
     send a close message on the parent's connection. So the child keeps the objects referenced
     (their __del__ would close them) and detaches them from their C handles, opening its own
     connections on first use. The lock is replaced: another thread may have held it at fork.
-    This also runs in the children that subprocess forks for a preexec_fn (templates_app.qemu),
-    between fork and exec: it touches Python objects only, never libvirt.
+    This also runs in the children that subprocess forks for a preexec_fn
+    (templates_app.images.qemu), between fork and exec: it touches Python objects only, never
+    libvirt.
     """
     global _connections_lock
     _connections_lock = threading.Lock()

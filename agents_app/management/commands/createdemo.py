@@ -8,8 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
-from agents_app import services as agent_services
-from agents_app import virt
+from agents_app.agent import heartbeat, virt
 from agents_app.models import Host, PrimaryPool
 from templates_app.models import Account, ImageStore, Zone
 
@@ -74,7 +73,7 @@ class Command(BaseCommand):
         uri = virt.write_test_node_xml(node_xml, pools={DEMO_POOL: pool_path})
         host = Host.objects.filter(name=DEMO_HOST).first()
         if host is None or host.libvirt_uri != uri or host.zone_id != zone.pk:
-            host = agent_services.host_register(
+            host = heartbeat.host_register(
                 name=DEMO_HOST,
                 zone=zone,
                 libvirt_uri=uri,

@@ -128,7 +128,7 @@ def download_to_file(
 ) -> DownloadResult:
     """Download `url` into `dest` and return what was written, verified.
 
-    `checksum` is `{ALGO}hex` (templates_app.checksums); SHA-256 is always computed as well.
+    `checksum` is `{ALGO}hex` (templates_app.images.checksums); SHA-256 is always computed as well.
     `headers` are sent on every request, except credentials (Authorization, Cookie) once a
     redirect leaves the original origin. `progress(bytes_done, total_or_None)` is called at most
     once per `progress_interval` seconds and once at the end; an exception it raises aborts the

@@ -8,7 +8,7 @@ registration, so nothing can smuggle a request line or take over framing headers
 import re
 from collections.abc import Iterable
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 FORBIDDEN_NAMES = {"host", "content-length", "transfer-encoding", "connection"}
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

@@ -10,11 +10,11 @@ from django.db import transaction
 
 from templates_app.choices import PrimaryPolicy
 from templates_app.events import record_event
-from templates_app.qemu import QemuImgError
+from templates_app.images.qemu import QemuImgError
 
+from ..choices import VmState
+from ..models import VirtualMachine
 from . import virt
-from .choices import VmState
-from .models import VirtualMachine
 from .pool_copies import PoolCopyFailed, pool_copy_ensure, store_source_of
 
 
@@ -183,7 +183,7 @@ MAX_DEPLOY_HOSTS = 3
 def _move_to_another_host(vm_id: int, reason: str) -> VirtualMachine | None:
     """A direct download failed for network reasons: another Up host that reaches the pool tries
     (up to 3 hosts in all). None when no host is left to try."""
-    from .choices import HostState
+    from ..choices import HostState
     from .tasks import vm_deploy_task
 
     vm = VirtualMachine.objects.select_for_update(of=("self",)).select_related("pool").get(pk=vm_id)
@@ -312,7 +312,7 @@ def _undefine_and_clean(vm, conn, delete_snapshot_metadata: bool, delete_managed
 
 def vm_snapshot_on_host(*, vm_id: int, action: str, name: str, description: str = "") -> None:
     """Create, revert or delete one snapshot through libvirt, then record it here."""
-    from .models import VmSnapshot
+    from ..models import VmSnapshot
 
     vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
     conn = virt.connection(vm.host.libvirt_uri)
@@ -347,29 +347,11 @@ def vm_reboot_on_host(*, vm_id: int) -> VirtualMachine:
     return vm
 
 
-def pools_report(*, host_name: str) -> int:
-    """Agent: record each pool's capacity and usage as libvirt sees them (with the heartbeat)."""
-    from .models import Host, PrimaryPool
-
-    host = Host.objects.get(name=host_name)
-    conn = virt.connection(host.libvirt_uri)
-    updated = 0
-    for pool in host.pools.all():
-        try:
-            info = virt.pool_info(conn, pool.libvirt_pool_name)
-        except virt.VirtError:
-            continue
-        updated += PrimaryPool.objects.filter(pk=pool.pk).update(
-            capacity_bytes=info.capacity, used_bytes=info.allocation
-        )
-    return updated
-
-
 def vm_disk_to_store(*, vm_id: int, ref_id: int):
     """Host side of "version from a VM": flatten the VM's root disk into the image store copy
     (the stores are mounted on hosts), inspected and renamed like a download."""
     from templates_app.copies import store_copy_from_local
-    from templates_app.qemu import qemu_img_convert
+    from templates_app.images.qemu import qemu_img_convert
 
     vm = VirtualMachine.objects.get(pk=vm_id)
 

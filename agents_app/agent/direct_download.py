@@ -1,10 +1,10 @@
 """Direct download (seed 003): a KVM host fetches a template straight into a primary pool.
 
-Downloaders are chosen by scheme through one registry (`DOWNLOADERS`): http and https share the
-streaming downloader of templates_app.downloader; metalink fetches the metalink (size-capped),
-parses it with defusedxml (no DTDs, no entities), checks every mirror with the URL validator
-and tries them in priority order. Every byte lands in a hidden temporary file in the pool,
-hashed in the same pass; the checksum is verified, the image inspected, then it is renamed.
+Downloaders are chosen by scheme through one registry (`DOWNLOADERS`): http and https share
+the streaming downloader of templates_app.images.downloader; metalink fetches the metalink
+(size-capped), parses it with defusedxml (no DTDs, no entities), checks every mirror with the
+URL validator and tries them in priority order. Every byte lands in a hidden temporary file in
+the pool, hashed in the same pass; the checksum is verified, the image inspected, then renamed.
 """
 
 import logging
@@ -13,26 +13,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from defusedxml import ElementTree as SafeET
-from defusedxml.common import DefusedXmlException
 from django.conf import settings
 
-from templates_app.checksums import normalize_checksum
-from templates_app.downloader import (
+from templates_app.images.downloader import (
     ChecksumMismatch,
     DownloadError,
     DownloadResult,
     download_to_file,
     redact_url,
 )
-from templates_app.inspection import ImageRejected, inspect_image
-from templates_app.urlsafety import UnsafeUrl, validate_url
+from templates_app.images.inspection import ImageRejected, inspect_image
+from templates_app.images.metalink import MetalinkRefused, parse_metalink, scheme_of
+from templates_app.images.urlsafety import UnsafeUrl
 
 logger = logging.getLogger(__name__)
 
 METALINK_MAX_BYTES = 1 << 20
 CHECKSUM_ATTEMPTS = 3
-_METALINK_HASHES = {"sha-256": "SHA-256", "sha-512": "SHA-512", "sha-1": "SHA-1", "md5": "MD5"}
 
 
 class DirectDownloadFailed(Exception):
@@ -53,12 +50,6 @@ class Fetched:
     sha256: str
 
 
-@dataclass
-class Mirror:
-    url: str
-    priority: int
-
-
 def _http_fetch(
     url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_dir: str | None, progress
 ) -> DownloadResult:
@@ -77,35 +68,6 @@ def _http_fetch(
     )
 
 
-def parse_metalink(data: bytes) -> tuple[list[Mirror], str]:
-    """Mirrors (validated, .torrent skipped) in priority order, and the best hash it gives."""
-    try:
-        root = SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except (DefusedXmlException, SafeET.ParseError) as exc:
-        raise DirectDownloadFailed(f"metalink refused: {type(exc).__name__}: {exc}") from exc
-    mirrors, checksum = [], ""
-    for element in root.iter():
-        tag = element.tag.rsplit("}", 1)[-1]
-        if tag == "url" and element.text:
-            url = element.text.strip()
-            if url.lower().endswith(".torrent"):
-                continue
-            try:
-                validate_url(url)
-            except UnsafeUrl as exc:
-                logger.info("metalink mirror refused: %s", exc.message)
-                continue
-            mirrors.append(Mirror(url=url, priority=int(element.get("priority", "999999"))))
-        elif tag == "hash" and element.text and not checksum:
-            algorithm = _METALINK_HASHES.get((element.get("type") or "").lower())
-            if algorithm:
-                checksum = normalize_checksum(f"{{{algorithm}}}{element.text.strip()}")
-    mirrors.sort(key=lambda mirror: mirror.priority)
-    if not mirrors:
-        raise DirectDownloadFailed("metalink lists no usable mirror (http/https, allowed address)")
-    return mirrors, checksum
-
-
 def _metalink_fetch(
     url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_dir: str | None, progress
 ) -> DownloadResult:
@@ -121,6 +83,8 @@ def _metalink_fetch(
             backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
         )
         mirrors, metalink_checksum = parse_metalink(listing.read_bytes())
+    except MetalinkRefused as exc:
+        raise DirectDownloadFailed(exc.message) from exc
     finally:
         listing.unlink(missing_ok=True)
     errors = []
@@ -147,14 +111,6 @@ DOWNLOADERS: dict[str, Fetcher] = {
     "https": _http_fetch,
     "metalink": _metalink_fetch,
 }
-
-
-def scheme_of(url: str) -> str:
-    """The registry key: 'metalink' for .metalink/.meta4 URLs, else the URL scheme."""
-    path = url.split("?", 1)[0].lower()
-    if path.endswith((".metalink", ".meta4")):
-        return "metalink"
-    return url.split(":", 1)[0].lower()
 
 
 def fetch_into_pool(
@@ -223,7 +179,7 @@ def _virtual_size_from_header(head: bytes) -> int | None:
 
 
 def _probe(url: str, headers: dict[str, str], ca_dir: str | None) -> dict:
-    from templates_app.downloader import probe_url
+    from templates_app.images.downloader import probe_url
 
     result = probe_url(
         url, headers=headers, ca_dir=ca_dir, timeout=settings.STENCIL_DOWNLOAD_CONNECT_TIMEOUT

@@ -2,7 +2,7 @@
 
 import re
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 ALGORITHM_HEX_LENGTHS = {
     "MD5": 32,

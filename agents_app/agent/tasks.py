@@ -1,0 +1,118 @@
+"""Tasks of a host's own queue `host.<name>`, run by its agent (`manage.py run_agent`): thin
+wrappers over the host-side services of this package."""
+
+from celery import shared_task
+
+from . import vms
+from .direct_download import url_check, url_verify
+from .pool_copies import PoolCopyFailed, pool_copy_delete_on_host, pool_copy_ensure, pool_reconcile
+from .trust import ca_dir_for, certificate_install_on_host, certificate_remove_on_host
+
+
+@shared_task(name="agents_app.agent.tasks.vm_deploy_task", acks_late=True)
+def vm_deploy_task(vm_id: int) -> str:
+    """Make the disk, define and start the domain; a repeat after success does nothing."""
+    return vms.vm_deploy_on_host(vm_id=vm_id).state
+
+
+@shared_task(name="agents_app.agent.tasks.vm_sync_domain_task", acks_late=True)
+def vm_sync_domain_task(
+    vm_id: int,
+    delete_snapshot_metadata: bool = False,
+    delete_managed_save: bool = False,
+    rebuild: bool = False,
+) -> str:
+    """Start/stop/undefine the domain to match the VM's state (idempotent); with rebuild, a
+    stopped stateless VM's root disk is made again from its template."""
+    return vms.vm_sync_domain(
+        vm_id=vm_id,
+        delete_snapshot_metadata=delete_snapshot_metadata,
+        delete_managed_save=delete_managed_save,
+        rebuild=rebuild,
+    ).state
+
+
+@shared_task(name="agents_app.agent.tasks.vm_rebuild_task", acks_late=True)
+def vm_rebuild_task(vm_id: int) -> str:
+    """Make a stopped VM's root disk again from its template and redefine its domain."""
+    return vms.vm_rebuild_on_host(vm_id=vm_id).state
+
+
+@shared_task(name="agents_app.agent.tasks.vm_snapshot_task", acks_late=True)
+def vm_snapshot_task(vm_id: int, action: str, name: str, description: str = "") -> None:
+    """Create, revert or delete a snapshot on the VM's host."""
+    vms.vm_snapshot_on_host(vm_id=vm_id, action=action, name=name, description=description)
+
+
+@shared_task(name="agents_app.agent.tasks.pool_copy_task", acks_late=True)
+def pool_copy_task(
+    template_id: int, pool_id: int, libvirt_uri: str, host_name: str | None = None
+) -> str:
+    """Pre-populate a template onto a pool (single flight: a copy already there is kept)."""
+    try:
+        return pool_copy_ensure(
+            template_id=template_id, pool_id=pool_id, libvirt_uri=libvirt_uri, host_name=host_name
+        ).state
+    except PoolCopyFailed as exc:
+        return f"failed: {exc.message}"
+
+
+@shared_task(name="agents_app.agent.tasks.pool_copy_evict_task", acks_late=True)
+def pool_copy_evict_task(ref_id: int, libvirt_uri: str) -> bool:
+    """Delete an evicted copy's volume and row (idempotent)."""
+    return pool_copy_delete_on_host(ref_id=ref_id, libvirt_uri=libvirt_uri)
+
+
+@shared_task(name="agents_app.agent.tasks.vm_reboot_task", acks_late=True)
+def vm_reboot_task(vm_id: int) -> str:
+    return vms.vm_reboot_on_host(vm_id=vm_id).state
+
+
+@shared_task(name="agents_app.agent.tasks.pool_reconcile_task")
+def pool_reconcile_task(pool_id: int, libvirt_uri: str) -> dict:
+    """Flag copies whose files vanished; report unknown files (see the task result)."""
+    return pool_reconcile(pool_id=pool_id, libvirt_uri=libvirt_uri)
+
+
+@shared_task(name="agents_app.agent.tasks.certificate_install_task", acks_late=True)
+def certificate_install_task(host_name: str, certificate_id: int) -> str:
+    """Put a direct-download certificate into this host's trust directory (idempotent)."""
+    row = certificate_install_on_host(host_name=host_name, certificate_id=certificate_id)
+    return row.state if row is not None else "skipped"
+
+
+@shared_task(name="agents_app.agent.tasks.certificate_remove_task", acks_late=True)
+def certificate_remove_task(host_name: str, certificate_id: int) -> str:
+    """Take a revoked certificate out of this host's trust directory (idempotent)."""
+    row = certificate_remove_on_host(host_name=host_name, certificate_id=certificate_id)
+    return row.state if row is not None else "skipped"
+
+
+@shared_task(name="agents_app.agent.tasks.url_check_task")
+def url_check_task(url: str, headers: dict | None = None, host_name: str | None = None) -> dict:
+    """Direct-download registration: can this host reach the URL (or every metalink mirror)?"""
+    return url_check(url=url, headers=headers, ca_dir=ca_dir_for(host_name) if host_name else None)
+
+
+@shared_task(name="agents_app.agent.tasks.url_verify_task")
+def url_verify_task(
+    url: str,
+    checksum: str,
+    image_format: str,
+    headers: dict | None = None,
+    host_name: str | None = None,
+) -> dict:
+    """Direct-download registration with verify=true: fetch, hash and inspect the whole image."""
+    return url_verify(
+        url=url,
+        checksum=checksum,
+        image_format=image_format,
+        headers=headers,
+        ca_dir=ca_dir_for(host_name) if host_name else None,
+    )
+
+
+@shared_task(name="agents_app.agent.tasks.vm_disk_to_store_task", acks_late=True)
+def vm_disk_to_store_task(vm_id: int, ref_id: int) -> str:
+    """Copy a stopped VM's disk into an image store as a new template version's bytes."""
+    return vms.vm_disk_to_store(vm_id=vm_id, ref_id=ref_id).download_state
