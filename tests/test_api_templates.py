@@ -126,7 +126,8 @@ def test_new_vm_on_inactive_template_is_409_naming_the_state(api, register, zone
     api.delete(detail_url(template))
 
     response = api.post(
-        "/api/v1/vms/", {"name": "vm", "template": str(template.uuid), "zone": str(zone.uuid)}
+        "/api/v1/vms/",
+        {"name": "vm", "template": str(template.uuid), "zone": str(zone.uuid), "deploy": False},
     )
 
     assert response.status_code == 409

@@ -74,7 +74,8 @@ def test_other_accounts_private_template_is_404_everywhere(api, catalogue, zone)
     assert api.patch(url, {"name": "pwned"}).status_code == 404
     assert Template.objects.get(pk=secret.pk).state == "ACTIVE"
     response = api.post(
-        "/api/v1/vms/", {"name": "v", "template": str(secret.uuid), "zone": str(zone.uuid)}
+        "/api/v1/vms/",
+        {"name": "v", "template": str(secret.uuid), "zone": str(zone.uuid), "deploy": False},
     )
     assert response.status_code == 400
     assert "unknown template" in str(response.data["template"])
@@ -83,7 +84,8 @@ def test_other_accounts_private_template_is_404_everywhere(api, catalogue, zone)
 def test_shared_template_is_usable_but_not_deletable(api, catalogue, zone):
     shared = catalogue["shared"]
     response = api.post(
-        "/api/v1/vms/", {"name": "v", "template": str(shared.uuid), "zone": str(zone.uuid)}
+        "/api/v1/vms/",
+        {"name": "v", "template": str(shared.uuid), "zone": str(zone.uuid), "deploy": False},
     )
     assert response.status_code == 201, response.data
     assert api.delete(f"{LIST}{shared.uuid}/").status_code == 404

@@ -9,7 +9,8 @@ pytestmark = pytest.mark.django_db
 
 def create_vm(api, template, zone, name="web-1"):
     return api.post(
-        "/api/v1/vms/", {"name": name, "template": str(template.uuid), "zone": str(zone.uuid)}
+        "/api/v1/vms/",
+        {"name": name, "template": str(template.uuid), "zone": str(zone.uuid), "deploy": False},
     )
 
 

@@ -154,7 +154,7 @@ def test_no_up_host_is_409(api, register, zone, store):
     template = register()
     response = api.post(
         "/api/v1/vms/",
-        {"name": "x", "template": str(template.uuid), "zone": str(zone.uuid), "deploy": True},
+        {"name": "x", "template": str(template.uuid), "zone": str(zone.uuid)},
         format="json",
     )
     assert response.status_code == 409

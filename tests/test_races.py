@@ -145,3 +145,56 @@ def test_many_sweeps_at_once_remove_each_template_once(register, user):
     assert sum(r.removed_count for r in results) == 30
     assert set(Template.objects.values_list("state", flat=True)) == {"REMOVED"}
     assert Event.objects.filter(to_state="REMOVED").count() == 30
+
+
+def test_a_version_waiting_on_a_slow_host_check_does_not_block_a_deploy(
+    register, zone, account, user, settings, monkeypatch
+):
+    """The host's URL check of a new direct-download version runs before the base is locked:
+    a deploy of the base (which takes the base's row lock FOR SHARE) goes on meanwhile."""
+    from templates_app import url_checks
+    from versions_app.services import template_version_create
+
+    base = register(direct_download=True, checksum="{SHA-256}" + "a" * 64)
+    settings.STENCIL_DIRECT_DOWNLOAD_URL_CHECK = True
+    checking, answer = threading.Event(), threading.Event()
+
+    def slow_host_check(**kwargs):
+        checking.set()
+        assert answer.wait(10), "the test never released the host"
+        return {"checks": [{"ok": True, "size": 1, "virtual_size": 1}]}
+
+    monkeypatch.setattr(url_checks, "_checker", [slow_host_check])
+
+    def new_version():
+        try:
+            return template_version_create(base_template_id=base.pk, actor=user)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(new_version)
+        assert checking.wait(10), "the version never asked the host"
+        deployed = run_with_deadline(
+            lambda: vm_services.vm_create(
+                name="meanwhile", template_id=base.pk, zone=zone, account=account, actor=user
+            ),
+            seconds=5,
+        )
+        answer.set()
+        version = pending.result(timeout=10)
+    assert deployed.template_id == base.pk
+    assert version.version_number == 2
+
+
+def run_with_deadline(step: Callable[[], object], *, seconds: float):
+    """Run `step` on its own connection; fail if it does not finish in time (it is blocked)."""
+
+    def run():
+        try:
+            return step()
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result(timeout=seconds)

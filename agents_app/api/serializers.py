@@ -52,9 +52,10 @@ class VirtualMachineCreateSerializer(serializers.Serializer):
     template = UuidRelatedField(queryset=Template.objects.all())
     zone = UuidRelatedField(queryset=Zone.objects.all())
     deploy = serializers.BooleanField(
-        default=False,
+        default=True,
         help_text="Place the VM on an Up host of the zone: its agent makes the disk and starts "
-        "the domain (answers at once with state STARTING). Without it, a VM record only.",
+        "the domain (answers at once with state STARTING); 409 when no Up host reaches a "
+        "pool. `false` makes a VM record only, with no host.",
     )
     stateless = serializers.BooleanField(
         default=False,
