@@ -7,9 +7,9 @@ import uuid as uuid_lib
 
 from django.conf import settings
 from django.db import models
-from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, FSMModelMixin, transition
 
+from templates_app import leases
 from templates_app.models import Account, Template, Zone
 
 from .choices import HostState, PoolCopyState, VmState
@@ -129,7 +129,7 @@ class TemplatePoolRef(FSMModelMixin, models.Model):
         """Nobody copies it, or the copying worker's lease ran out (it died)."""
         if self.state != PoolCopyState.DOWNLOAD_IN_PROGRESS:
             return True
-        return self.lease_expires_at is None or self.lease_expires_at <= timezone.now()
+        return leases.lease_is_free(self)
 
     @transition(
         field=state,

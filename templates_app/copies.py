@@ -7,7 +7,6 @@ worker that dies leaves a lease that runs out; the next attempt takes the copy o
 
 import hashlib
 import logging
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 from django_fsm import can_proceed
 
-from . import storepaths
+from . import leases, storepaths
 from .choices import DownloadState, StoreRefState, TemplateState
 from .events import record_copy_event
 from .images.downloader import DownloadError, download_to_file
@@ -56,8 +55,7 @@ def _claim(ref_id: int, owner: str) -> TemplateStoreRef | None:
     before = ref.download_state
     ref.step("start_download")
     ref.install_path = storepaths.relative_install_path(template)
-    ref.lease_owner = owner
-    ref.lease_expires_at = timezone.now() + LEASE
+    leases.lease_claim(ref, owner, LEASE)
     ref.attempts += 1
     ref.error_text = ""
     ref.download_percent = 0
@@ -72,10 +70,13 @@ def _claim(ref_id: int, owner: str) -> TemplateStoreRef | None:
 def _progress_saver(ref_id: int, owner: str):
     def save(done: int, total: int | None) -> None:
         percent = min(100, done * 100 // total) if total else 0
-        TemplateStoreRef.objects.filter(pk=ref_id, lease_owner=owner).update(
+        leases.lease_renew(
+            TemplateStoreRef,
+            ref_id,
+            owner,
+            LEASE,
             downloaded_bytes=done,
             download_percent=percent,
-            lease_expires_at=timezone.now() + LEASE,
             updated_at=timezone.now(),
         )
 
@@ -111,8 +112,7 @@ def _finish(ref_id: int, owner: str, *, info, sha256: str, physical_size: int) -
     ref.charged_bytes = physical_size
     ref.download_percent = 100
     ref.downloaded_bytes = physical_size
-    ref.lease_owner = ""
-    ref.lease_expires_at = None
+    leases.lease_release(ref)
     ref.save()
     Account.objects.filter(pk=ref.template.account_id).update(
         used_secondary_bytes=F("used_secondary_bytes") + physical_size
@@ -134,8 +134,7 @@ def _fail(ref_id: int, owner: str, reason: str) -> None:
         return
     ref.step("fail_download")
     ref.error_text = reason[:4000]
-    ref.lease_owner = ""
-    ref.lease_expires_at = None
+    leases.lease_release(ref)
     ref.save()
     record_copy_event(
         ref, before=DownloadState.DOWNLOAD_IN_PROGRESS, actor_label="storage-worker", reason=reason
@@ -156,7 +155,7 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
     Idempotent: a copy that is READY, taken by a live worker, or whose template is no longer
     ACTIVE is left as it is.
     """
-    owner = uuid.uuid4().hex
+    owner = leases.new_owner()
     ref = _claim(ref_id, owner)
     if ref is None:
         return TemplateStoreRef.objects.get(pk=ref_id)
@@ -208,7 +207,7 @@ def store_copy_from_local(*, ref_id: int, write: Callable[[Path], None]) -> Temp
     """Fill a copy from bytes made here (e.g. a VM's disk converted by its host): `write`
     produces the image at a temporary path in the store; it is inspected like a download and
     renamed only when it passes. Idempotent like store_copy_download."""
-    owner = uuid.uuid4().hex
+    owner = leases.new_owner()
     ref = _claim(ref_id, owner)
     if ref is None:
         return TemplateStoreRef.objects.get(pk=ref_id)

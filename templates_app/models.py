@@ -6,9 +6,9 @@ from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
-from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, FSMModelMixin, transition
 
+from . import leases
 from .choices import (
     DownloadState,
     Hypervisor,
@@ -275,9 +275,10 @@ class TemplateStoreRef(FSMModelMixin, models.Model):
 
     def lease_is_free(self) -> bool:
         """Nobody works on it, or its worker's lease ran out (the worker died)."""
-        if self.download_state != DownloadState.DOWNLOAD_IN_PROGRESS:
+        in_progress = (DownloadState.DOWNLOAD_IN_PROGRESS, DownloadState.UPLOAD_IN_PROGRESS)
+        if self.download_state not in in_progress:
             return True
-        return self.lease_expires_at is None or self.lease_expires_at <= timezone.now()
+        return leases.lease_is_free(self)
 
     @transition(
         field=download_state,
@@ -311,11 +312,17 @@ class TemplateStoreRef(FSMModelMixin, models.Model):
 
     @transition(
         field=download_state,
-        source=[DownloadState.NOT_UPLOADED, DownloadState.UPLOAD_ERROR],
+        source=[
+            DownloadState.NOT_UPLOADED,
+            DownloadState.UPLOAD_ERROR,
+            DownloadState.UPLOAD_IN_PROGRESS,
+        ],
         target=DownloadState.UPLOAD_IN_PROGRESS,
+        conditions=[lease_is_free],
     )
     def start_upload(self) -> None:
-        """A signed upload started streaming into the store."""
+        """A signed upload started streaming into the store (or takes over one whose web
+        worker died: its lease ran out)."""
 
     @transition(
         field=download_state,

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import time
 import uuid as uuid_lib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
+from django_fsm import can_proceed
 
-from . import storepaths
+from . import leases, storepaths
 from .choices import DownloadState, ImageStoreState, TemplateKind, TemplateState
 from .errors import InvalidInput, StencilError
 from .events import record_copy_event
@@ -40,6 +42,8 @@ from .signals import send_store_copy_ready_on_commit
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+# An upload renews its lease while the body streams; a web worker that died stops renewing.
+UPLOAD_LEASE = timedelta(seconds=120)
 
 
 class UploadForbidden(StencilError):
@@ -54,6 +58,10 @@ class UploadConflict(StencilError):
 
     status_code = 409
     code = "conflict"
+
+
+class UploadLeaseLost(UploadConflict):
+    """This upload's lease ran out and another upload took the copy over."""
 
 
 @dataclass
@@ -180,22 +188,43 @@ def verify_signature(
 
 
 @transaction.atomic
-def _claim_upload(ref_id: int) -> TemplateStoreRef:
+def _claim_upload(ref_id: int, owner: str) -> TemplateStoreRef:
+    """Take the copy for this upload under a lease (renewed while the body streams); an upload
+    whose web worker died is taken over once its lease has run out."""
     template_id = TemplateStoreRef.objects.values_list("template_id", flat=True).get(pk=ref_id)
     template = lock_template(template_id)
     ref = lock_copy(ref_id)
     if ref.download_state == DownloadState.UPLOADED:
         raise UploadConflict("this template was already uploaded")
-    if ref.download_state == DownloadState.UPLOAD_IN_PROGRESS:
-        raise UploadConflict("an upload of this template is under way")
     if ref.download_state == DownloadState.UPLOAD_ABANDONED or template.state != "ACTIVE":
         raise UploadConflict("this upload was abandoned")
+    if not can_proceed(ref.start_upload):
+        raise UploadConflict("an upload of this template is under way")
     ref.step("start_upload")
+    leases.lease_claim(ref, owner, UPLOAD_LEASE)
     ref.install_path = storepaths.relative_install_path(template)
     ref.attempts += 1
     ref.error_text = ""
     ref.save()
     return ref
+
+
+def _lease_renewer(ref_id: int, owner: str, progress: Callable[[int], None] | None):
+    """Renew the upload's lease (and record the bytes received) at most once a second."""
+    last = [0.0]
+
+    def received(size: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1:
+            last[0] = now
+            if not leases.lease_renew(
+                TemplateStoreRef, ref_id, owner, UPLOAD_LEASE, downloaded_bytes=size
+            ):
+                raise UploadLeaseLost("another upload took this one over")
+        if progress:
+            progress(size)
+
+    return received
 
 
 def _stream(
@@ -220,9 +249,14 @@ def _stream(
 
 
 @transaction.atomic
-def _finish_upload(ref_id: int, *, size: int, sha256: str, virtual_size: int) -> TemplateStoreRef:
+def _finish_upload(
+    ref_id: int, owner: str, *, size: int, sha256: str, virtual_size: int
+) -> TemplateStoreRef:
     ref = lock_copy(ref_id)
+    if ref.lease_owner != owner or ref.download_state != DownloadState.UPLOAD_IN_PROGRESS:
+        raise UploadLeaseLost("another upload took this one over")
     ref.step("finish_upload")
+    leases.lease_release(ref)
     Account.objects.filter(pk=ref.template.account_id).update(
         used_secondary_bytes=Greatest(F("used_secondary_bytes") - ref.charged_bytes + size, 0)
     )
@@ -240,11 +274,12 @@ def _finish_upload(ref_id: int, *, size: int, sha256: str, virtual_size: int) ->
 
 
 @transaction.atomic
-def _fail_upload(ref_id: int, reason: str) -> None:
+def _fail_upload(ref_id: int, owner: str, reason: str) -> None:
     ref = lock_copy(ref_id)
-    if ref.download_state != DownloadState.UPLOAD_IN_PROGRESS:
+    if ref.lease_owner != owner or ref.download_state != DownloadState.UPLOAD_IN_PROGRESS:
         return
     ref.step("fail_upload")
+    leases.lease_release(ref)
     ref.error_text = reason[:4000]
     ref.save()
     record_copy_event(
@@ -270,7 +305,8 @@ def template_upload_receive(
         expires=expires,
         signature=signature,
     )
-    ref = _claim_upload(int(payload["copy"]))
+    owner = leases.new_owner()
+    ref = _claim_upload(int(payload["copy"]), owner)
     template = ref.template
     image = storepaths.absolute(ref.store, ref.install_path)
     image.parent.mkdir(parents=True, exist_ok=True)
@@ -279,7 +315,9 @@ def template_upload_receive(
         algorithm, expected = (
             split_checksum(template.checksum) if template.checksum else ("sha256", "")
         )
-        size, digest, sha256 = _stream(body, temp, algorithm=algorithm, progress=progress)
+        size, digest, sha256 = _stream(
+            body, temp, algorithm=algorithm, progress=_lease_renewer(ref.pk, owner, progress)
+        )
         if expected and not hmac.compare_digest(digest, expected):
             algorithm_label = template.checksum.partition("}")[0] + "}"
             raise ImageRejected(
@@ -302,13 +340,16 @@ def template_upload_receive(
                 "physicalsize": size,
             },
         )
+    except UploadLeaseLost:
+        temp.unlink(missing_ok=True)  # only our own temp file: the new owner writes its own
+        raise
     except (ImageRejected, OSError) as exc:
         for path in (temp, image, image.parent / storepaths.PROPERTIES_NAME):
             path.unlink(missing_ok=True)
         reason = exc.reason if isinstance(exc, ImageRejected) else f"upload failed: {exc}"
-        _fail_upload(ref.pk, reason)
+        _fail_upload(ref.pk, owner, reason)
         raise InvalidInput(reason, field="file") from exc
-    return _finish_upload(ref.pk, size=size, sha256=sha256, virtual_size=info.virtual_size)
+    return _finish_upload(ref.pk, owner, size=size, sha256=sha256, virtual_size=info.virtual_size)
 
 
 def abandon_expired_uploads(*, now: datetime | None = None) -> int:

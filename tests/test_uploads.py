@@ -186,3 +186,37 @@ def test_upload_template_command_uses_the_same_flow(zone, store, account, tmp_pa
     assert "100%" in err.getvalue()
     ref = TemplateStoreRef.objects.get(template__name="cli")
     assert (Path(store.path) / ref.install_path).read_bytes() == image
+
+
+def died_mid_upload(params, *, lease_left: timedelta) -> TemplateStoreRef:
+    """The copy as a web worker that died mid-upload leaves it: in progress, its lease set."""
+    ref = TemplateStoreRef.objects.get(template__uuid=params["id"])
+    TemplateStoreRef.objects.filter(pk=ref.pk).update(
+        download_state="UPLOAD_IN_PROGRESS",
+        state="CREATING",
+        lease_owner="dead-web-worker",
+        lease_expires_at=timezone.now() + lease_left,
+    )
+    return ref
+
+
+def test_an_upload_whose_web_worker_died_is_taken_over_once_its_lease_ran_out(
+    api, client, zone, store, image
+):
+    params = ask(api, zone, size=len(image)).data
+    ref = died_mid_upload(params, lease_left=timedelta(seconds=-1))
+
+    done = post_bytes(client, params, image)
+
+    assert done.status_code == 201, done.content
+    ref.refresh_from_db()
+    assert (ref.download_state, ref.state, ref.lease_owner) == ("UPLOADED", "READY", "")
+
+
+def test_an_upload_under_way_is_409_while_its_lease_lives(api, client, zone, store, image):
+    params = ask(api, zone, size=len(image)).data
+    ref = died_mid_upload(params, lease_left=timedelta(seconds=60))
+
+    assert post_bytes(client, params, image).status_code == 409
+    ref.refresh_from_db()
+    assert (ref.download_state, ref.lease_owner) == ("UPLOAD_IN_PROGRESS", "dead-web-worker")

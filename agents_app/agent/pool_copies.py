@@ -6,21 +6,21 @@ No Python lock is involved, so this holds across threads, processes and hosts.
 """
 
 import os
-import threading
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_fsm import can_proceed
 
+from templates_app import leases
 from templates_app.choices import StoreRefState, TemplateState
 from templates_app.errors import StencilError
 from templates_app.events import record_event
 from templates_app.images.qemu import QemuImgError
+from templates_app.leases import LeaseKeeper
 from templates_app.locks import lock_template_shared
 from templates_app.models import Template, TemplateStoreRef
 from templates_app.storepaths import EXTENSIONS, absolute
@@ -35,31 +35,6 @@ WAIT_POLL_SECONDS = 0.1
 
 def lease_length() -> timedelta:
     return timedelta(seconds=settings.STENCIL_POOL_COPY_LEASE_SECONDS)
-
-
-class LeaseKeeper:
-    """Renews a copy's lease while the copy runs, so only a dead worker's lease runs out."""
-
-    def __init__(self, ref_id: int, owner: str):
-        self.ref_id, self.owner = ref_id, owner
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._renew, daemon=True)
-
-    def _renew(self) -> None:
-        interval = lease_length().total_seconds() / 3
-        while not self.stop.wait(interval):
-            TemplatePoolRef.objects.filter(pk=self.ref_id, lease_owner=self.owner).update(
-                lease_expires_at=timezone.now() + lease_length()
-            )
-        connection.close()
-
-    def __enter__(self) -> "LeaseKeeper":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 class PoolCopyFailed(StencilError):
@@ -133,8 +108,7 @@ def _claim(
         return False, ref
     before = ref.state
     ref.start_copy()
-    ref.lease_owner = owner
-    ref.lease_expires_at = timezone.now() + lease_length()
+    leases.lease_claim(ref, owner, lease_length())
     ref.attempts += 1
     ref.error_text = ""
     ref.volume_name = pool_volume_name(template)
@@ -159,8 +133,7 @@ def _finish(ref_id: int, owner: str, *, path: str, size: int, physical: int) -> 
     ref.size = size
     ref.physical_size = physical
     ref.download_percent = 100
-    ref.lease_owner = ""
-    ref.lease_expires_at = None
+    leases.lease_release(ref)
     ref.last_used_at = timezone.now()
     ref.save()
     record_event(
@@ -180,8 +153,7 @@ def _fail(ref_id: int, owner: str, reason: str) -> None:
         return
     ref.fail_copy()
     ref.error_text = reason[:4000]
-    ref.lease_owner = ""
-    ref.lease_expires_at = None
+    leases.lease_release(ref)
     ref.save()
     record_event(
         ref,
@@ -279,7 +251,7 @@ def pool_copy_ensure(
     wait_timeout: float = 600,
 ) -> TemplatePoolRef:
     """Return the template's DOWNLOADED copy on the pool, making it if nobody else is."""
-    owner = uuid.uuid4().hex
+    owner = leases.new_owner()
     deadline = time.monotonic() + wait_timeout
     waited_for = None
     while True:
@@ -298,7 +270,7 @@ def pool_copy_ensure(
     pool = PrimaryPool.objects.get(pk=pool_id)
     ref = TemplatePoolRef.objects.select_related("template").get(pk=ref.pk)
     try:
-        with LeaseKeeper(ref.pk, owner):
+        with LeaseKeeper(TemplatePoolRef, ref.pk, owner, lease_length()):
             path, size, physical = _copy_bytes(ref, pool, libvirt_uri, host_name)
     except (virt.VirtError, QemuImgError, StencilError, DirectDownloadFailed, OSError) as exc:
         reason = getattr(exc, "message", None) or str(exc)
