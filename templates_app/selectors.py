@@ -37,12 +37,18 @@ def _shared_with(user: AbstractBaseUser) -> Exists:
     )
 
 
+def visible_to(user: AbstractBaseUser) -> Q:
+    """The one rule of who may see (and deploy) a template: public ones, the own account's,
+    and those shared with the user's account. Staff see everything (callers check)."""
+    return Q(is_public=True) | Q(_member_of(user, "account_id")) | Q(_shared_with(user))
+
+
 def templates_visible_to(user: AbstractBaseUser) -> QuerySet[Template]:
-    """Everything this user may see, in any state: public, own account's, shared with them."""
+    """Everything this user may see, in any state."""
     queryset = Template.objects.all()
     if user.is_staff:
         return queryset
-    return queryset.filter(Q(is_public=True) | _member_of(user, "account_id") | _shared_with(user))
+    return queryset.filter(visible_to(user))
 
 
 def _apply_template_filter(
@@ -59,7 +65,7 @@ def _apply_template_filter(
         return queryset.filter(is_public=True, is_featured=False)
     if template_filter == TemplateFilter.ALL and user.is_staff:
         return queryset
-    return queryset.filter(Q(is_public=True) | own | _shared_with(user))
+    return queryset.filter(visible_to(user))
 
 
 def template_list(
