@@ -319,6 +319,21 @@ def scenario(processes: Processes, port: int, token: str, server: HTTPServer, im
     first = register(0)
     wait_for("the first template's copy", lambda: all_downloaded([first]), processes, deadline)
 
+    # A direct-download registration waits for the agent's URL check, whose result the agent
+    # writes to the same database: the web must not hold the write lock while it waits.
+    status, body = api.post(
+        "/templates/",
+        {
+            "name": "sqlite-direct",
+            "format": "QCOW2",
+            "url": server.url_for("/image-0.qcow2"),
+            "checksum": "{SHA-256}" + hashlib.sha256(images[0]).hexdigest(),
+            "zones": [zone],
+            "direct_download": True,
+        },
+    )
+    assert status == 201, f"direct-download registration: {status} {body}\n{processes.tails()}"
+
     def deploy(i: int):
         return api.post(
             "/vms/", {"name": f"vm-{i}", "template": first, "zone": zone, "deploy": True}
