@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 from agents_app import services as vm_services
 from templates_app import services
 
-from .factories import AccountFactory, ImageStoreFactory, UserFactory, ZoneFactory
+from .templates_app.factories import AccountFactory, ImageStoreFactory, UserFactory, ZoneFactory
 
 
 def pytest_configure(config):
@@ -30,8 +30,8 @@ def fast_password_hashing(settings):
 @pytest.fixture(autouse=True)
 def direct_download_url_check_off(settings):
     """Registering a direct-download template asks an Up host's agent to check the URL; tests
-    that only need such a template skip that round trip. tests/test_agent_worker.py turns it
-    on and runs it against a real agent."""
+    that only need such a template skip that round trip. tests/agents_app/test_agent_worker.py
+    turns it on and runs it against a real agent."""
     settings.STENCIL_DIRECT_DOWNLOAD_URL_CHECK = False
 
 

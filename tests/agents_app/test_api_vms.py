@@ -40,7 +40,7 @@ def test_illegal_vm_transition_is_409(api, register, zone):
 
 
 def test_vm_in_a_zone_the_template_is_not_in_is_400(api, register):
-    from tests.factories import ZoneFactory
+    from tests.templates_app.factories import ZoneFactory
 
     elsewhere = ZoneFactory(name="zone-b")
     response = create_vm(api, register(), elsewhere)

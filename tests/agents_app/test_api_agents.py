@@ -17,7 +17,7 @@ from agents_app.models import Host, PrimaryPool, TemplatePoolRef
 from agents_app.pool_copies import pool_copy_set_pinned
 from templates_app import services
 from templates_app.models import Event, Template
-from tests.factories import ZoneFactory
+from tests.templates_app.factories import ZoneFactory
 
 pytestmark = pytest.mark.django_db
 

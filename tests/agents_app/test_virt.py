@@ -18,9 +18,8 @@ import pytest
 
 from agents_app.agent import virt
 from templates_app.images.qemu import QemuImgError, qemu_img_info, run_qemu_img
-
-from . import libvirt_backends
-from .libvirt_backends import LibvirtBackend
+from tests import libvirt_backends
+from tests.libvirt_backends import LibvirtBackend
 
 libvirt_backend = libvirt_backends.libvirt_backend
 

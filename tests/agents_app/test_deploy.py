@@ -23,8 +23,7 @@ from templates_app import services
 from templates_app.copies import store_copy_download
 from templates_app.images.qemu import run_qemu_img
 from templates_app.models import TemplateStoreRef
-
-from . import libvirt_backends
+from tests import libvirt_backends
 
 libvirt_backend = libvirt_backends.libvirt_backend
 
@@ -229,7 +228,7 @@ def test_deploy_vs_delete_vs_sweep_with_pool_copies(
     test_driver_cloud, account, user, zone, register, image_server
 ):
     """Never a REMOVED template under a live VM, and never an evicted copy under a VM disk."""
-    from .test_races import assert_invariants, run_together
+    from tests.templates_app.test_races import assert_invariants, run_together
 
     template, pool = test_driver_cloud
     url, checksum = image_server

@@ -14,7 +14,7 @@ from agents_app.agent.tasks import pool_copy_task
 from agents_app.management.commands.list_hosts import heartbeat_age
 from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VmSnapshot
 from agents_app.pool_copies import pool_copy_set_pinned
-from tests.factories import ZoneFactory
+from tests.templates_app.factories import ZoneFactory
 
 pytestmark = pytest.mark.django_db
 

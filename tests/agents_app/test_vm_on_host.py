@@ -11,8 +11,8 @@ import pytest
 from agents_app import services as vm_services
 from agents_app.agent import heartbeat, virt, vms
 from agents_app.models import VirtualMachine, VmSnapshot
+from tests import libvirt_backends
 
-from . import libvirt_backends
 from .test_deploy import image_server  # noqa: F401  (fixture)
 
 libvirt_backend = libvirt_backends.libvirt_backend

@@ -9,6 +9,7 @@ from templates_app.choices import TemplateState
 from templates_app.fsm import UndeclaredSource, bulk_transition
 from templates_app.models import Template, TemplateStoreRef
 from templates_app.references import reference_providers
+from tests.agents_app.factories import VmPoolFactory
 from versions_app.services import template_version_create
 
 pytestmark = pytest.mark.django_db
@@ -16,12 +17,11 @@ pytestmark = pytest.mark.django_db
 
 def vm_pool_on(template, zone, account, *, latest=False, name="pool-a") -> VmPool:
     """A VM pool row with no VM left in it: only the pool itself holds the template."""
-    return VmPool.objects.create(
+    return VmPoolFactory(
         name=name,
         template=template,
         zone=zone,
         account=account,
-        size=1,
         use_latest_template_version=latest,
     )
 

@@ -17,8 +17,7 @@ from agents_app.agent.vms import vm_deploy_on_host
 from agents_app.models import PrimaryPool, TemplatePoolRef
 from templates_app.images.metalink import MetalinkRefused, parse_metalink
 from templates_app.models import TemplateStoreRef
-
-from . import libvirt_backends
+from tests import libvirt_backends
 
 pytestmark = pytest.mark.django_db
 

@@ -56,7 +56,7 @@ def test_direct_download_gets_one_bypassed_ready_row_and_no_store_copy(api, zone
 
 
 def test_public_template_goes_to_every_store_private_to_one(api, admin_api, zone, store, tmp_path):
-    from tests.factories import ImageStoreFactory
+    from tests.templates_app.factories import ImageStoreFactory
 
     ImageStoreFactory(zone=zone, name="store-b", path=str(tmp_path))
     private = api.post(LIST, payload(zone, name="private"), format="json").data

@@ -30,7 +30,7 @@ from werkzeug import Response
 
 pytestmark = [pytest.mark.worker, pytest.mark.xdist_group("sqlite-processes")]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DEPLOYS = 20
 DOWNLOADS = 5

@@ -16,9 +16,9 @@ from templates_app import services as template_services
 from templates_app.copies import store_copy_download
 from templates_app.errors import InvalidInput
 from templates_app.models import TemplateStoreRef
+from tests import libvirt_backends
 from versions_app.services import template_version_create
 
-from . import libvirt_backends
 from .test_deploy import backing_of, cloud, image_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.django_db

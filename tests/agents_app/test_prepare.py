@@ -6,7 +6,7 @@ from agents_app.agent import heartbeat
 from agents_app.models import PrimaryPool, TemplatePoolRef
 from agents_app.pool_copies import pool_copy_set_pinned, template_prepare
 from templates_app.errors import InvalidInput
-from tests.factories import ZoneFactory
+from tests.templates_app.factories import ZoneFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -44,7 +44,7 @@ from templates_app.errors import StencilError
 from templates_app.images.downloader import DownloadError, download_to_file
 from templates_app.images.urlsafety import DEFAULT_DENIED_NETWORKS
 from templates_app.models import Event
-from tests.factories import ZoneFactory
+from tests.templates_app.factories import ZoneFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -7,7 +7,7 @@ from templates_app import services
 from templates_app.choices import TemplateState
 from templates_app.errors import InvalidInput, LimitExceeded, TransitionConflict
 from templates_app.models import Account, Event, Template, TemplateStoreRef
-from tests.test_races import run_together
+from tests.templates_app.test_races import run_together
 from versions_app import selectors as version_selectors
 from versions_app import services as version_services
 
