@@ -18,11 +18,20 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from . import selectors, services
+from . import selectors, services, sweeps
 from .admin_forms import TemplateChangeForm, TemplateRegisterForm
 from .choices import TemplateState
 from .errors import InvalidInput, StencilError
-from .models import Account, Event, ImageStore, Template, TemplateDetail, TemplateStoreRef, Zone
+from .models import (
+    Account,
+    Event,
+    GcSweepRun,
+    ImageStore,
+    Template,
+    TemplateDetail,
+    TemplateStoreRef,
+    Zone,
+)
 from .references import describe_counts, reference_rows
 
 REFERENCES_SHOWN = 100
@@ -511,7 +520,12 @@ class TemplateAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(self._url("changelist"))
 
     def _sweep(self, request, *, dry_run: bool, template_ids: list[int] | None = None) -> None:
-        result = services.gc_sweep(dry_run=dry_run, template_ids=template_ids, actor=request.user)
+        """A dry run answers here; a real sweep is queued and its run's page tells the rest."""
+        if not dry_run:
+            run = sweeps.gc_sweep_request(actor=request.user, template_ids=template_ids)
+            self.message_user(request, queued_sweep_message(run), messages.SUCCESS)
+            return
+        result = services.gc_sweep(dry_run=True, template_ids=template_ids, actor=request.user)
         level = messages.WARNING if result.skipped else messages.SUCCESS
         self.message_user(request, sweep_message(result), level)
 
@@ -681,3 +695,52 @@ class TemplateStoreRefAdmin(ReadOnlyAdmin):
     @admin.display(description="Physical size", ordering="physical_size")
     def physical(self, ref: TemplateStoreRef) -> str:
         return human_size(ref.physical_size)
+
+
+# GC sweep runs -----------------------------------------------------------------------------
+
+
+def queued_sweep_message(run: GcSweepRun) -> str:
+    """Says a sweep was queued, of what, with a link to the run's page."""
+    scope = (
+        "every INACTIVE template"
+        if run.template_ids is None
+        else f"{len(run.template_ids)} selected template(s)"
+    )
+    link = admin_link("templates_app", "gcsweeprun", run.pk, str(run))
+    return format_html(
+        "GC sweep of {} queued: {}. It runs in the background; its page shows what it removed.",
+        scope,
+        link,
+    )
+
+
+@admin.register(GcSweepRun)
+class GcSweepRunAdmin(ReadOnlyAdmin):
+    """Sweeps queued from the API and the admin: who asked, what they removed, or why not."""
+
+    list_display = ("created_at", "uuid", "state", "requested_by", "removed", "finished_at")
+    list_filter = ("state",)
+    list_select_related = ("requested_by",)
+    search_fields = ("uuid", "requested_by__username", "error_text")
+    fields = (
+        "uuid",
+        "state",
+        "requested_by",
+        "template_ids",
+        "summary",
+        "error_text",
+        "result",
+        ("created_at", "started_at", "finished_at"),
+    )
+    readonly_fields = (*fields[:-1], *fields[-1])
+
+    @admin.display(description="Removed")
+    def removed(self, run: GcSweepRun) -> str:
+        return "—" if run.result is None else str(run.result.get("removed_count", 0))
+
+    @admin.display(description="Summary")
+    def summary(self, run: GcSweepRun) -> str:
+        if run.result is None:
+            return run.get_state_display()
+        return sweep_message(services.SweepResult(**run.result))

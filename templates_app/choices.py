@@ -72,3 +72,10 @@ class TemplateFilter(models.TextChoices):
     EXECUTABLE = "executable", "Executable: everything the caller may deploy (own, shared, public)"
     COMMUNITY = "community", "Community: public templates that are not featured"
     ALL = "all", "All: every template (administrators; others get executable)"
+
+
+class GcSweepRunState(models.TextChoices):
+    QUEUED = "QUEUED", "Queued"
+    RUNNING = "RUNNING", "Running"
+    DONE = "DONE", "Done"
+    FAILED = "FAILED", "Failed"

@@ -6,11 +6,13 @@ from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
+from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, FSMModelMixin, transition
 
 from . import leases
 from .choices import (
     DownloadState,
+    GcSweepRunState,
     Hypervisor,
     ImageStoreState,
     PrimaryPolicy,
@@ -420,3 +422,57 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.object_repr}: {self.from_state} -> {self.to_state}"
+
+
+class GcSweepRun(ConcurrentTransitionMixin, models.Model):
+    """One queued GC sweep asked for from the API or the admin, and what it did.
+
+    `template_ids` limits the sweep to those templates (None: every INACTIVE one); `result` is
+    the sweep's SweepResult.as_dict() once DONE, `error_text` why it FAILED.
+    """
+
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    template_ids = models.JSONField(
+        null=True, blank=True, help_text="Ids of the templates to sweep; empty: all of them."
+    )
+    state = FSMField(
+        max_length=16,
+        choices=GcSweepRunState.choices,
+        default=GcSweepRunState.QUEUED,
+        protected=True,
+    )
+    result = models.JSONField(null=True, blank=True)
+    error_text = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"GC sweep {self.uuid}"
+
+    @transition(field=state, source=GcSweepRunState.QUEUED, target=GcSweepRunState.RUNNING)
+    def start(self) -> None:
+        """A worker took the run."""
+        self.started_at = timezone.now()
+
+    @transition(field=state, source=GcSweepRunState.RUNNING, target=GcSweepRunState.DONE)
+    def finish(self, result: dict) -> None:
+        """The sweep returned (also when it was skipped because another sweep held the lock)."""
+        self.result = result
+        self.finished_at = timezone.now()
+
+    @transition(field=state, source=GcSweepRunState.RUNNING, target=GcSweepRunState.FAILED)
+    def fail(self, error_text: str) -> None:
+        """The sweep raised; `error_text` says what."""
+        self.error_text = error_text
+        self.finished_at = timezone.now()

@@ -11,6 +11,14 @@ def gc_sweep_task(template_ids: list[int] | None = None, dry_run: bool = False) 
     return services.gc_sweep(template_ids=template_ids, dry_run=dry_run).as_dict()
 
 
+@shared_task(name="templates_app.tasks.gc_sweep_run_task")
+def gc_sweep_run_task(run_id: int) -> str:
+    """A sweep queued from the API or the admin; a repeat delivery leaves the run as it is."""
+    from .sweeps import gc_sweep_run
+
+    return gc_sweep_run(run_id=run_id).state
+
+
 @shared_task(name="templates_app.tasks.store_copy_download_task", acks_late=True)
 def store_copy_download_task(ref_id: int) -> str:
     """Storage worker: download one copy. A redelivery after a crash takes over the lease."""

@@ -153,3 +153,20 @@ def pytest_sessionfinish(session, exitstatus):
         import redis
 
         redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def sweeps_run_here(monkeypatch, django_capture_on_commit_callbacks):
+    """Queued GC sweeps run in this process when their transaction commits (no worker needed).
+
+    `with sweeps_run_here(): ...` runs the on-commit callbacks at the end of the block, and the
+    sweep task they send runs eagerly instead of going to the broker.
+    """
+    from templates_app import tasks
+
+    monkeypatch.setattr(
+        tasks.gc_sweep_run_task,
+        "delay",
+        lambda run_id: tasks.gc_sweep_run_task.apply(args=[run_id], throw=True),
+    )
+    return lambda: django_capture_on_commit_callbacks(execute=True)

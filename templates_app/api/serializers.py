@@ -413,24 +413,6 @@ class EventSerializer(serializers.ModelSerializer):
         ]
 
 
-class GcSweepRequestSerializer(serializers.Serializer):
-    dry_run = serializers.BooleanField(default=False)
-
-
-class GcSweepResultSerializer(serializers.Serializer):
-    dry_run = serializers.BooleanField()
-    skipped = serializers.BooleanField(help_text="Another sweep was running; nothing was done.")
-    removed_count = serializers.IntegerField()
-    removed = serializers.ListField(child=serializers.DictField())
-    held_count = serializers.IntegerField()
-    held = serializers.ListField(child=serializers.DictField())
-    copies_destroyed = serializers.IntegerField()
-    pool_copies = serializers.DictField(
-        child=serializers.IntegerField(),
-        help_text="Cached copies on primary pools marked for eviction, and being evicted.",
-    )
-
-
 class UploadParamsRequestSerializer(serializers.Serializer):
     """Input of POST /templates/upload-params/ (CloudStack's getUploadParamsForTemplate)."""
 

@@ -7,7 +7,6 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from templates_app import selectors, services, uploads
 from templates_app.choices import TemplateFilter
@@ -19,8 +18,6 @@ from .permissions import IsStaff, IsStaffOrReadOnly
 from .serializers import (
     AccountSerializer,
     EventSerializer,
-    GcSweepRequestSerializer,
-    GcSweepResultSerializer,
     ImageStoreSerializer,
     ReferenceSerializer,
     TemplateCreateSerializer,
@@ -185,22 +182,3 @@ class EventViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         return selectors.events_visible_to(self.request.user)
-
-
-class GcSweepView(APIView):
-    """Run the GC sweep now (staff). `dry_run` lists what would go and what holds the rest."""
-
-    permission_classes = [IsStaff]
-
-    @extend_schema(
-        request=GcSweepRequestSerializer,
-        responses=GcSweepResultSerializer,
-    )
-    def post(self, request: Request) -> Response:
-        serializer = GcSweepRequestSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        result = services.gc_sweep(
-            dry_run=serializer.validated_data["dry_run"],
-            actor=request.user,
-        )
-        return Response(result.as_dict())

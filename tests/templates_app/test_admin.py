@@ -9,7 +9,7 @@ from agents_app import services as vm_services
 from agents_app.choices import VmState
 from templates_app import services
 from templates_app.choices import TemplateState
-from templates_app.models import Event, Template, TemplateStoreRef
+from templates_app.models import Event, GcSweepRun, Template, TemplateStoreRef
 
 pytestmark = pytest.mark.django_db
 
@@ -255,21 +255,38 @@ def unused_and_used(register, make_vm, user):
     return unused, used
 
 
-def test_sweep_button_removes_the_unused_template_and_keeps_the_used_one(staff, unused_and_used):
+def run_url(run: GcSweepRun) -> str:
+    return reverse("admin:templates_app_gcsweeprun_change", args=[run.pk])
+
+
+def test_sweep_button_queues_a_run_that_removes_the_unused_and_keeps_the_used(
+    staff, unused_and_used, sweeps_run_here
+):
     unused, used = unused_and_used
 
-    response = staff.post(url("sweep"), follow=True)
+    with sweeps_run_here():
+        response = staff.post(url("sweep"), follow=True)
+        # Queued, not run inside the request: nothing is removed yet.
+        assert Template.objects.get(pk=unused.pk).state == TemplateState.INACTIVE
 
     assert response.redirect_chain[-1][0] == url("changelist")
+    run = GcSweepRun.objects.get()
+    assert messages_of(response) == [
+        f'GC sweep of every INACTIVE template queued: <a href="{run_url(run)}">{run}</a>. '
+        "It runs in the background; its page shows what it removed."
+    ]
     unused.refresh_from_db()
     used.refresh_from_db()
     assert unused.state == TemplateState.REMOVED
     assert unused.removed_at is not None
     assert used.state == TemplateState.INACTIVE
-    assert messages_of(response) == [
+    run.refresh_from_db()
+    assert run.state == "DONE"
+    page = staff.get(run_url(run)).content.decode()
+    assert (
         "GC sweep removed 1 template(s) (old-iso); 1 held by live references: "
         "busy (1 VM, 1 destroyed)."
-    ]
+    ) in page
 
 
 def test_sweep_dry_run_action_tells_and_changes_nothing(staff, unused_and_used):
@@ -282,16 +299,22 @@ def test_sweep_dry_run_action_tells_and_changes_nothing(staff, unused_and_used):
     assert set(Template.objects.values_list("state", flat=True)) == {TemplateState.INACTIVE}
 
 
-def test_sweep_action_sweeps_only_the_selection(staff, register, user):
+def test_sweep_action_sweeps_only_the_selection(staff, register, user, sweeps_run_here):
     chosen, other = register(name="chosen"), register(name="other")
     for template in (chosen, other):
         services.template_deactivate(template_id=template.pk, actor=user)
 
-    response = run_action(staff, "sweep_selected", [chosen])
+    with sweeps_run_here():
+        response = run_action(staff, "sweep_selected", [chosen])
 
+    run = GcSweepRun.objects.get()
+    assert run.template_ids == [chosen.pk]
     assert messages_of(response) == [
-        "GC sweep removed 1 template(s) (chosen); 0 held by live references."
+        f'GC sweep of 1 selected template(s) queued: <a href="{run_url(run)}">{run}</a>. '
+        "It runs in the background; its page shows what it removed."
     ]
+    page = staff.get(run_url(run)).content.decode()
+    assert "GC sweep removed 1 template(s) (chosen); 0 held by live references." in page
     assert dict(Template.objects.values_list("name", "state")) == {
         "chosen": TemplateState.REMOVED,
         "other": TemplateState.INACTIVE,

@@ -189,7 +189,9 @@ def test_staff_can_list_inactive_templates_by_state(admin_api, api, register, us
     assert api.get(LIST, {"state": "INACTIVE"}).data["results"] == []
 
 
-def test_gc_sweep_endpoint_is_staff_only_and_reports(api, admin_api, register, make_vm, user):
+def test_gc_sweep_endpoint_is_staff_only_and_reports(
+    api, admin_api, register, make_vm, user, sweeps_run_here
+):
     held = register(name="held")
     make_vm(held)
     free = register(name="free")
@@ -197,13 +199,18 @@ def test_gc_sweep_endpoint_is_staff_only_and_reports(api, admin_api, register, m
         services.template_deactivate(template_id=template.pk, actor=user)
 
     assert api.post("/api/v1/gc/sweep/", {"dry_run": True}, format="json").status_code == 403
-    dry = admin_api.post("/api/v1/gc/sweep/", {"dry_run": True}, format="json").data
-    assert [r["name"] for r in dry["removed"]] == ["free"]
+    dry = admin_api.post("/api/v1/gc/sweep/", {"dry_run": True}, format="json")
+    assert dry.status_code == 200
+    assert [r["name"] for r in dry.data["removed"]] == ["free"]
     assert Template.objects.get(pk=free.pk).state == "INACTIVE"
 
-    real = admin_api.post("/api/v1/gc/sweep/", {"dry_run": False}, format="json").data
-    assert real["removed_count"] == 1
-    assert [h["name"] for h in real["held"]] == ["held"]
+    with sweeps_run_here():
+        queued = admin_api.post("/api/v1/gc/sweep/", {"dry_run": False}, format="json")
+    assert queued.status_code == 202
+    real = admin_api.get(queued["Location"]).data
+    assert real["state"] == "DONE"
+    assert real["result"]["removed_count"] == 1
+    assert [h["name"] for h in real["result"]["held"]] == ["held"]
     assert Template.objects.get(pk=free.pk).state == "REMOVED"
 
 

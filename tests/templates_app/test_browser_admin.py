@@ -83,7 +83,13 @@ def state_on_page(page: Page):
     return page.locator(".field-state_badge .readonly")
 
 
-def test_register_deactivate_and_sweep_from_the_admin(catalogue, page):
+def test_register_deactivate_and_sweep_from_the_admin(catalogue, page, monkeypatch):
+    from templates_app import tasks
+
+    # No worker here: the queued sweep runs in the server's thread once its request commits.
+    monkeypatch.setattr(
+        tasks.gc_sweep_run_task, "delay", lambda run_id: tasks.gc_sweep_run_task.apply([run_id])
+    )
     log_in(page)
 
     register_template(page)
@@ -98,8 +104,14 @@ def test_register_deactivate_and_sweep_from_the_admin(catalogue, page):
 
     page.goto("/admin/templates_app/template/")
     page.get_by_role("button", name="Run GC sweep now").click()
-    expect(page.locator(".messagelist")).to_contain_text("GC sweep removed 1 template(s)")
+    expect(page.locator(".messagelist")).to_contain_text(
+        "GC sweep of every INACTIVE template queued"
+    )
+    page.locator(".messagelist").get_by_role("link").click()
+    expect(page.locator(".field-summary")).to_contain_text("GC sweep removed 1 template(s)")
+    expect(page.locator(".field-state")).to_contain_text("Done")
 
+    page.goto("/admin/templates_app/template/")
     open_from_list(page, "fedora-41")
     expect(state_on_page(page)).to_have_text("REMOVED")
     assert Template.objects.get(name="fedora-41").state == TemplateState.REMOVED

@@ -111,3 +111,30 @@ def test_registration_is_downloaded_by_the_storage_worker(
         copy.refresh_from_db()
     assert (copy.download_state, copy.state) == ("DOWNLOADED", "READY"), copy.error_text
     assert (Path(store.path) / copy.install_path).read_bytes() == data
+
+
+def test_a_sweep_queued_through_the_api_is_run_by_the_worker(
+    worker, register, make_vm, user, admin_api, monkeypatch
+):
+    # Deleting an unused template sends a sweep of its own; keep it out of this test's way.
+    monkeypatch.setattr(services, "_enqueue_sweep_of", lambda template_ids: None)
+    unused = register(name="unused")
+    used = register(name="used")
+    make_vm(used)
+    for template in (unused, used):
+        services.template_deactivate(template_id=template.pk, actor=user)
+
+    response = admin_api.post("/api/v1/gc/sweep/", {"dry_run": False}, format="json")
+    assert response.status_code == 202
+    assert response.data["state"] == "QUEUED"
+
+    deadline = time.monotonic() + 20
+    run = admin_api.get(response["Location"]).data
+    while run["state"] in ("QUEUED", "RUNNING") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        run = admin_api.get(response["Location"]).data
+    assert run["state"] == "DONE", run
+    assert run["result"]["removed"] == [{"id": str(unused.uuid), "name": "unused"}]
+    assert [h["name"] for h in run["result"]["held"]] == ["used"]
+    unused.refresh_from_db()
+    assert unused.state == "REMOVED"
