@@ -67,10 +67,17 @@ def _claim(ref_id: int, owner: str) -> TemplateStoreRef | None:
     return ref
 
 
+class LeaseLost(Exception):
+    """Another worker took the copy over, or its template was deleted: stop, touch nothing."""
+
+
 def _progress_saver(ref_id: int, owner: str):
+    """Record progress and renew the lease (about once a second); a lost lease aborts the
+    download, which then deletes only its own temporary file."""
+
     def save(done: int, total: int | None) -> None:
         percent = min(100, done * 100 // total) if total else 0
-        leases.lease_renew(
+        if not leases.lease_renew(
             TemplateStoreRef,
             ref_id,
             owner,
@@ -78,7 +85,8 @@ def _progress_saver(ref_id: int, owner: str):
             downloaded_bytes=done,
             download_percent=percent,
             updated_at=timezone.now(),
-        )
+        ):
+            raise LeaseLost(f"copy {ref_id}: the lease of attempt {owner[:8]} is gone")
 
     return save
 
@@ -99,12 +107,19 @@ def _properties(template: Template, ref_path: Path, info, sha256: str) -> dict[s
 
 
 @transaction.atomic
-def _finish(ref_id: int, owner: str, *, info, sha256: str, physical_size: int) -> bool:
+def _finish(
+    ref_id: int, owner: str, *, temp: Path, image: Path, info, sha256: str, physical_size: int
+) -> bool:
+    """Under the copy's lock, and only while this attempt holds the lease: move the verified
+    temporary file into place, write template.properties, and mark the copy READY. False
+    (nothing moved) when the lease or the template went meanwhile."""
     ref = lock_copy(ref_id)
     if ref.lease_owner != owner or ref.download_state != DownloadState.DOWNLOAD_IN_PROGRESS:
         return False
     if ref.state != StoreRefState.CREATING:
         return False  # the sweep removed the template meanwhile: the bytes go with it
+    temp.replace(image)
+    storepaths.write_properties(image.parent, _properties(ref.template, image, info, sha256))
     ref.step("finish_download")
     ref.size = info.virtual_size
     ref.physical_size = physical_size
@@ -129,6 +144,7 @@ def _finish(ref_id: int, owner: str, *, info, sha256: str, physical_size: int) -
 
 @transaction.atomic
 def _fail(ref_id: int, owner: str, reason: str) -> None:
+    """Record the failure, if this attempt still holds the lease (else it is not ours)."""
     ref = lock_copy(ref_id)
     if ref.lease_owner != owner or ref.download_state != DownloadState.DOWNLOAD_IN_PROGRESS:
         return
@@ -153,7 +169,9 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
     """Download a template's bytes into its image store; READY only when verified and inspected.
 
     Idempotent: a copy that is READY, taken by a live worker, or whose template is no longer
-    ACTIVE is left as it is.
+    ACTIVE is left as it is. The bytes go to this attempt's own temporary file, renamed into
+    place only by the lease holder; whatever goes wrong (even an unexpected exception) ends in
+    DOWNLOAD_ERROR with the reason, never in progress, and removes only that temporary file.
     """
     owner = leases.new_owner()
     ref = _claim(ref_id, owner)
@@ -162,10 +180,11 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
     template = ref.template
     image = storepaths.absolute(ref.store, ref.install_path)
     image.parent.mkdir(parents=True, exist_ok=True)
+    temp = image.with_name(f".{image.name}.part-{owner[:8]}")
     try:
         result = download_to_file(
             template.url,
-            image,
+            temp,
             checksum=template.checksum,
             headers=http_headers_of(template),
             progress=_progress_saver(ref.pk, owner),
@@ -175,16 +194,25 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
             max_attempts=settings.STENCIL_DOWNLOAD_MAX_ATTEMPTS,
             backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
         )
-        info = inspect_image(image, template.format)
-        properties = storepaths.write_properties(
-            image.parent, _properties(template, image, info, result.sha256)
+        with leases.LeaseKeeper(TemplateStoreRef, ref.pk, owner, LEASE):
+            info = inspect_image(temp, template.format)
+        finished = _finish(
+            ref.pk,
+            owner,
+            temp=temp,
+            image=image,
+            info=info,
+            sha256=result.sha256,
+            physical_size=result.size,
         )
-    except (DownloadError, UnsafeUrl, ImageRejected, OSError) as exc:
-        _remove_quietly(image, image.parent / storepaths.PROPERTIES_NAME)
+    except Exception as exc:  # any failure ends the attempt: nothing stays in progress
+        _remove_quietly(temp)
+        if not isinstance(exc, (DownloadError, UnsafeUrl, ImageRejected, OSError, LeaseLost)):
+            logger.exception("copy %s: unexpected failure", ref.pk)
         _fail(ref.pk, owner, _reason(exc))
         return TemplateStoreRef.objects.get(pk=ref_id)
-    if not _finish(ref.pk, owner, info=info, sha256=result.sha256, physical_size=result.size):
-        _remove_quietly(image, properties)
+    if not finished:
+        _remove_quietly(temp)
     return TemplateStoreRef.objects.get(pk=ref_id)
 
 
@@ -192,7 +220,8 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, ImageRejected):
         return f"image rejected: {exc.reason}"
     message = getattr(exc, "message", None) or str(exc)
-    return f"{type(exc).__name__}: {message}" if isinstance(exc, OSError) else message
+    expected = (DownloadError, UnsafeUrl, LeaseLost)
+    return message if isinstance(exc, expected) else f"{type(exc).__name__}: {message}"
 
 
 def _sha256_of(path: Path) -> str:
@@ -216,17 +245,25 @@ def store_copy_from_local(*, ref_id: int, write: Callable[[Path], None]) -> Temp
     image.parent.mkdir(parents=True, exist_ok=True)
     temp = image.with_name(f".{image.name}.part-{owner[:8]}")
     try:
-        write(temp)
-        sha256 = _sha256_of(temp)
-        info = inspect_image(temp, template.format)
-        temp.replace(image)
-        properties = storepaths.write_properties(
-            image.parent, _properties(template, image, info, sha256)
+        with leases.LeaseKeeper(TemplateStoreRef, ref.pk, owner, LEASE):
+            write(temp)
+            sha256 = _sha256_of(temp)
+            info = inspect_image(temp, template.format)
+        finished = _finish(
+            ref.pk,
+            owner,
+            temp=temp,
+            image=image,
+            info=info,
+            sha256=sha256,
+            physical_size=temp.stat().st_size,
         )
-    except (ImageRejected, QemuImgError, OSError) as exc:
-        _remove_quietly(temp, image, image.parent / storepaths.PROPERTIES_NAME)
+    except Exception as exc:  # any failure ends the attempt: nothing stays in progress
+        _remove_quietly(temp)
+        if not isinstance(exc, (ImageRejected, QemuImgError, OSError)):
+            logger.exception("copy %s: unexpected failure", ref.pk)
         _fail(ref.pk, owner, _reason(exc))
         return TemplateStoreRef.objects.get(pk=ref_id)
-    if not _finish(ref.pk, owner, info=info, sha256=sha256, physical_size=image.stat().st_size):
-        _remove_quietly(image, properties)
+    if not finished:
+        _remove_quietly(temp)
     return TemplateStoreRef.objects.get(pk=ref_id)

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, F, OuterRef, Subquery, Sum, Value
+from django.db.models import BigIntegerField, F, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 from django.utils.text import slugify
@@ -380,15 +380,21 @@ def template_update(*, template_id: int, actor, changes: dict[str, Any]) -> Temp
     return template
 
 
-def _enqueue_downloads(template_id: int) -> None:
-    """After commit, one storage-worker task per copy still to download."""
+CANCELLED_BY_DELETE = "cancelled: the template was deleted"
+
+
+def _enqueue_downloads(template_id: int, *, cancelled_too: bool = False) -> None:
+    """After commit, one storage-worker task per copy still to download (with `cancelled_too`,
+    also the copies a delete cancelled)."""
     from .tasks import store_copy_download_task
+
+    wanted = Q(download_state=DownloadState.NOT_DOWNLOADED)
+    if cancelled_too:
+        wanted |= Q(download_state=DownloadState.DOWNLOAD_ERROR, error_text=CANCELLED_BY_DELETE)
 
     def send() -> None:
         pending = TemplateStoreRef.objects.filter(
-            template_id=template_id,
-            store__isnull=False,
-            download_state=DownloadState.NOT_DOWNLOADED,
+            wanted, template_id=template_id, store__isnull=False
         ).values_list("pk", flat=True)
         for ref_id in pending:
             store_copy_download_task.delay(ref_id=ref_id)
@@ -431,6 +437,7 @@ def template_deactivate(*, template_id: int, actor, reason: str = "deleted") -> 
         target.deactivate()
         target.save(update_fields=["state", "updated_at"])
     _release_template_charge(template.account_id, count=len(targets))
+    _cancel_downloads([target.pk for target in targets])
     record_events(
         build_event(
             target,
@@ -451,6 +458,41 @@ def template_deactivate(*, template_id: int, actor, reason: str = "deleted") -> 
     if unused:
         _enqueue_sweep_of(unused)
     return template
+
+
+def _cancel_downloads(template_ids: list[int]) -> int:
+    """Stop the store downloads of deleted templates: their workers lose the lease, abort at
+    their next progress write and delete their temporary files (templates_app.copies)."""
+    running = list(
+        TemplateStoreRef.objects.filter(
+            template_id__in=template_ids, download_state=DownloadState.DOWNLOAD_IN_PROGRESS
+        ).values_list("pk", flat=True)
+    )
+    if not running:
+        return 0
+    now = timezone.now()
+    rows = TemplateStoreRef.objects.filter(pk__in=running)
+    bulk_transition(
+        rows,
+        TemplateStoreRef.fail_download,
+        lease_owner="",
+        lease_expires_at=None,
+        error_text=CANCELLED_BY_DELETE,
+        updated_at=now,
+    )
+    bulk_transition(rows, TemplateStoreRef.release)
+    record_events(
+        build_event(
+            ref,
+            from_state=DownloadState.DOWNLOAD_IN_PROGRESS,
+            to_state=DownloadState.DOWNLOAD_ERROR,
+            actor_label="delete",
+            reason=CANCELLED_BY_DELETE,
+            field="download_state",
+        )
+        for ref in TemplateStoreRef.objects.filter(pk__in=running).select_related("template")
+    )
+    return len(running)
 
 
 @transaction.atomic
@@ -474,6 +516,7 @@ def template_reactivate(*, template_id: int, actor, reason: str = "reactivated")
         )
     template.reactivate()
     template.save(update_fields=["state", "updated_at"])
+    _enqueue_downloads(template.pk, cancelled_too=True)
     Account.objects.filter(pk=template.account_id).update(used_templates=F("used_templates") + 1)
     record_event(
         template,

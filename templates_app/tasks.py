@@ -1,6 +1,7 @@
 """Celery tasks: thin wrappers over services, safe to repeat."""
 
 from celery import shared_task
+from django.utils import timezone
 
 from . import services
 
@@ -19,12 +20,28 @@ def gc_sweep_run_task(run_id: int) -> str:
     return gc_sweep_run(run_id=run_id).state
 
 
-@shared_task(name="templates_app.tasks.store_copy_download_task", acks_late=True)
-def store_copy_download_task(ref_id: int) -> str:
-    """Storage worker: download one copy. A redelivery after a crash takes over the lease."""
+@shared_task(
+    name="templates_app.tasks.store_copy_download_task", acks_late=True, bind=True, max_retries=None
+)
+def store_copy_download_task(self, ref_id: int) -> str:
+    """Storage worker: download one copy. A copy another attempt holds is looked at again when
+    that lease runs out: a live worker will have finished or renewed it; a dead one's copy is
+    taken over then (a redelivered message never just acknowledges and forgets)."""
     from .copies import store_copy_download
 
-    return store_copy_download(ref_id=ref_id).download_state
+    ref = store_copy_download(ref_id=ref_id)
+    wait = lease_wait_seconds(ref)
+    if wait is not None:
+        raise self.retry(countdown=wait)
+    return ref.download_state
+
+
+def lease_wait_seconds(ref) -> float | None:
+    """Seconds until another attempt's live lease on `ref` runs out, or None (nothing held)."""
+    if ref.download_state != "DOWNLOAD_IN_PROGRESS" or ref.lease_expires_at is None:
+        return None
+    left = (ref.lease_expires_at - timezone.now()).total_seconds()
+    return max(left, 0) + 1 if left > 0 else None
 
 
 @shared_task(name="templates_app.tasks.template_sync_task")
