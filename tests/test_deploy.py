@@ -500,3 +500,40 @@ def test_the_next_deploy_takes_over_a_dead_copy_and_releases_its_waiters(
     assert vm_copy_wait_recheck(vm_id=waiter.pk).state == "RUNNING", "its re-check: nothing"
     copy.refresh_from_db()
     assert (copy.state, copy.attempts) == ("DOWNLOADED", 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rebuild_waits_on_a_copy_being_made_and_is_requeued_by_its_finish(
+    test_driver_cloud, account, user, zone, sent
+):
+    from agents_app.agent.vms import vm_rebuild_on_host
+    from templates_app.models import Event
+
+    template, pool = test_driver_cloud
+    vm = vm_services.vm_deploy(
+        name="s", template_id=template.pk, zone=zone, account=account, actor=user
+    )
+    old_disk = vm_deploy_on_host(vm_id=vm.pk).root_disk_path
+    vm_services.vm_stop(vm_id=vm.pk, actor=user)
+    copy = TemplatePoolRef.objects.get(template=template, pool=pool)
+    TemplatePoolRef.objects.filter(pk=copy.pk).update(  # another worker copies it again
+        state="DOWNLOAD_IN_PROGRESS",
+        lease_owner="other-worker",
+        lease_expires_at=timezone.now() + timedelta(seconds=60),
+    )
+    sent.clear()
+
+    waiting = vm_rebuild_on_host(vm_id=vm.pk)
+    assert (waiting.state, waiting.awaited_copy_id) == ("STOPPED", copy.pk)
+    assert waiting.error_text == "rebuild: waiting for the template's copy on pool 'pool-t'"
+    assert Path(old_disk).exists(), "nothing was touched yet"
+
+    pool_copies._finish(copy.pk, "other-worker", path=copy.install_path, size=copy.size, physical=1)
+    assert deploys_in(sent) == []
+    assert (sent[-1][0], sent[-1][1:3]) == ("vm_rebuild_task", ({"vm_id": vm.pk}, vm.host.queue))
+    rebuilt = vm_rebuild_on_host(vm_id=vm.pk)
+    assert (rebuilt.state, rebuilt.error_text, rebuilt.awaited_copy_id) == ("STOPPED", "", None)
+    assert backing_of(rebuilt.root_disk_path) == copy.install_path
+    assert Event.objects.filter(
+        object_uuid=vm.uuid, reason__startswith="root disk rebuilt"
+    ).exists()
