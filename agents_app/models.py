@@ -220,6 +220,16 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
         blank=True,
         help_text="The cached copy the root disk is an overlay on (CACHE policy).",
     )
+    awaited_copy = models.ForeignKey(
+        TemplatePoolRef,
+        on_delete=models.SET_NULL,
+        related_name="waiting_vms",
+        null=True,
+        blank=True,
+        help_text="The pool copy another worker is making, that this VM's deploy (or rebuild) "
+        "waits for: finishing or failing that copy re-queues the VM's task. Cleared by whoever "
+        "re-queues it.",
+    )
     root_volume = models.CharField(max_length=255, blank=True)
     root_disk_path = models.CharField(max_length=1024, blank=True)
     memory_mib = models.PositiveIntegerField(default=256)

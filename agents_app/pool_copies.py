@@ -20,8 +20,6 @@ from .agent.pool_copies import PoolCopyFailed, pool_copy_row
 from .choices import PoolCopyState
 from .models import PrimaryPool, TemplatePoolRef
 
-WAIT_POLL_SECONDS = 0.1
-
 
 @transaction.atomic
 def pool_copy_set_pinned(*, template_id: int, pool_id: int, pinned: bool, actor) -> TemplatePoolRef:

@@ -17,7 +17,9 @@ only), so every timed copy reads it from disk as a copy from a mounted image sto
    "one copy's time" (on a small VM single copies of the same bytes vary several-fold).
 2. The storm: 50 threads released together by a barrier, each `vm_deploy` then
    `vm_deploy_on_host`, for a fresh template with the same bytes. Exactly one pool copy must
-   be made; target: all 50 RUNNING within 1.5 x one copy's time.
+   be made; target: all 50 RUNNING within 1.5 x one copy's time. A deploy that finds the copy
+   being made returns at once, waiting on it; the copy's finish re-queues it (`vm_deploy_task`
+   on the host's queue), and its thread, playing the agent, runs that re-queued deploy.
    2b. The same 50 deploys again once the copy exists: the fixed cost of 50 deploys, which
    the storm pays on top of its copy.
 3. Linked clones: with the pool copies in place, a CACHE deploy (overlay, define, start) of a
@@ -223,8 +225,18 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
     from django.db import connection, connections
 
     from agents_app import services as vm_services
-    from agents_app.agent import virt
+    from agents_app.agent import tasks, virt
     from agents_app.agent.vms import vm_deploy_on_host
+
+    # The host queue, played here: a re-queued deploy wakes its VM's thread, which runs it.
+    requeued: dict[int, dict] = {}
+    woken = {n: threading.Event() for n in range(STORM)}
+    vm_thread: dict[int, int] = {}
+
+    def requeue(kwargs=None, queue=None, **options):
+        requeued[kwargs["vm_id"]] = kwargs
+        if kwargs["vm_id"] in vm_thread:
+            woken[vm_thread[kwargs["vm_id"]]].set()
 
     started: list[float] = []
     converts: list[float] = []
@@ -256,7 +268,10 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
                     actor=None,
                 )
                 t1 = time.perf_counter()
+                vm_thread[vm.pk] = n
                 vm = vm_deploy_on_host(vm_id=vm.pk)
+                if vm.state == "STARTING" and woken[n].wait(timeout=STORM_JOIN_SECONDS):
+                    vm = vm_deploy_on_host(**requeued[vm.pk])
             t2 = time.perf_counter()
             result = {
                 "state": vm.state,
@@ -280,7 +295,12 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
         threading.Thread(target=deploy, args=(n,), name=f"storm-{n}", daemon=True)
         for n in range(STORM)
     ]
-    with timed(virt, "qemu_img_convert", converts):
+    real_apply_async = tasks.vm_deploy_task.apply_async
+    tasks.vm_deploy_task.apply_async = requeue
+    with (
+        timed(virt, "qemu_img_convert", converts),
+        _restored(tasks.vm_deploy_task, real_apply_async),
+    ):
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + STORM_JOIN_SECONDS
@@ -295,6 +315,14 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
         "statements": statements,
         "converts": converts,
     }
+
+
+@contextlib.contextmanager
+def _restored(task, apply_async):
+    try:
+        yield
+    finally:
+        task.apply_async = apply_async
 
 
 def copy_events(ref) -> dict:
@@ -365,8 +393,8 @@ def report_storm(fx: dict, template, run_: dict, alone_seconds: list[float]):
             "after the barrier"
         )
         print(
-            f"  vm_deploy_on_host (agent side): median {statistics.median(agent):.2f} s, "
-            f"max {agent[-1]:.2f} s"
+            "  vm_deploy_on_host (agent side; a waiter's until its re-queued run ends): "
+            f"median {statistics.median(agent):.2f} s, max {agent[-1]:.2f} s"
         )
         print(
             f"  deploys finished after: first {ends[0]:.2f} s, median "

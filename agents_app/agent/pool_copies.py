@@ -1,12 +1,14 @@
 """Services for template copies on primary pools (seed 001), run by the agent of a host.
 
 Single flight: the (template, pool) row and its state decide who copies. The first deploy
-claims the row with a lease and copies; the others wait for the row to become DOWNLOADED.
+claims the row with a lease and copies. Nothing waits for it: a deploy that finds the copy
+being made records its VM as a waiter on the row (`VirtualMachine.awaited_copy`) and returns;
+finishing or failing the copy re-queues every waiter's task in the same transaction. A waiter
+whose copy owner died is released by a re-check at the end of the lease, and takes the copy over.
 No Python lock is involved, so this holds across threads, processes and hosts.
 """
 
 import os
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,16 +27,26 @@ from templates_app.locks import lock_template_shared
 from templates_app.models import Template, TemplateStoreRef
 from templates_app.storepaths import EXTENSIONS, absolute
 
-from ..choices import PoolCopyState
-from ..models import PrimaryPool, TemplatePoolRef
+from ..choices import PoolCopyState, VmState
+from ..models import PrimaryPool, TemplatePoolRef, VirtualMachine
 from . import virt
 from .direct_download import DirectDownloadFailed
 
-WAIT_POLL_SECONDS = 0.1
+# Seconds past a copy's lease end before a waiter's re-check looks at it (clock slack).
+RECHECK_MARGIN_SECONDS = 2
 
 
 def lease_length() -> timedelta:
     return timedelta(seconds=settings.STENCIL_POOL_COPY_LEASE_SECONDS)
+
+
+class PoolCopyInProgress(Exception):
+    """Another worker holds a live lease on the copy: not a failure, and nothing waits for it.
+    A caller that named a waiting VM is re-queued when the copy finishes or fails."""
+
+    def __init__(self, ref: TemplatePoolRef, message: str):
+        super().__init__(message)
+        self.ref, self.message = ref, message
 
 
 class PoolCopyFailed(StencilError):
@@ -79,17 +91,34 @@ def pool_copy_row(template_id: int, pool_id: int) -> TemplatePoolRef:
         return TemplatePoolRef.objects.get(template_id=template_id, pool_id=pool_id)
 
 
+def waiting_message(ref: TemplatePoolRef, vm: VirtualMachine) -> str:
+    prefix = "rebuild: " if vm.state == VmState.STOPPED else ""
+    return f"{prefix}waiting for the template's copy on pool '{ref.pool.name}'"
+
+
 @transaction.atomic
 def _claim(
-    template_id: int, pool_id: int, owner: str, *, waited_for_attempt: int | None
+    template_id: int,
+    pool_id: int,
+    owner: str,
+    *,
+    waited_for_attempt: int | None,
+    waiter_vm_id: int | None = None,
 ) -> tuple[bool, TemplatePoolRef]:
     """(True, row) when this caller must copy; (False, row) when it is ready or being copied.
 
     A caller that waited for another worker's attempt does not retry that attempt's failure.
+    A copy being made by another worker gets `waiter_vm_id` as a waiter, under the copy's row
+    lock: `_finish`/`_fail` take that lock too, so they either see the waiter or the waiter
+    sees their result here. Nothing is missed, and nobody polls.
     """
     row = pool_copy_row(template_id, pool_id)
     template = lock_template_shared(template_id)
-    ref = TemplatePoolRef.objects.select_for_update(of=("self",)).get(pk=row.pk)
+    ref = (
+        TemplatePoolRef.objects.select_for_update(of=("self",))
+        .select_related("pool")
+        .get(pk=row.pk)
+    )
     if ref.state == PoolCopyState.DOWNLOADED:
         ref.last_used_at = timezone.now()
         ref.marked_for_eviction_at = None
@@ -104,7 +133,11 @@ def _claim(
         and waited_for_attempt is not None
         and ref.attempts >= waited_for_attempt
     )
-    if failed_while_waiting or not can_proceed(ref.start_copy):
+    if failed_while_waiting:
+        return False, ref
+    if not can_proceed(ref.start_copy):
+        if waiter_vm_id is not None:
+            _add_waiter(ref, waiter_vm_id)
         return False, ref
     before = ref.state
     ref.start_copy()
@@ -121,6 +154,96 @@ def _claim(
         reason=f"copy attempt {ref.attempts}",
     )
     return True, ref
+
+
+def _add_waiter(ref: TemplatePoolRef, vm_id: int) -> None:
+    """Record that the VM waits on the copy (in the caller's transaction, the copy locked), and
+    schedule its re-check at the end of the copy's lease."""
+    vm = VirtualMachine.objects.select_for_update(of=("self",)).select_related("host").get(pk=vm_id)
+    message = waiting_message(ref, vm)
+    if vm.awaited_copy_id != ref.pk:
+        record_event(
+            vm, from_state=vm.state, to_state=vm.state, actor_label="agent", reason=message
+        )
+    vm.awaited_copy = ref
+    vm.error_text = message
+    vm.save(update_fields=["awaited_copy", "error_text", "updated_at"])
+    _schedule_recheck(ref, vm)
+
+
+def _schedule_recheck(ref: TemplatePoolRef, vm: VirtualMachine) -> None:
+    """The safety net for a copy whose worker died: then nobody finishes or fails it, and its
+    waiters would wait forever. One re-check per waiter per lease length (60 s by default), when
+    a dead worker's lease has run out: a live worker renews its lease, and its finish or failure
+    re-queues the waiters long before. This is not polling; the normal wake-up is `_finish`."""
+    from .tasks import pool_copy_waiter_recheck_task
+
+    now = timezone.now()
+    if ref.state == PoolCopyState.DOWNLOAD_IN_PROGRESS and ref.lease_expires_at:
+        countdown = max((ref.lease_expires_at - now).total_seconds(), 0.0)
+    else:
+        countdown = lease_length().total_seconds()
+    countdown += RECHECK_MARGIN_SECONDS
+    queue, vm_id = vm.host.queue, vm.pk
+    transaction.on_commit(
+        lambda: pool_copy_waiter_recheck_task.apply_async(
+            kwargs={"vm_id": vm_id}, queue=queue, countdown=countdown
+        )
+    )
+
+
+def _wake_waiters(ref: TemplatePoolRef, *, failed_attempt: int | None = None) -> list[int]:
+    """Re-queue the task of every VM waiting on the copy (the caller holds the copy's row lock),
+    each to its own host's queue, after commit: a STARTING VM's deploy, a STOPPED one's rebuild.
+    `failed_attempt`: the attempt that failed, which each waiter then reports as its own error.
+    Clearing `awaited_copy` here makes the wake-up single: a later re-check finds nothing."""
+    from .tasks import vm_deploy_task, vm_rebuild_task
+
+    waiters = list(
+        VirtualMachine.objects.filter(awaited_copy=ref).select_related("host").order_by("pk")
+    )
+    if not waiters:
+        return []
+    VirtualMachine.objects.filter(pk__in=[vm.pk for vm in waiters]).update(
+        awaited_copy=None, error_text="", updated_at=timezone.now()
+    )
+    kwargs = {} if failed_attempt is None else {"waited_for_attempt": failed_attempt}
+    sends = []
+    for vm in waiters:
+        task = {VmState.STARTING: vm_deploy_task, VmState.STOPPED: vm_rebuild_task}.get(vm.state)
+        if task is not None and vm.host_id is not None:
+            sends.append((task, {"vm_id": vm.pk, **kwargs}, vm.host.queue))
+
+    def send() -> None:
+        for task, task_kwargs, queue in sends:
+            task.apply_async(kwargs=task_kwargs, queue=queue)
+
+    transaction.on_commit(send)
+    return [vm.pk for vm in waiters]
+
+
+@transaction.atomic
+def pool_copy_waiter_release(*, vm_id: int) -> bool:
+    """A waiter's re-check (see `_schedule_recheck`): True when the VM waited on a copy that no
+    live worker holds any more (its owner died, or nobody woke it): the VM is no longer waiting
+    and the caller runs its task now, which takes the copy over. False when there is nothing to
+    do (already woken) or the copy is still held: then the re-check is scheduled again."""
+    awaited = VirtualMachine.objects.filter(pk=vm_id).values_list("awaited_copy_id", flat=True)
+    ref_id = awaited.first()
+    if ref_id is None:
+        return False
+    # Lock order: the copy, then the VM (as in `_claim` and `_finish`).
+    ref = TemplatePoolRef.objects.select_for_update().filter(pk=ref_id).first()
+    vm = VirtualMachine.objects.select_for_update(of=("self",)).select_related("host").get(pk=vm_id)
+    if ref is None or vm.awaited_copy_id != ref_id:
+        return False
+    if ref.state == PoolCopyState.DOWNLOAD_IN_PROGRESS and not ref.lease_is_free():
+        _schedule_recheck(ref, vm)
+        return False
+    vm.awaited_copy = None
+    vm.error_text = ""
+    vm.save(update_fields=["awaited_copy", "error_text", "updated_at"])
+    return True
 
 
 @transaction.atomic
@@ -143,6 +266,7 @@ def _finish(ref_id: int, owner: str, *, path: str, size: int, physical: int) -> 
         actor_label="agent",
         reason="copied from image store",
     )
+    _wake_waiters(ref)
     return ref
 
 
@@ -162,6 +286,7 @@ def _fail(ref_id: int, owner: str, reason: str) -> None:
         actor_label="agent",
         reason=reason,
     )
+    _wake_waiters(ref, failed_attempt=ref.attempts)
 
 
 def _copy_bytes(
@@ -248,25 +373,32 @@ def pool_copy_ensure(
     pool_id: int,
     libvirt_uri: str,
     host_name: str | None = None,
-    wait_timeout: float = 600,
+    waiter_vm_id: int | None = None,
+    waited_for_attempt: int | None = None,
 ) -> TemplatePoolRef:
-    """Return the template's DOWNLOADED copy on the pool, making it if nobody else is."""
+    """Return the template's DOWNLOADED copy on the pool, making it if nobody else is.
+
+    It never waits: while another worker's live lease holds the copy, PoolCopyInProgress is
+    raised at once. With `waiter_vm_id`, that VM is recorded as waiting on the copy, and its
+    deploy (or rebuild) is re-queued when the copy finishes or fails (`_wake_waiters`).
+    `waited_for_attempt`: a woken waiter's attempt number; that attempt's failure is raised as
+    PoolCopyFailed with the copy's error (the next deploy retries the copy), not retried here.
+    """
     owner = leases.new_owner()
-    deadline = time.monotonic() + wait_timeout
-    waited_for = None
-    while True:
-        claimed, ref = _claim(template_id, pool_id, owner, waited_for_attempt=waited_for)
-        if ref.state == PoolCopyState.DOWNLOADED:
-            return ref
-        if claimed:
-            break
-        if waited_for is not None and ref.state == PoolCopyState.DOWNLOAD_ERROR:
-            # The copy we waited for failed: report it; the next deploy will retry.
+    claimed, ref = _claim(
+        template_id,
+        pool_id,
+        owner,
+        waited_for_attempt=waited_for_attempt,
+        waiter_vm_id=waiter_vm_id,
+    )
+    if ref.state == PoolCopyState.DOWNLOADED:
+        return ref
+    if not claimed:
+        if ref.state == PoolCopyState.DOWNLOAD_ERROR:
             raise PoolCopyFailed(ref.error_text or "the pool copy failed")
-        waited_for = ref.attempts
-        if time.monotonic() > deadline:
-            raise PoolCopyFailed(f"timed out waiting for the copy of {ref}")
-        time.sleep(WAIT_POLL_SECONDS)
+        state = ref.get_state_display().lower()
+        raise PoolCopyInProgress(ref, f"the template's copy on pool '{ref.pool.name}': {state}")
     pool = PrimaryPool.objects.get(pk=pool_id)
     ref = TemplatePoolRef.objects.select_related("template").get(pk=ref.pk)
     try:
@@ -293,6 +425,8 @@ def pool_copy_delete_on_host(*, ref_id: int, libvirt_uri: str) -> bool:
         )
         if not locked.exists():
             return False
+        # A deploy that met the copy while it was being evicted waits on it: it copies anew.
+        _wake_waiters(ref)
         record_event(
             ref,
             from_state=PoolCopyState.EVICTING,
@@ -330,9 +464,6 @@ def pool_reconcile(*, pool_id: int, libvirt_uri: str) -> dict[str, list[str]]:
 
     Unknown files are only reported: a file may belong to work that is still being written.
     """
-    from ..choices import VmState
-    from ..models import VirtualMachine
-
     pool = PrimaryPool.objects.get(pk=pool_id)
     virt.refresh_pool(virt.connection(libvirt_uri), pool.libvirt_pool_name)
     flagged = [

@@ -5,14 +5,27 @@ from celery import shared_task
 
 from . import vms
 from .direct_download import url_check, url_verify
-from .pool_copies import PoolCopyFailed, pool_copy_delete_on_host, pool_copy_ensure, pool_reconcile
+from .pool_copies import (
+    PoolCopyFailed,
+    PoolCopyInProgress,
+    pool_copy_delete_on_host,
+    pool_copy_ensure,
+    pool_reconcile,
+)
 from .trust import ca_dir_for, certificate_install_on_host, certificate_remove_on_host
 
 
 @shared_task(name="agents_app.agent.tasks.vm_deploy_task", acks_late=True)
-def vm_deploy_task(vm_id: int) -> str:
-    """Make the disk, define and start the domain; a repeat after success does nothing."""
-    return vms.vm_deploy_on_host(vm_id=vm_id).state
+def vm_deploy_task(vm_id: int, waited_for_attempt: int | None = None) -> str:
+    """Make the disk, define and start the domain; a repeat after success does nothing.
+    A VM that must wait for a pool copy stays STARTING; the copy re-queues this task."""
+    return vms.vm_deploy_on_host(vm_id=vm_id, waited_for_attempt=waited_for_attempt).state
+
+
+@shared_task(name="agents_app.agent.tasks.pool_copy_waiter_recheck_task", acks_late=True)
+def pool_copy_waiter_recheck_task(vm_id: int) -> str:
+    """At the end of the awaited copy's lease: if its worker died, the waiter takes it over."""
+    return vms.vm_copy_wait_recheck(vm_id=vm_id).state
 
 
 @shared_task(name="agents_app.agent.tasks.vm_sync_domain_task", acks_late=True)
@@ -33,9 +46,9 @@ def vm_sync_domain_task(
 
 
 @shared_task(name="agents_app.agent.tasks.vm_rebuild_task", acks_late=True)
-def vm_rebuild_task(vm_id: int) -> str:
+def vm_rebuild_task(vm_id: int, waited_for_attempt: int | None = None) -> str:
     """Make a stopped VM's root disk again from its template and redefine its domain."""
-    return vms.vm_rebuild_on_host(vm_id=vm_id).state
+    return vms.vm_rebuild_on_host(vm_id=vm_id, waited_for_attempt=waited_for_attempt).state
 
 
 @shared_task(name="agents_app.agent.tasks.vm_snapshot_task", acks_late=True)
@@ -48,11 +61,14 @@ def vm_snapshot_task(vm_id: int, action: str, name: str, description: str = "") 
 def pool_copy_task(
     template_id: int, pool_id: int, libvirt_uri: str, host_name: str | None = None
 ) -> str:
-    """Pre-populate a template onto a pool (single flight: a copy already there is kept)."""
+    """Pre-populate a template onto a pool (single flight: a copy already there is kept, and a
+    copy another worker is making is left to it)."""
     try:
         return pool_copy_ensure(
             template_id=template_id, pool_id=pool_id, libvirt_uri=libvirt_uri, host_name=host_name
         ).state
+    except PoolCopyInProgress as exc:
+        return f"in progress: {exc.message}"
     except PoolCopyFailed as exc:
         return f"failed: {exc.message}"
 

@@ -2,6 +2,10 @@
 
 These run on the host's own queue (`host.<name>`). Each one re-reads the VM and does nothing
 when the work is already done, so a redelivered task is harmless.
+
+A deploy (or rebuild) whose template copy another worker is making does not wait for it: the
+VM is recorded as waiting on that copy and the task returns; the copy's finish or failure
+re-queues it (agents_app.agent.pool_copies).
 """
 
 import os
@@ -15,7 +19,13 @@ from templates_app.images.qemu import QemuImgError
 from ..choices import VmState
 from ..models import VirtualMachine
 from . import virt
-from .pool_copies import PoolCopyFailed, pool_copy_ensure, store_source_of
+from .pool_copies import (
+    PoolCopyFailed,
+    PoolCopyInProgress,
+    pool_copy_ensure,
+    pool_copy_waiter_release,
+    store_source_of,
+)
 
 
 def domain_name(vm: VirtualMachine) -> str:
@@ -35,8 +45,12 @@ def root_volume_name(vm: VirtualMachine) -> str:
     return f"vm-{vm.uuid}-root.qcow2"
 
 
-def _make_root_disk(vm: VirtualMachine, conn) -> tuple[str, int | None]:
-    """CACHE: qcow2 overlay on the pool copy. DIRECT: full copy from the store, nothing cached."""
+def _make_root_disk(
+    vm: VirtualMachine, conn, *, waited_for_attempt: int | None = None
+) -> tuple[str, int | None]:
+    """CACHE: qcow2 overlay on the pool copy. DIRECT: full copy from the store, nothing cached.
+
+    Raises PoolCopyInProgress (the VM now waits on the copy) before anything is written."""
     template, pool = vm.template, vm.pool
     # A direct-download template has no image store copy: its pool copy is the only source.
     if template.primary_policy == PrimaryPolicy.CACHE or template.direct_download:
@@ -45,6 +59,8 @@ def _make_root_disk(vm: VirtualMachine, conn) -> tuple[str, int | None]:
             pool_id=pool.pk,
             libvirt_uri=vm.host.libvirt_uri,
             host_name=vm.host.name,
+            waiter_vm_id=vm.pk,
+            waited_for_attempt=waited_for_attempt,
         )
         path = virt.write_overlay(
             conn,
@@ -68,14 +84,19 @@ def _make_root_disk(vm: VirtualMachine, conn) -> tuple[str, int | None]:
     return path, None
 
 
-def vm_deploy_on_host(*, vm_id: int) -> VirtualMachine:
-    """Make the root disk by policy, define the domain and start it; RUNNING or ERROR."""
+def vm_deploy_on_host(*, vm_id: int, waited_for_attempt: int | None = None) -> VirtualMachine:
+    """Make the root disk by policy, define the domain and start it; RUNNING or ERROR.
+
+    While another worker makes the template's pool copy, the VM stays STARTING, waiting on that
+    copy, and this returns at once; the copy's finish or failure re-queues this deploy (then with
+    `waited_for_attempt` on a failure, which this VM reports as its own error).
+    """
     vm = VirtualMachine.objects.select_related("template", "host", "pool").get(pk=vm_id)
-    if vm.state != VmState.STARTING:
+    if vm.state != VmState.STARTING or vm.root_disk_path:
         return vm
     conn = virt.connection(vm.host.libvirt_uri)
     try:
-        disk_path, copy_id = _make_root_disk(vm, conn)
+        disk_path, copy_id = _make_root_disk(vm, conn, waited_for_attempt=waited_for_attempt)
         xml = virt.domain_xml(
             name=domain_name(vm),
             uuid=str(vm.uuid),
@@ -88,6 +109,8 @@ def vm_deploy_on_host(*, vm_id: int) -> VirtualMachine:
         virt.define_domain(conn, xml)
         if not _kept_down(vm):
             virt.start_domain(conn, domain_name(vm))
+    except PoolCopyInProgress:
+        return VirtualMachine.objects.get(pk=vm.pk)
     except PoolCopyFailed as exc:
         if exc.retryable and vm.template.direct_download:
             moved = _move_to_another_host(vm.pk, exc.message)
@@ -99,13 +122,15 @@ def vm_deploy_on_host(*, vm_id: int) -> VirtualMachine:
     return _deploy_done(vm.pk, disk_path=disk_path, copy_id=copy_id)
 
 
-def vm_rebuild_on_host(*, vm_id: int) -> VirtualMachine:
+def vm_rebuild_on_host(*, vm_id: int, waited_for_attempt: int | None = None) -> VirtualMachine:
     """Make a stopped VM's root disk again from its (current) template: a stateless VM's disk
     changes are discarded, and a 'latest' follower moves onto the version it was switched to.
 
     The domain is undefined first (refused while it has snapshots or a managed save: nothing is
     lost then), the old root volume deleted, a new one made the way a deploy makes it, and the
     domain defined again on it, shut off. Errors are recorded on the VM; a repeat redoes it.
+    While another worker makes the new template's pool copy, the VM waits on it (nothing is
+    touched yet) and the copy's finish or failure re-queues this rebuild.
     """
     vm = VirtualMachine.objects.select_related("template", "host", "pool").get(pk=vm_id)
     if vm.state != VmState.STOPPED or vm.host_id is None or vm.pool_id is None:
@@ -113,7 +138,7 @@ def vm_rebuild_on_host(*, vm_id: int) -> VirtualMachine:
     conn = virt.connection(vm.host.libvirt_uri)
     name = domain_name(vm)
     try:
-        _source_ready(vm)
+        _source_ready(vm, waited_for_attempt=waited_for_attempt)
         if virt.domain_state(conn, name) not in ("missing", "shutoff"):
             virt.stop_domain(conn, name, force=True)
         virt.undefine_domain(conn, name)
@@ -130,6 +155,8 @@ def vm_rebuild_on_host(*, vm_id: int) -> VirtualMachine:
             domain_type=domain_type_for(vm.host.libvirt_uri),
         )
         virt.define_domain(conn, xml)
+    except PoolCopyInProgress:
+        return VirtualMachine.objects.get(pk=vm.pk)
     except PoolCopyFailed as exc:
         return _record_agent_error(vm.pk, f"rebuild: {exc.message}")
     except (virt.VirtError, QemuImgError, OSError) as exc:
@@ -137,9 +164,10 @@ def vm_rebuild_on_host(*, vm_id: int) -> VirtualMachine:
     return _rebuild_done(vm.pk, disk_path=disk_path, copy_id=copy_id)
 
 
-def _source_ready(vm: VirtualMachine) -> None:
+def _source_ready(vm: VirtualMachine, *, waited_for_attempt: int | None = None) -> None:
     """Raise PoolCopyFailed, before anything is deleted, when the template's bytes are not there
-    yet (a new version still downloading): the VM keeps its old disk and the next stop retries."""
+    yet (a new version still downloading): the VM keeps its old disk and the next stop retries.
+    PoolCopyInProgress: another worker is making the pool copy, and the VM now waits on it."""
     template = vm.template
     if template.primary_policy == PrimaryPolicy.CACHE or template.direct_download:
         pool_copy_ensure(
@@ -147,6 +175,8 @@ def _source_ready(vm: VirtualMachine) -> None:
             pool_id=vm.pool_id,
             libvirt_uri=vm.host.libvirt_uri,
             host_name=vm.host.name,
+            waiter_vm_id=vm.pk,
+            waited_for_attempt=waited_for_attempt,
         )
     else:
         store_source_of(template)
@@ -162,9 +192,17 @@ def _rebuild_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> Virtual
     vm.root_disk_path = disk_path
     vm.root_volume = os.path.basename(disk_path)
     vm.pool_copy_id = copy_id
+    vm.awaited_copy_id = None
     vm.error_text = ""
     vm.save(
-        update_fields=["root_disk_path", "root_volume", "pool_copy", "error_text", "updated_at"]
+        update_fields=[
+            "root_disk_path",
+            "root_volume",
+            "pool_copy",
+            "awaited_copy",
+            "error_text",
+            "updated_at",
+        ]
     )
     record_event(
         vm,
@@ -224,6 +262,7 @@ def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualM
     vm.root_disk_path = disk_path
     vm.root_volume = os.path.basename(disk_path)
     vm.pool_copy_id = copy_id
+    vm.awaited_copy_id = None
     vm.save()
     record_event(
         vm, from_state=VmState.STARTING, to_state=vm.state, actor_label="agent", reason="deployed"
@@ -238,11 +277,24 @@ def _deploy_failed(vm_id: int, reason: str) -> VirtualMachine:
         return vm
     vm.fail_deploy()
     vm.error_text = reason[:4000]
+    vm.awaited_copy_id = None
     vm.save()
     record_event(
         vm, from_state=VmState.STARTING, to_state=vm.state, actor_label="agent", reason=reason
     )
     return vm
+
+
+def vm_copy_wait_recheck(*, vm_id: int) -> VirtualMachine:
+    """A waiting VM's safety net (pool_copies._schedule_recheck): when the copy it waits on has
+    no live worker any more, run its deploy (or rebuild) now, which takes the copy over."""
+    if pool_copy_waiter_release(vm_id=vm_id):
+        vm = VirtualMachine.objects.get(pk=vm_id)
+        if vm.state == VmState.STARTING:
+            return vm_deploy_on_host(vm_id=vm_id)
+        if vm.state == VmState.STOPPED:
+            return vm_rebuild_on_host(vm_id=vm_id)
+    return VirtualMachine.objects.get(pk=vm_id)
 
 
 def _record_agent_error(vm_id: int, reason: str) -> VirtualMachine:

@@ -22,7 +22,7 @@ from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
 from agents_app.pool_copies import template_prepare
 from project.celery import app
 from templates_app.copies import store_copy_download
-from templates_app.models import TemplateStoreRef
+from templates_app.models import Event, TemplateStoreRef
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -204,6 +204,36 @@ def test_the_agent_deploys_a_vm_sent_through_the_api(setup, zone, api):
     )
     assert vm.state == "RUNNING", vm.error_text
     assert api.get(f"/api/v1/vms/{vm.uuid}/").data["host"] == agent.name
+
+
+def test_deploys_that_wait_for_one_copy_are_requeued_by_it_and_all_run(setup, zone, api):
+    """Three deploys at once: one copies, the others wait without a worker thread; the copy's
+    finish re-queues them on the host's queue, and the agent runs them."""
+    template, pool_dir, agent = setup
+    agent.start()
+    pool = PrimaryPool.objects.create(
+        zone=zone, name="pool-k", libvirt_pool_name="pool-k", path=str(pool_dir)
+    )
+    pool.hosts.add(Host.objects.get(name=agent.name))
+    body = {"template": str(template.uuid), "zone": str(zone.uuid), "deploy": True}
+    ids = [
+        api.post("/api/v1/vms/", {**body, "name": f"web-{n}"}, format="json").data["id"]
+        for n in range(3)
+    ]
+    wait_until(
+        lambda: not VirtualMachine.objects.filter(uuid__in=ids, state="STARTING").exists(),
+        timeout=90,
+        what="the deploys",
+    )
+    vms = list(VirtualMachine.objects.filter(uuid__in=ids))
+    waited = Event.objects.filter(
+        object_uuid__in=ids, reason="waiting for the template's copy on pool 'pool-k'"
+    )
+    assert 1 <= waited.count() <= 2, "deploys waited on the copy, once each"
+    assert [vm.state for vm in vms] == ["RUNNING"] * 3, [vm.error_text for vm in vms]
+    copy = TemplatePoolRef.objects.get(template=template, pool=pool)
+    assert (copy.state, copy.attempts) == ("DOWNLOADED", 1)
+    assert {vm.pool_copy_id for vm in vms} == {copy.pk}
 
 
 def test_direct_download_url_check_is_answered_by_an_up_host(setup, zone, httpserver):

@@ -8,15 +8,19 @@ import hashlib
 import json
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connections
+from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from agents_app import services as vm_services
-from agents_app.agent import heartbeat
-from agents_app.agent.vms import vm_deploy_on_host
+from agents_app.agent import heartbeat, pool_copies, tasks
+from agents_app.agent.vms import vm_copy_wait_recheck, vm_deploy_on_host
 from agents_app.models import PrimaryPool, TemplatePoolRef, VirtualMachine
 from agents_app.pool_copies import pool_copy_set_pinned
 from templates_app import services
@@ -196,10 +200,32 @@ def test_driver_cloud(register, image_server, zone, tmp_path):
         yield template, pool
 
 
+@pytest.fixture
+def sent(monkeypatch):
+    """What the host-side code enqueues (after commit): (task, kwargs, queue, countdown)."""
+    calls: list[tuple[str, dict, str, float | None]] = []
+
+    def recorder(name: str):
+        def record(kwargs=None, queue=None, countdown=None):
+            calls.append((name, kwargs, queue, countdown))
+
+        return record
+
+    for task in (tasks.vm_deploy_task, tasks.vm_rebuild_task, tasks.pool_copy_waiter_recheck_task):
+        monkeypatch.setattr(task, "apply_async", recorder(task.name.rsplit(".", 1)[-1]))
+    return calls
+
+
+def deploys_in(calls) -> list[tuple[dict, str]]:
+    return [(kwargs, queue) for name, kwargs, queue, _ in calls if name == "vm_deploy_task"]
+
+
 @pytest.mark.django_db(transaction=True)
-def test_deploy_storm_makes_exactly_one_copy(test_driver_cloud, account, user, zone):
+def test_deploy_storm_makes_exactly_one_copy(test_driver_cloud, account, user, zone, sent):
+    """One deploy copies; the others wait on its copy without a thread or a transaction, and
+    its finish re-queues each of them to its host's queue."""
     template, pool = test_driver_cloud
-    barrier = threading.Barrier(STORM)
+    barrier = threading.Barrier(STORM, action=sent.clear)  # the API's sends are not counted
 
     def deploy(n: int) -> VirtualMachine:
         try:
@@ -218,6 +244,26 @@ def test_deploy_storm_makes_exactly_one_copy(test_driver_cloud, account, user, z
     assert len(copies) == 1
     copy = copies[0]
     assert (copy.state, copy.attempts) == ("DOWNLOADED", 1), "exactly one copy was made"
+    waiting = {vm.pk for vm in vms if vm.state == "STARTING"}
+    assert waiting, "deploys met the copy while it was being made"
+    assert all(vm.state in ("RUNNING", "STARTING") for vm in vms), [vm.error_text for vm in vms]
+    # Every waiter was re-queued by the copy's finish (the others found it DOWNLOADED).
+    requeued = [kwargs["vm_id"] for kwargs, queue in deploys_in(sent) if kwargs["vm_id"] in waiting]
+    assert sorted(requeued) == sorted(waiting)
+    assert not VirtualMachine.objects.filter(awaited_copy__isnull=False).exists()
+
+    def redeliver(vm_id: int) -> VirtualMachine:
+        try:
+            return vm_deploy_on_host(vm_id=vm_id)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=STORM) as pool_executor:
+        list(pool_executor.map(redeliver, requeued))
+    vms = list(VirtualMachine.objects.filter(template=template))
+    assert len(vms) == STORM
+    copy.refresh_from_db()
+    assert copy.attempts == 1
     assert all(vm.state == "RUNNING" for vm in vms), [vm.error_text for vm in vms]
     assert {backing_of(vm.root_disk_path) for vm in vms} == {copy.install_path}
     assert len(list(Path(pool.path).glob("tmpl-*"))) == 1
@@ -259,3 +305,234 @@ def test_deploy_vs_delete_vs_sweep_with_pool_copies(
             assert backing_of(vm.root_disk_path) == copy.install_path
         else:
             assert template.state == "REMOVED"
+
+
+# Waiters: a deploy that needs a copy another worker is making returns, and is re-queued ------
+
+
+@pytest.fixture
+def blocked_copy(monkeypatch):
+    """The next pool copy blocks in its byte copy until released; `fail` makes it fail then."""
+
+    class Blocked:
+        copying, release = threading.Event(), threading.Event()
+        fail: str | None = None
+
+    real_copy = pool_copies._copy_bytes
+
+    def copy_bytes(*args, **kwargs):
+        Blocked.copying.set()
+        assert Blocked.release.wait(60)
+        if Blocked.fail:
+            raise OSError(Blocked.fail)
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(pool_copies, "_copy_bytes", copy_bytes)
+    return Blocked
+
+
+def deploy_in_thread(vm_id: int) -> VirtualMachine:
+    try:
+        return vm_deploy_on_host(vm_id=vm_id)
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deploy_that_needs_a_copy_being_made_returns_and_the_copy_requeues_it(
+    test_driver_cloud, account, user, zone, sent, blocked_copy
+):
+    template, pool = test_driver_cloud
+    first, second = (
+        vm_services.vm_deploy(
+            name=n, template_id=template.pk, zone=zone, account=account, actor=user
+        )
+        for n in ("first", "second")
+    )
+    host_queue = second.host.queue
+    sent.clear()
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        copier = executor.submit(deploy_in_thread, first.pk)
+        assert blocked_copy.copying.wait(30)
+        copy = TemplatePoolRef.objects.get(template=template, pool=pool)
+
+        started = time.monotonic()
+        with CaptureQueriesContext(connection) as queries:
+            waiting = vm_deploy_on_host(vm_id=second.pk)
+        assert time.monotonic() - started < 5, "it returned without waiting for the copy"
+        assert len(queries) < 40, "and without polling"
+        assert not connection.in_atomic_block
+        with transaction.atomic():  # nobody holds the copy's row lock while it is being made
+            TemplatePoolRef.objects.select_for_update(nowait=True).get(pk=copy.pk)
+        assert waiting.state == "STARTING"
+        assert waiting.awaited_copy_id == copy.pk
+        assert waiting.error_text == "waiting for the template's copy on pool 'pool-t'"
+        assert deploys_in(sent) == [], "nothing re-queued before the copy is done"
+        [(name, kwargs, queue, countdown)] = sent
+        assert (name, kwargs, queue) == (
+            "pool_copy_waiter_recheck_task",
+            {"vm_id": second.pk},
+            host_queue,
+        )
+        assert countdown >= 30, "the safety net re-checks at the lease's end, it does not poll"
+
+        blocked_copy.release.set()
+        assert copier.result(timeout=60).state == "RUNNING"
+
+    assert deploys_in(sent) == [({"vm_id": second.pk}, host_queue)]
+    deployed = vm_deploy_on_host(vm_id=second.pk)
+    assert deployed.state == "RUNNING", deployed.error_text
+    assert (deployed.awaited_copy_id, deployed.error_text) == (None, "")
+    copy.refresh_from_db()
+    assert (copy.state, copy.attempts) == ("DOWNLOADED", 1)
+    assert backing_of(deployed.root_disk_path) == copy.install_path
+
+    # A second delivery of the same task, and the waiter's late re-check, change nothing.
+    assert vm_deploy_on_host(vm_id=second.pk).root_disk_path == deployed.root_disk_path
+    assert vm_copy_wait_recheck(vm_id=second.pk).state == "RUNNING"
+    assert len(list(Path(pool.path).iterdir())) == 3, "one copy and two overlays"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_copy_moves_its_waiters_to_error_with_its_reason(
+    test_driver_cloud, account, user, zone, sent, blocked_copy
+):
+    template, pool = test_driver_cloud
+    first, second = (
+        vm_services.vm_deploy(
+            name=n, template_id=template.pk, zone=zone, account=account, actor=user
+        )
+        for n in ("first", "second")
+    )
+    sent.clear()
+    blocked_copy.fail = "No space left on device"
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        copier = executor.submit(deploy_in_thread, first.pk)
+        assert blocked_copy.copying.wait(30)
+        assert vm_deploy_on_host(vm_id=second.pk).state == "STARTING"
+        blocked_copy.release.set()
+        assert copier.result(timeout=60).state == "ERROR"
+
+    [(kwargs, queue)] = deploys_in(sent)
+    assert (kwargs, queue) == ({"vm_id": second.pk, "waited_for_attempt": 1}, second.host.queue)
+    failed = vm_deploy_on_host(**kwargs)
+    assert failed.state == "ERROR"
+    assert failed.error_text == "No space left on device"
+    copy = TemplatePoolRef.objects.get(template=template, pool=pool)
+    assert (copy.state, copy.attempts) == ("DOWNLOAD_ERROR", 1), "the waiter did not retry it"
+
+    # The next deploy retries the copy.
+    third = vm_services.vm_deploy(
+        name="third", template_id=template.pk, zone=zone, account=account, actor=user
+    )
+    blocked_copy.fail = None
+    assert vm_deploy_on_host(vm_id=third.pk).state == "RUNNING"
+    copy.refresh_from_db()
+    assert (copy.state, copy.attempts) == ("DOWNLOADED", 2)
+
+
+def copy_held_by_a_dead_worker(template, pool, *, expires_in: float) -> TemplatePoolRef:
+    """A copy row as a worker killed mid-copy leaves it (no LeaseKeeper renews its lease)."""
+    copy = pool_copies.pool_copy_row(template.pk, pool.pk)
+    TemplatePoolRef.objects.filter(pk=copy.pk).update(
+        state="DOWNLOAD_IN_PROGRESS",
+        lease_owner="dead-worker",
+        lease_expires_at=timezone.now() + timedelta(seconds=expires_in),
+        attempts=1,
+        volume_name=pool_copies.pool_volume_name(template),
+    )
+    return copy
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_waiter_whose_copy_owner_died_takes_the_copy_over(
+    test_driver_cloud, account, user, zone, sent
+):
+    template, pool = test_driver_cloud
+    copy = copy_held_by_a_dead_worker(template, pool, expires_in=60)
+    vm = vm_services.vm_deploy(
+        name="w", template_id=template.pk, zone=zone, account=account, actor=user
+    )
+    sent.clear()
+    assert vm_deploy_on_host(vm_id=vm.pk).state == "STARTING"
+    [(name, kwargs, _, countdown)] = sent
+    assert (name, kwargs) == ("pool_copy_waiter_recheck_task", {"vm_id": vm.pk})
+    assert 55 <= countdown <= 65, "at the end of the lease"
+
+    # Early (the lease still runs): it goes on waiting, re-checked at the lease's end.
+    sent.clear()
+    assert vm_copy_wait_recheck(vm_id=vm.pk).state == "STARTING"
+    assert [call[0] for call in sent] == ["pool_copy_waiter_recheck_task"]
+    assert VirtualMachine.objects.get(pk=vm.pk).awaited_copy_id == copy.pk
+
+    TemplatePoolRef.objects.filter(pk=copy.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    done = vm_copy_wait_recheck(vm_id=vm.pk)
+    assert done.state == "RUNNING", done.error_text
+    copy.refresh_from_db()
+    assert (copy.state, copy.attempts, copy.lease_owner) == ("DOWNLOADED", 2, "")
+    assert backing_of(done.root_disk_path) == copy.install_path
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_next_deploy_takes_over_a_dead_copy_and_releases_its_waiters(
+    test_driver_cloud, account, user, zone, sent
+):
+    template, pool = test_driver_cloud
+    copy = copy_held_by_a_dead_worker(template, pool, expires_in=60)
+    waiter = vm_services.vm_deploy(
+        name="w", template_id=template.pk, zone=zone, account=account, actor=user
+    )
+    assert vm_deploy_on_host(vm_id=waiter.pk).state == "STARTING"
+    TemplatePoolRef.objects.filter(pk=copy.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    sent.clear()
+
+    later = vm_services.vm_deploy(
+        name="later", template_id=template.pk, zone=zone, account=account, actor=user
+    )
+    assert vm_deploy_on_host(vm_id=later.pk).state == "RUNNING"
+    assert deploys_in(sent)[-1] == ({"vm_id": waiter.pk}, waiter.host.queue)
+    assert vm_deploy_on_host(vm_id=waiter.pk).state == "RUNNING"
+    assert vm_copy_wait_recheck(vm_id=waiter.pk).state == "RUNNING", "its re-check: nothing"
+    copy.refresh_from_db()
+    assert (copy.state, copy.attempts) == ("DOWNLOADED", 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rebuild_waits_on_a_copy_being_made_and_is_requeued_by_its_finish(
+    test_driver_cloud, account, user, zone, sent
+):
+    from agents_app.agent.vms import vm_rebuild_on_host
+    from templates_app.models import Event
+
+    template, pool = test_driver_cloud
+    vm = vm_services.vm_deploy(
+        name="s", template_id=template.pk, zone=zone, account=account, actor=user
+    )
+    old_disk = vm_deploy_on_host(vm_id=vm.pk).root_disk_path
+    vm_services.vm_stop(vm_id=vm.pk, actor=user)
+    copy = TemplatePoolRef.objects.get(template=template, pool=pool)
+    TemplatePoolRef.objects.filter(pk=copy.pk).update(  # another worker copies it again
+        state="DOWNLOAD_IN_PROGRESS",
+        lease_owner="other-worker",
+        lease_expires_at=timezone.now() + timedelta(seconds=60),
+    )
+    sent.clear()
+
+    waiting = vm_rebuild_on_host(vm_id=vm.pk)
+    assert (waiting.state, waiting.awaited_copy_id) == ("STOPPED", copy.pk)
+    assert waiting.error_text == "rebuild: waiting for the template's copy on pool 'pool-t'"
+    assert Path(old_disk).exists(), "nothing was touched yet"
+
+    pool_copies._finish(copy.pk, "other-worker", path=copy.install_path, size=copy.size, physical=1)
+    assert deploys_in(sent) == []
+    assert (sent[-1][0], sent[-1][1:3]) == ("vm_rebuild_task", ({"vm_id": vm.pk}, vm.host.queue))
+    rebuilt = vm_rebuild_on_host(vm_id=vm.pk)
+    assert (rebuilt.state, rebuilt.error_text, rebuilt.awaited_copy_id) == ("STOPPED", "", None)
+    assert backing_of(rebuilt.root_disk_path) == copy.install_path
+    assert Event.objects.filter(
+        object_uuid=vm.uuid, reason__startswith="root disk rebuilt"
+    ).exists()
