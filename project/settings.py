@@ -167,6 +167,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Template life cycle.
 STENCIL_GC_INTERVAL_SECONDS = int(os.environ.get("STENCIL_GC_INTERVAL_SECONDS", "300"))
 STENCIL_GC_BATCH_SIZE = int(os.environ.get("STENCIL_GC_BATCH_SIZE", "1000"))
+# Delayed delete: an unreferenced INACTIVE template is removed only this long after its delete,
+# so a mistaken delete can be reactivated; 0 removes it at the next sweep (at once).
+STENCIL_GC_GRACE_SECONDS = int(os.environ.get("STENCIL_GC_GRACE_SECONDS", "3600"))
 STENCIL_IMAGE_STORE_ROOT = Path(
     os.environ.get("STENCIL_IMAGE_STORE_ROOT", DATA_DIR / "image-stores")
 ).resolve()

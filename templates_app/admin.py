@@ -15,7 +15,9 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import NoReverseMatch, path, reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html
+from django.utils.timezone import localtime
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
@@ -167,6 +169,19 @@ class TemplateDetailInline(ReadOnlyTabularInline):
     readonly_fields = fields
 
 
+def removal_text(template: Template) -> str:
+    """When the bytes went, or for an INACTIVE template when the sweep may remove them."""
+    if template.removed_at is not None:
+        return f"removed {date_format(localtime(template.removed_at), 'DATETIME_FORMAT')}"
+    when = template.removal_not_before
+    if when is None:
+        return "—"
+    text = f"removed after {date_format(localtime(when), 'DATETIME_FORMAT')}"
+    if getattr(template, "references", 0):
+        text += " once nothing references it"
+    return text
+
+
 def state_badge(template: Template) -> str:
     return format_html(
         '<span class="stencil-state stencil-state-{}">{}</span>',
@@ -197,7 +212,7 @@ class TemplateAdmin(admin.ModelAdmin):
         "format",
         "account",
         "state_badge",
-        "removed_at",
+        "removal",
         "references",
         "is_public",
         "is_featured",
@@ -219,7 +234,7 @@ class TemplateAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "display_text", "os_type", "is_public", "is_featured")}),
         ("Version", {"fields": ("version_number", "version_name", "base_link")}),
-        ("Life cycle", {"fields": ("state_badge", "removed_at", "references")}),
+        ("Life cycle", {"fields": ("state_badge", "removal", "references")}),
         (
             "Image",
             {
@@ -241,7 +256,9 @@ class TemplateAdmin(admin.ModelAdmin):
     readonly_fields = (
         "state",
         "state_badge",
+        "removal",
         "removed_at",
+        "deactivated_at",
         "references",
         "version_number",
         "base_link",
@@ -268,6 +285,10 @@ class TemplateAdmin(admin.ModelAdmin):
     @admin.display(description="State", ordering="state")
     def state_badge(self, template: Template) -> str:
         return state_badge(template)
+
+    @admin.display(description="Removal", ordering="removed_at")
+    def removal(self, template: Template) -> str:
+        return removal_text(template)
 
     @admin.display(description="Base template")
     def base_link(self, template: Template) -> str:
