@@ -193,6 +193,9 @@ CELERY_TASK_ROUTES = {
     "templates_app.tasks.store_copy_download_task": {"queue": STENCIL_STORAGE_QUEUE},
     "templates_app.tasks.template_sync_task": {"queue": STENCIL_STORAGE_QUEUE},
 }
+# A copy (store or pool) in progress whose lease ran out, or that made no progress for this long,
+# is listed as stuck (`?status=stuck`, the admin's "Stuck" filter).
+STENCIL_COPY_STUCK_AFTER_SECONDS = int(os.environ.get("STENCIL_COPY_STUCK_AFTER_SECONDS", "900"))
 STENCIL_SYNC_PRUNE_GRACE_SECONDS = int(os.environ.get("STENCIL_SYNC_PRUNE_GRACE_SECONDS", "86400"))
 
 # Signed uploads: the pre-shared key that signs upload URLs, and how long they stay valid.

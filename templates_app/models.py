@@ -329,6 +329,15 @@ class TemplateStoreRef(FSMModelMixin, models.Model):
 
     @transition(
         field=download_state,
+        source=[DownloadState.DOWNLOAD_ERROR, DownloadState.ABANDONED],
+        target=DownloadState.NOT_DOWNLOADED,
+        custom={"label": "Retry download"},
+    )
+    def retry_download(self) -> None:
+        """An operator asked for a failed download again; a storage worker takes it next."""
+
+    @transition(
+        field=download_state,
         source=[
             DownloadState.NOT_UPLOADED,
             DownloadState.UPLOAD_ERROR,
