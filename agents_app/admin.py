@@ -12,12 +12,14 @@ from django.contrib import admin
 from templates_app.admin import (
     ReadOnlyAdmin,
     ReadOnlyTabularInline,
+    RetryDownloadMixin,
     call_for_each,
+    copy_status_filter,
     human_size,
     progress_bar,
 )
 
-from . import host_services, pool_copies, services, vm_pools
+from . import host_services, pool_copies, selectors, services, vm_pools
 from .certificates import certificate_revoke
 from .models import (
     DirectDownloadCertificate,
@@ -163,8 +165,12 @@ class PrimaryPoolAdmin(admin.ModelAdmin):
 
 
 @admin.register(TemplatePoolRef)
-class TemplatePoolRefAdmin(ActionsOnlyAdmin):
-    """Template copies on primary pools, with copy progress. Pinned copies are live references."""
+class TemplatePoolRefAdmin(RetryDownloadMixin, ActionsOnlyAdmin):
+    """Template copies on primary pools, with copy progress. Pinned copies are live references.
+    A failed copy can be retried on an Up host of its pool (list action, button on its page)."""
+
+    retry_service = staticmethod(pool_copies.pool_copy_retry)
+    retry_transition = "retry_copy"
 
     list_display = (
         "template",
@@ -177,7 +183,12 @@ class TemplatePoolRefAdmin(ActionsOnlyAdmin):
         "attempts",
         "last_used_at",
     )
-    list_filter = ("state", "pinned", "pool")
+    list_filter = (
+        copy_status_filter(selectors.pool_copies_with_status),
+        "state",
+        "pinned",
+        "pool",
+    )
     list_select_related = ("template", "pool")
     search_fields = ("template__name", "pool__name", "install_path", "error_text")
     fields = (
@@ -198,7 +209,7 @@ class TemplatePoolRefAdmin(ActionsOnlyAdmin):
         "updated_at",
     )
     readonly_fields = fields
-    actions = ("pin_selected", "unpin_selected")
+    actions = ("pin_selected", "unpin_selected", "retry_selected")
 
     @admin.display(description="Progress", ordering="download_percent")
     def progress(self, ref: TemplatePoolRef) -> str:

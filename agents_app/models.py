@@ -156,6 +156,15 @@ class TemplatePoolRef(FSMModelMixin, models.Model):
     def fail_copy(self) -> None:
         """The copy failed; the next deploy retries it."""
 
+    @transition(
+        field=state,
+        source=PoolCopyState.DOWNLOAD_ERROR,
+        target=PoolCopyState.NOT_DOWNLOADED,
+        custom={"label": "Retry download"},
+    )
+    def retry_copy(self) -> None:
+        """An operator asked for a failed copy again; an Up host of the pool makes it next."""
+
     @transition(field=state, source=PoolCopyState.DOWNLOADED, target=PoolCopyState.DOWNLOAD_ERROR)
     def lose_file(self) -> None:
         """The reconciler found the copy's file gone; the next deploy copies it again."""

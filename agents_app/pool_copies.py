@@ -8,9 +8,10 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django_fsm import can_proceed
 
 from templates_app.choices import TemplateState
-from templates_app.errors import InvalidInput
+from templates_app.errors import InvalidInput, StencilError
 from templates_app.events import record_event
 from templates_app.locks import lock_template
 from templates_app.models import Template
@@ -106,6 +107,61 @@ def template_prepare(
         queue = host.queue
         transaction.on_commit(lambda a=args, q=queue: pool_copy_task.apply_async(kwargs=a, queue=q))
     return refs
+
+
+# Operators: retry a failed copy ------------------------------------------------------------
+
+
+class PoolCopyNotRetryable(StencilError):
+    """Only a DOWNLOAD_ERROR copy of a template that still has bytes can be retried (409)."""
+
+    status_code = 409
+    code = "conflict"
+
+    def __init__(self, ref: TemplatePoolRef, reason: str):
+        super().__init__(f"cannot retry pool copy '{ref}' in state {ref.state}: {reason}")
+        self.state = ref.state
+
+
+@transaction.atomic
+def pool_copy_retry(*, ref_id: int, actor) -> TemplatePoolRef:
+    """'Retry download': a DOWNLOAD_ERROR copy goes back to NOT_DOWNLOADED and an Up host of its
+    pool is asked (its own queue, pool_copy_task) to make it once this commits. The error moves
+    to the event; the attempt count stays. Anything else is a 409 naming the state."""
+    from .agent.tasks import pool_copy_task
+
+    template_id = TemplatePoolRef.objects.values_list("template_id", flat=True).get(pk=ref_id)
+    template = lock_template(template_id)  # lock order: template -> pool copy
+    ref = TemplatePoolRef.objects.select_for_update().select_related("pool").get(pk=ref_id)
+    if not can_proceed(ref.retry_copy):
+        raise PoolCopyNotRetryable(ref, "only DOWNLOAD_ERROR copies are retried")
+    if template.state == TemplateState.REMOVED:
+        raise PoolCopyNotRetryable(ref, f"its template '{template}' is REMOVED")
+    host = _host_reaching(ref.pool)
+    if host is None:
+        raise PoolCopyNotRetryable(ref, f"no Up host reaches pool '{ref.pool}'")
+    error = ref.error_text
+    ref.retry_copy()
+    ref.error_text = ""
+    ref.download_percent = 0
+    ref.save()
+    record_event(
+        ref,
+        from_state=PoolCopyState.DOWNLOAD_ERROR,
+        to_state=ref.state,
+        actor=actor,
+        actor_label="system",
+        reason=f"retry requested on host {host.name}; previous error: {error or '(none)'}",
+    )
+    args = {
+        "template_id": template_id,
+        "pool_id": ref.pool_id,
+        "libvirt_uri": host.libvirt_uri,
+        "host_name": host.name,
+    }
+    queue = host.queue
+    transaction.on_commit(lambda: pool_copy_task.apply_async(kwargs=args, queue=queue))
+    return ref
 
 
 # Eviction (in the GC sweep) ---------------------------------------------------------------

@@ -3,9 +3,11 @@
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 
+from templates_app.copy_status import filter_by_status
 from templates_app.models import Account
 from templates_app.selectors import templates_visible_to
 
+from .choices import PoolCopyState
 from .models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
 
 
@@ -39,6 +41,19 @@ def pool_copies_visible_to(user: AbstractBaseUser) -> QuerySet[TemplatePoolRef]:
     if user.is_staff:
         return queryset
     return queryset.filter(template__in=templates_visible_to(user).values("pk"))
+
+
+def pool_copies_with_status(
+    queryset: QuerySet[TemplatePoolRef], status: str
+) -> QuerySet[TemplatePoolRef]:
+    """Failed (DOWNLOAD_ERROR), in progress, or stuck copies (templates_app.copy_status)."""
+    return filter_by_status(
+        queryset,
+        status,
+        field="state",
+        failed=[PoolCopyState.DOWNLOAD_ERROR],
+        in_progress=[PoolCopyState.DOWNLOAD_IN_PROGRESS],
+    )
 
 
 def pool_copy_of(*, template_id: int, pool_id: int) -> TemplatePoolRef | None:

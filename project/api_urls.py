@@ -11,6 +11,7 @@ from agents_app.api.views import (
     VirtualMachineViewSet,
     VmPoolViewSet,
 )
+from templates_app.api.copy_views import StoreCopyViewSet
 from templates_app.api.sweep_views import GcSweepRunViewSet, GcSweepView
 from templates_app.api.upload_views import upload_template_bytes
 from templates_app.api.views import (
@@ -28,6 +29,7 @@ router.register("image-stores", ImageStoreViewSet, basename="image-store")
 router.register("accounts", AccountViewSet, basename="account")
 router.register("events", EventViewSet, basename="event")
 router.register("gc/sweeps", GcSweepRunViewSet, basename="gc-sweep-run")
+router.register("store-copies", StoreCopyViewSet, basename="store-copy")
 router.register("vms", VirtualMachineViewSet, basename="vm")
 router.register("vm-pools", VmPoolViewSet, basename="vm-pool")
 router.register("hosts", HostViewSet, basename="host")

@@ -167,6 +167,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Template life cycle.
 STENCIL_GC_INTERVAL_SECONDS = int(os.environ.get("STENCIL_GC_INTERVAL_SECONDS", "300"))
 STENCIL_GC_BATCH_SIZE = int(os.environ.get("STENCIL_GC_BATCH_SIZE", "1000"))
+# Delayed delete: an unreferenced INACTIVE template is removed only this long after its delete,
+# so a mistaken delete can be reactivated; 0 removes it at the next sweep (at once).
+STENCIL_GC_GRACE_SECONDS = int(os.environ.get("STENCIL_GC_GRACE_SECONDS", "3600"))
 STENCIL_IMAGE_STORE_ROOT = Path(
     os.environ.get("STENCIL_IMAGE_STORE_ROOT", DATA_DIR / "image-stores")
 ).resolve()
@@ -190,6 +193,9 @@ CELERY_TASK_ROUTES = {
     "templates_app.tasks.store_copy_download_task": {"queue": STENCIL_STORAGE_QUEUE},
     "templates_app.tasks.template_sync_task": {"queue": STENCIL_STORAGE_QUEUE},
 }
+# A copy (store or pool) in progress whose lease ran out, or that made no progress for this long,
+# is listed as stuck (`?status=stuck`, the admin's "Stuck" filter).
+STENCIL_COPY_STUCK_AFTER_SECONDS = int(os.environ.get("STENCIL_COPY_STUCK_AFTER_SECONDS", "900"))
 STENCIL_SYNC_PRUNE_GRACE_SECONDS = int(os.environ.get("STENCIL_SYNC_PRUNE_GRACE_SECONDS", "86400"))
 
 # Signed uploads: the pre-shared key that signs upload URLs, and how long they stay valid.

@@ -15,12 +15,17 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import NoReverseMatch, path, reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html
+from django.utils.timezone import localtime
 from django.views.decorators.http import require_POST
+from django_fsm import can_proceed
 
 from . import selectors, services, sweeps
 from .admin_forms import TemplateChangeForm, TemplateRegisterForm
 from .choices import TemplateState
+from .copies import store_copy_retry
+from .copy_status import CopyStatus
 from .errors import InvalidInput, StencilError
 from .models import (
     Account,
@@ -82,6 +87,83 @@ def admin_link(app_label: str, model_name: str, object_id: int, text: str) -> st
     except NoReverseMatch:
         return text
     return format_html('<a href="{}">{}</a>', url, text)
+
+
+def copy_status_filter(with_status: Callable) -> type[admin.SimpleListFilter]:
+    """The list filter "Failed / In progress / Stuck" of a kind of copy; `with_status` is its
+    selector (queryset, status) -> queryset (templates_app.copy_status)."""
+
+    class CopyStatusFilter(admin.SimpleListFilter):
+        title = "failed / in progress / stuck"
+        parameter_name = "status"
+
+        def lookups(self, request, model_admin):
+            return CopyStatus.choices
+
+        def queryset(self, request, queryset):
+            value = self.value()
+            if value not in CopyStatus.values:
+                return queryset
+            return with_status(queryset, value)
+
+    return CopyStatusFilter
+
+
+class RetryDownloadMixin:
+    """ "Retry download" of a kind of copy: a list action and a button on the change page, both
+    calling the service `retry_service(ref_id=..., actor=...)`. The button is shown while the
+    FSM transition `retry_transition` can proceed."""
+
+    change_form_template = "admin/templates_app/copy_change_form.html"
+    retry_service: Callable[..., object]
+    retry_transition: str
+
+    def get_urls(self):
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        own = [
+            path(
+                "<path:object_id>/retry/",
+                self.admin_site.admin_view(require_POST(self.retry_view)),
+                name=f"{prefix}_retry",
+            )
+        ]
+        return own + super().get_urls()
+
+    def _admin_url(self, name: str, *args) -> str:
+        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{name}", args=args)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        context = dict(extra_context or {})
+        ref = self.get_object(request, unquote(object_id))
+        if (
+            ref is not None
+            and self.has_change_permission(request)
+            and can_proceed(getattr(ref, self.retry_transition))
+        ):
+            context["retry_url"] = self._admin_url("retry", ref.pk)
+        return super().change_view(request, object_id, form_url, context)
+
+    def retry_view(self, request, object_id: str) -> HttpResponse:
+        ref = self.get_object(request, unquote(object_id))
+        if ref is None:
+            raise Http404(f"no copy with id {object_id!r}")
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        try:
+            ref = type(self).retry_service(ref_id=ref.pk, actor=request.user)
+        except StencilError as error:
+            self.message_user(request, error.message, messages.ERROR)
+        else:
+            self.message_user(request, f"Retry download: “{ref}” is queued.", messages.SUCCESS)
+        return HttpResponseRedirect(self._admin_url("change", ref.pk))
+
+    @admin.action(description="Retry download of selected copies", permissions=["change"])
+    def retry_selected(self, request, queryset):
+        service = type(self).retry_service
+        ids = queryset.order_by("pk").values_list("pk", flat=True)
+        call_for_each(
+            self, request, ids, lambda pk: service(ref_id=pk, actor=request.user), "Queued again"
+        )
 
 
 class ReadOnlyTabularInline(admin.TabularInline):
@@ -176,6 +258,19 @@ class TemplateDetailInline(ReadOnlyTabularInline):
     readonly_fields = fields
 
 
+def removal_text(template: Template) -> str:
+    """When the bytes went, or for an INACTIVE template when the sweep may remove them."""
+    if template.removed_at is not None:
+        return f"removed {date_format(localtime(template.removed_at), 'DATETIME_FORMAT')}"
+    when = template.removal_not_before
+    if when is None:
+        return "—"
+    text = f"removed after {date_format(localtime(when), 'DATETIME_FORMAT')}"
+    if getattr(template, "references", 0):
+        text += " once nothing references it"
+    return text
+
+
 def state_badge(template: Template) -> str:
     return format_html(
         '<span class="stencil-state stencil-state-{}">{}</span>',
@@ -206,7 +301,7 @@ class TemplateAdmin(admin.ModelAdmin):
         "format",
         "account",
         "state_badge",
-        "removed_at",
+        "removal",
         "references",
         "is_public",
         "is_featured",
@@ -228,7 +323,7 @@ class TemplateAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "display_text", "os_type", "is_public", "is_featured")}),
         ("Version", {"fields": ("version_number", "version_name", "base_link")}),
-        ("Life cycle", {"fields": ("state_badge", "removed_at", "references")}),
+        ("Life cycle", {"fields": ("state_badge", "removal", "references")}),
         (
             "Image",
             {
@@ -250,7 +345,9 @@ class TemplateAdmin(admin.ModelAdmin):
     readonly_fields = (
         "state",
         "state_badge",
+        "removal",
         "removed_at",
+        "deactivated_at",
         "references",
         "version_number",
         "base_link",
@@ -277,6 +374,10 @@ class TemplateAdmin(admin.ModelAdmin):
     @admin.display(description="State", ordering="state")
     def state_badge(self, template: Template) -> str:
         return state_badge(template)
+
+    @admin.display(description="Removal", ordering="removed_at")
+    def removal(self, template: Template) -> str:
+        return removal_text(template)
 
     @admin.display(description="Base template")
     def base_link(self, template: Template) -> str:
@@ -667,9 +768,12 @@ class EventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(TemplateStoreRef)
-class TemplateStoreRefAdmin(ReadOnlyAdmin):
-    """Every copy on every image store, with its download progress and errors."""
+class TemplateStoreRefAdmin(RetryDownloadMixin, ReadOnlyAdmin):
+    """Every copy on every image store, with its download progress and errors; a failed
+    download can be retried (list action, button on the copy's page)."""
 
+    retry_service = staticmethod(store_copy_retry)
+    retry_transition = "retry_download"
     list_display = (
         "template",
         "store",
@@ -678,9 +782,16 @@ class TemplateStoreRefAdmin(ReadOnlyAdmin):
         "progress",
         "virtual_size",
         "physical",
+        "attempts",
         "updated_at",
     )
-    list_filter = ("download_state", "state", "store")
+    list_filter = (
+        copy_status_filter(selectors.store_copies_with_status),
+        "download_state",
+        "state",
+        "store",
+    )
+    actions = ("retry_selected",)
     list_select_related = ("template", "store__zone")
     search_fields = ("template__name", "install_path", "error_text")
 
@@ -695,6 +806,11 @@ class TemplateStoreRefAdmin(ReadOnlyAdmin):
     @admin.display(description="Physical size", ordering="physical_size")
     def physical(self, ref: TemplateStoreRef) -> str:
         return human_size(ref.physical_size)
+
+    def has_change_permission(self, request, obj=None):
+        # The list's action needs the change permission; a copy's own page stays read-only:
+        # agents and services write it.
+        return obj is None and admin.ModelAdmin.has_change_permission(self, request)
 
 
 # GC sweep runs -----------------------------------------------------------------------------

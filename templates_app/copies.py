@@ -19,7 +19,8 @@ from django_fsm import can_proceed
 
 from . import leases, storepaths
 from .choices import DownloadState, StoreRefState, TemplateState
-from .events import record_copy_event
+from .errors import StencilError
+from .events import record_copy_event, record_event
 from .images.downloader import DownloadError, download_to_file
 from .images.headers import header_pairs
 from .images.inspection import ImageRejected, inspect_image
@@ -267,3 +268,58 @@ def store_copy_from_local(*, ref_id: int, write: Callable[[Path], None]) -> Temp
     if not finished:
         _remove_quietly(temp)
     return TemplateStoreRef.objects.get(pk=ref_id)
+
+
+# Operators -----------------------------------------------------------------------------------
+
+
+class StoreCopyNotRetryable(StencilError):
+    """Only a failed download of an ACTIVE template's copy can be retried (409 naming the state)."""
+
+    status_code = 409
+    code = "conflict"
+
+    def __init__(self, ref: TemplateStoreRef, reason: str):
+        super().__init__(
+            f"cannot retry the download of store copy '{ref}' in download_state "
+            f"{ref.download_state}: {reason}"
+        )
+        self.state = ref.download_state
+
+
+@transaction.atomic
+def store_copy_retry(*, ref_id: int, actor) -> TemplateStoreRef:
+    """'Retry download': a DOWNLOAD_ERROR or ABANDONED copy of an ACTIVE template goes back to
+    NOT_DOWNLOADED, and a storage worker is asked for it once this commits. The error moves to
+    the event; the attempt count stays. Anything else is a 409 naming the state."""
+    from .tasks import store_copy_download_task
+
+    template_id = TemplateStoreRef.objects.values_list("template_id", flat=True).get(pk=ref_id)
+    template = lock_template(template_id)  # lock order: template -> copy
+    ref = lock_copy(ref_id)
+    if not can_proceed(ref.retry_download):
+        raise StoreCopyNotRetryable(ref, "only DOWNLOAD_ERROR or ABANDONED copies are retried")
+    if ref.store is None:
+        raise StoreCopyNotRetryable(ref, "a direct-download row has nothing to download")
+    if template.state != TemplateState.ACTIVE:
+        raise StoreCopyNotRetryable(ref, f"its template is {template.state}, not ACTIVE")
+    if ref.state != StoreRefState.ALLOCATED:
+        raise StoreCopyNotRetryable(ref, f"the copy is {ref.state}, not ALLOCATED")
+    before, error = ref.download_state, ref.error_text
+    ref.retry_download()
+    ref.error_text = ""
+    ref.download_percent = 0
+    ref.downloaded_bytes = 0
+    leases.lease_release(ref)
+    ref.save()
+    record_event(
+        ref,
+        from_state=before,
+        to_state=ref.download_state,
+        field="download_state",
+        actor=actor,
+        actor_label="system",
+        reason=f"retry requested; previous error: {error or '(none recorded)'}",
+    )
+    transaction.on_commit(lambda: store_copy_download_task.delay(ref_id=ref_id))
+    return ref

@@ -1,6 +1,7 @@
 """Catalogue models. State fields are protected FSM fields: only services move them."""
 
 import uuid as uuid_lib
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
@@ -128,6 +129,11 @@ class Template(ConcurrentTransitionMixin, models.Model):
     state = FSMField(
         max_length=16, choices=TemplateState.choices, default=TemplateState.ACTIVE, protected=True
     )
+    deactivated_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When it was deleted (INACTIVE); the sweep removes it only after the grace.",
+    )
     removed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -157,6 +163,17 @@ class Template(ConcurrentTransitionMixin, models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def removal_not_before(self) -> datetime | None:
+        """An INACTIVE template is kept at least until then (STENCIL_GC_GRACE_SECONDS after its
+        delete), so a mistaken delete can be undone; None in any other state."""
+        if self.state != TemplateState.INACTIVE:
+            return None
+        since = self.deactivated_at or self.updated_at
+        if since is None:
+            return None
+        return since + timedelta(seconds=settings.STENCIL_GC_GRACE_SECONDS)
 
     @property
     def lineage_id(self) -> int:
@@ -311,6 +328,15 @@ class TemplateStoreRef(FSMModelMixin, models.Model):
     )
     def fail_download(self) -> None:
         """The download or the inspection failed; error_text says why."""
+
+    @transition(
+        field=download_state,
+        source=[DownloadState.DOWNLOAD_ERROR, DownloadState.ABANDONED],
+        target=DownloadState.NOT_DOWNLOADED,
+        custom={"label": "Retry download"},
+    )
+    def retry_download(self) -> None:
+        """An operator asked for a failed download again; a storage worker takes it next."""
 
     @transition(
         field=download_state,

@@ -3,7 +3,8 @@
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 
-from .choices import TemplateFilter, TemplateState
+from .choices import DownloadState, StoreRefState, TemplateFilter, TemplateState
+from .copy_status import filter_by_status
 from .errors import NoAccount
 from .models import Account, Event, ImageStore, Template, TemplateStoreRef, Zone
 from .references import with_reference_count
@@ -128,3 +129,32 @@ def events_visible_to(user: AbstractBaseUser) -> QuerySet[Event]:
     if user.is_staff:
         return queryset
     return queryset.filter(_member_of(user, "account_id"))
+
+
+# Store copies (staff: infrastructure) ------------------------------------------------------
+
+STORE_COPY_FAILED = (
+    DownloadState.DOWNLOAD_ERROR,
+    DownloadState.ABANDONED,
+    DownloadState.UPLOAD_ERROR,
+)
+STORE_COPY_IN_PROGRESS = (DownloadState.DOWNLOAD_IN_PROGRESS, DownloadState.UPLOAD_IN_PROGRESS)
+
+
+def store_copies_list() -> QuerySet[TemplateStoreRef]:
+    """Every copy on every image store (and BYPASSED rows), with its template, store and zone."""
+    return TemplateStoreRef.objects.select_related("template", "store__zone").order_by("pk")
+
+
+def store_copies_with_status(
+    queryset: QuerySet[TemplateStoreRef], status: str
+) -> QuerySet[TemplateStoreRef]:
+    """Failed, in progress or stuck copies (templates_app.copy_status); the copies of removed
+    templates are gone with them and never listed as failed or stuck."""
+    return filter_by_status(
+        queryset.exclude(state__in=[StoreRefState.DESTROYING, StoreRefState.DESTROYED]),
+        status,
+        field="download_state",
+        failed=STORE_COPY_FAILED,
+        in_progress=STORE_COPY_IN_PROGRESS,
+    )

@@ -6,12 +6,13 @@ import random
 import uuid as uuid_lib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models import BigIntegerField, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 from django.utils.text import slugify
@@ -420,7 +421,8 @@ def _lock_active_versions(base: Template) -> list[Template]:
 
 @transaction.atomic
 def template_deactivate(*, template_id: int, actor, reason: str = "deleted") -> Template:
-    """The delete API: ACTIVE -> INACTIVE at once, whatever uses it; the sweep removes later.
+    """The delete API: ACTIVE -> INACTIVE at once, whatever uses it; the sweep removes later,
+    once nothing references it and STENCIL_GC_GRACE_SECONDS have passed (`deactivated_at`).
 
     Deleting a base template deletes its ACTIVE versions with it (seed 002); each then follows
     the same life cycle. Locks: the template, its versions (id order), then the account's row.
@@ -433,9 +435,11 @@ def template_deactivate(*, template_id: int, actor, reason: str = "deleted") -> 
     targets += versions
     if not targets:
         return template
+    now = timezone.now()
     for target in targets:
         target.deactivate()
-        target.save(update_fields=["state", "updated_at"])
+        target.deactivated_at = now
+        target.save(update_fields=["state", "deactivated_at", "updated_at"])
     _release_template_charge(template.account_id, count=len(targets))
     _cancel_downloads([target.pk for target in targets])
     record_events(
@@ -448,9 +452,12 @@ def template_deactivate(*, template_id: int, actor, reason: str = "deleted") -> 
         )
         for target in targets
     )
-    # Templates nobody uses can go at once instead of waiting for the periodic sweep.
+    # Templates nobody uses can go at once instead of waiting for the periodic sweep, unless
+    # a grace keeps them (the periodic sweep removes them once it is over).
+    if grace_period().total_seconds() > 0:
+        return template
     unused = list(
-        Template.objects.filter(pk__in=[target.pk for target in targets])
+        past_grace(Template.objects.filter(pk__in=[target.pk for target in targets]))
         .exclude(has_live_reference())
         .order_by("pk")
         .values_list("pk", flat=True)
@@ -515,7 +522,8 @@ def template_reactivate(*, template_id: int, actor, reason: str = "reactivated")
             reason=f"its base template '{base}' is {base.state}; reactivate the base first",
         )
     template.reactivate()
-    template.save(update_fields=["state", "updated_at"])
+    template.deactivated_at = None
+    template.save(update_fields=["state", "deactivated_at", "updated_at"])
     _enqueue_downloads(template.pk, cancelled_too=True)
     Account.objects.filter(pk=template.account_id).update(used_templates=F("used_templates") + 1)
     record_event(
@@ -556,6 +564,18 @@ class SweepResult:
         }
 
 
+def grace_period() -> timedelta:
+    """How long a deleted template is kept for a reactivation (STENCIL_GC_GRACE_SECONDS)."""
+    return timedelta(seconds=max(settings.STENCIL_GC_GRACE_SECONDS, 0))
+
+
+def past_grace(queryset: QuerySet[Template], *, now: datetime | None = None) -> QuerySet[Template]:
+    """The templates of `queryset` deleted longer than the grace ago. A row without
+    `deactivated_at` (made INACTIVE outside template_deactivate) counts as past it."""
+    cutoff = (now or timezone.now()) - grace_period()
+    return queryset.filter(Q(deactivated_at__isnull=True) | Q(deactivated_at__lte=cutoff))
+
+
 def _inactive(template_ids: list[int] | None):
     queryset = Template.objects.filter(state=TemplateState.INACTIVE)
     if template_ids is not None:
@@ -590,7 +610,7 @@ def _remove_batch(candidate_ids: list[int], *, actor, actor_label: str) -> list[
         )
         # A new statement after the locks sees every reference committed before we got them.
         removable = list(
-            Template.objects.filter(pk__in=locked_ids)
+            past_grace(Template.objects.filter(pk__in=locked_ids))
             .exclude(has_live_reference())
             .values("pk", "uuid", "name", "account_id", "unique_name")
         )
@@ -733,14 +753,15 @@ def gc_sweep(
     actor_label: str = "gc-sweep",
     batch_size: int | None = None,
 ) -> SweepResult:
-    """Remove every INACTIVE template that nothing can need any more, and delete its bytes.
+    """Remove every INACTIVE template that nothing can need any more and whose grace is over
+    (`past_grace`), and delete its bytes; younger ones wait, so they can still be reactivated.
 
     Set-based: candidates come from one NOT EXISTS query per batch of ids; each batch is
     locked, re-checked and transitioned in its own transaction.
     """
     batch_size = batch_size or settings.STENCIL_GC_BATCH_SIZE
     result = SweepResult(dry_run=dry_run)
-    candidates = _inactive(template_ids).exclude(has_live_reference()).order_by("pk")
+    candidates = past_grace(_inactive(template_ids)).exclude(has_live_reference()).order_by("pk")
     if dry_run:
         rows = candidates.values("uuid", "name")
         result.removed = [{"id": str(r["uuid"]), "name": r["name"]} for r in rows[:HELD_LIST_LIMIT]]

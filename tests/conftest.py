@@ -35,6 +35,13 @@ def direct_download_url_check_off(settings):
     settings.STENCIL_DIRECT_DOWNLOAD_URL_CHECK = False
 
 
+@pytest.fixture(autouse=True)
+def gc_grace_off(settings):
+    """Most tests expect the sweep to remove a deleted, unused template at once (the behaviour
+    before the grace existed); tests of the grace set STENCIL_GC_GRACE_SECONDS themselves."""
+    settings.STENCIL_GC_GRACE_SECONDS = 0
+
+
 @pytest.fixture
 def zone(db):
     return ZoneFactory(name="zone-a")

@@ -315,7 +315,10 @@ def _copy_bytes(
 def _pool_progress(ref_id: int):
     def save(done: int, total: int | None) -> None:
         percent = min(100, done * 100 // total) if total else 0
-        TemplatePoolRef.objects.filter(pk=ref_id).update(download_percent=percent)
+        # updated_at too: a copy that moves is not "stuck" (templates_app.copy_status).
+        TemplatePoolRef.objects.filter(pk=ref_id).update(
+            download_percent=percent, updated_at=timezone.now()
+        )
 
     return save
 

@@ -186,6 +186,7 @@ class PoolCopySerializer(serializers.ModelSerializer):
     class Meta:
         model = TemplatePoolRef
         fields = [
+            "id",
             "template",
             "template_name",
             "pool",

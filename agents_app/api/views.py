@@ -15,6 +15,7 @@ from agents_app.followers import vm_version_create
 from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
 from templates_app import selectors as template_selectors
 from templates_app.api.permissions import IsStaff, IsStaffOrReadOnly
+from templates_app.copy_status import CopyStatus
 
 from .serializers import (
     HostSerializer,
@@ -68,10 +69,19 @@ class PoolCopyFilterSet(django_filters.FilterSet):
     pool = django_filters.UUIDFilter(field_name="pool__uuid", help_text="Primary pool id.")
     state = django_filters.ChoiceFilter(choices=PoolCopyState.choices)
     pinned = django_filters.BooleanFilter()
+    status = django_filters.ChoiceFilter(
+        choices=CopyStatus.choices,
+        method="filter_status",
+        help_text="failed: DOWNLOAD_ERROR; in_progress: DOWNLOAD_IN_PROGRESS; stuck: in progress "
+        "with an expired lease or no progress for STENCIL_COPY_STUCK_AFTER_SECONDS.",
+    )
 
     class Meta:
         model = TemplatePoolRef
-        fields = ["template", "pool", "state", "pinned"]
+        fields = ["template", "pool", "state", "pinned", "status"]
+
+    def filter_status(self, queryset, name, value):
+        return selectors.pool_copies_with_status(queryset, value)
 
 
 class VirtualMachineViewSet(
@@ -304,6 +314,13 @@ class PoolCopyViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             template_id=template.pk, pool_id=pool.pk, pinned=False, actor=request.user
         )
         return Response(self._copies([ref])[0])
+
+    @extend_schema(request=None, responses={202: PoolCopySerializer})
+    @action(detail=True, methods=["post"], permission_classes=[IsStaff])
+    def retry(self, request: Request, pk=None) -> Response:
+        """Retry a DOWNLOAD_ERROR copy on an Up host of its pool (202); otherwise 409."""
+        ref = pool_copies.pool_copy_retry(ref_id=self.get_object().pk, actor=request.user)
+        return Response(self._copies([ref])[0], status=status.HTTP_202_ACCEPTED)
 
 
 class VmPoolViewSet(

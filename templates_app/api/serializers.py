@@ -175,6 +175,13 @@ class TemplateSerializer(serializers.ModelSerializer):
     details = TemplateDetailSerializer(many=True, read_only=True)
     references = serializers.IntegerField(read_only=True, default=0)
     version = TemplateVersionSerializer(source="*", read_only=True)
+    removal_not_before = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text="INACTIVE only: the GC sweep keeps it (and it can be reactivated) at least "
+        "until then (its delete + STENCIL_GC_GRACE_SECONDS), longer while something references "
+        "it; null in any other state.",
+    )
 
     class Meta:
         model = Template
@@ -200,6 +207,8 @@ class TemplateSerializer(serializers.ModelSerializer):
             "primary_policy",
             "details",
             "state",
+            "deactivated_at",
+            "removal_not_before",
             "removed_at",
             "references",
             "created_at",

@@ -248,6 +248,7 @@ def test_pool_copy_shape_and_filters(api, register, pool, user):
     rows = api.get(COPIES, {"template": str(template.uuid)}).data["results"]
     assert rows == [
         {
+            "id": TemplatePoolRef.objects.get(template=template).pk,
             "template": str(template.uuid),
             "template_name": "debian-12",
             "pool": str(pool.uuid),

@@ -29,7 +29,12 @@ def database_url() -> str:
 @pytest.fixture
 def worker(private_celery_queue):
     name = f"stencil-test-{uuid.uuid4().hex[:8]}@localhost"
-    env = {**os.environ, "DATABASE_URL": database_url(), "STENCIL_URL_ALLOW_LOOPBACK": "true"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "STENCIL_URL_ALLOW_LOOPBACK": "true",
+        "STENCIL_GC_GRACE_SECONDS": "0",  # as in this process (conftest.gc_grace_off)
+    }
     process = subprocess.Popen(
         [
             sys.executable,
