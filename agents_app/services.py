@@ -48,13 +48,13 @@ LATEST_FIELD = "use_latest_template_version"
 
 
 def _lock_usable_template(
-    template_id: int, zone: Zone, *, stateless: bool, use_latest: bool
+    template_id: int, zone: Zone, *, account: Account, stateless: bool, use_latest: bool
 ) -> Template:
     """The template a new VM gets, under its shared row lock with the ACTIVE check.
 
     With `use_latest` (stateless VMs only) `template_id` may be any member of a lineage: the VM
-    gets the newest ACTIVE version, locked and re-checked (a newer one committed between the
-    read and the lock is taken instead).
+    gets the newest ACTIVE version `account` may use (public, its own, or shared with it),
+    locked and re-checked (a newer one committed between the read and the lock is taken).
     """
     if use_latest and not stateless:
         raise InvalidInput(
@@ -64,11 +64,11 @@ def _lock_usable_template(
         template = lock_template_shared(template_id)
     else:
         for _attempt in range(5):
-            latest = latest_version(template_id)
+            latest = latest_version(template_id, account_id=account.pk)
             if latest is None:
                 raise TemplateNotUsable(Template.objects.get(pk=template_id))
             template = lock_template_shared(latest.pk)
-            again = latest_version(template_id)
+            again = latest_version(template_id, account_id=account.pk)
             if (
                 template.state == TemplateState.ACTIVE
                 and again is not None
@@ -100,7 +100,11 @@ def vm_create(
     if not name:
         raise InvalidInput("a name is required", field="name")
     template = _lock_usable_template(
-        template_id, zone, stateless=stateless, use_latest=use_latest_template_version
+        template_id,
+        zone,
+        account=account,
+        stateless=stateless,
+        use_latest=use_latest_template_version,
     )
     vm = VirtualMachine.objects.create(
         name=name,
@@ -166,10 +170,11 @@ def vm_start(*, vm_id: int, actor) -> VirtualMachine:
     return _transition(vm_id, "start", actor=actor)
 
 
-def _lock_latest_of(template_id: int) -> Template | None:
-    """The newest ACTIVE version of `template_id`'s lineage under its shared row lock (taken
-    before any VM lock: account -> template -> VM), or None when the lineage has none."""
-    latest = latest_version(template_id)
+def _lock_latest_of(template_id: int, *, account_id: int) -> Template | None:
+    """The newest ACTIVE version of `template_id`'s lineage that the VM's account may use,
+    under its shared row lock (taken before any VM lock: account -> template -> VM), or None
+    when the lineage has none."""
+    latest = latest_version(template_id, account_id=account_id)
     if latest is None:
         return None
     locked = lock_template_shared(latest.pk)
@@ -202,7 +207,11 @@ def vm_stop(*, vm_id: int, actor) -> VirtualMachine:
     vm = VirtualMachine.objects.get(pk=vm_id)
     if not vm.stateless:
         return _transition(vm_id, "stop", actor=actor)
-    latest = _lock_latest_of(vm.template_id) if vm.use_latest_template_version else None
+    latest = (
+        _lock_latest_of(vm.template_id, account_id=vm.account_id)
+        if vm.use_latest_template_version
+        else None
+    )
     vm = _transition(vm_id, "stop", actor=actor, rebuild=True)
     _follow_latest(vm, latest)
     return vm
@@ -214,7 +223,7 @@ def vm_rebuild_onto_latest(*, vm_id: int) -> bool:
     host rebuild the root disk. Other VMs are left alone (running followers move when they next
     stop). True when it was moved."""
     vm = VirtualMachine.objects.get(pk=vm_id)
-    latest = _lock_latest_of(vm.template_id)
+    latest = _lock_latest_of(vm.template_id, account_id=vm.account_id)
     vm = _lock_vm(vm_id)
     if not (vm.stateless and vm.use_latest_template_version and vm.state == VmState.STOPPED):
         return False
@@ -374,7 +383,11 @@ def vm_deploy(
     if not name:
         raise InvalidInput("a name is required", field="name")
     template = _lock_usable_template(
-        template_id, zone, stateless=stateless, use_latest=use_latest_template_version
+        template_id,
+        zone,
+        account=account,
+        stateless=stateless,
+        use_latest=use_latest_template_version,
     )
     host, pool = _pick_host_and_pool(zone)
     vm = VirtualMachine.objects.create(

@@ -44,6 +44,14 @@ def visible_to(user: AbstractBaseUser) -> Q:
     return Q(is_public=True) | Q(_member_of(user, "account_id")) | Q(_shared_with(user))
 
 
+def usable_by_account(account_id: int) -> Q:
+    """The same rule for an account (a VM's, a pool's): public, its own, shared with it."""
+    shared = Template.shared_with.through.objects.filter(
+        template_id=OuterRef("pk"), account_id=account_id
+    )
+    return Q(is_public=True) | Q(account_id=account_id) | Q(Exists(shared))
+
+
 def templates_visible_to(user: AbstractBaseUser) -> QuerySet[Template]:
     """Everything this user may see, in any state."""
     queryset = Template.objects.all()

@@ -20,20 +20,22 @@ def lineage_of(base_id: int) -> QuerySet[Template]:
     return Template.objects.filter(Q(pk=base_id) | Q(base_id=base_id)).order_by("version_number")
 
 
-def newer_version_exists(states: list[str]) -> Exists:
-    """For the outer template: its lineage has a higher-numbered version in one of `states`.
+def newer_version_exists(states: list[str], user: AbstractBaseUser | None = None) -> Exists:
+    """For the outer template: its lineage has a higher-numbered version in one of `states`
+    (with `user`, one that user may see: another account's private version hides nothing).
 
     Anything numbered above a template is a version (the base is 1), so the lineage test is
     `base_id = COALESCE(outer.base_id, outer.id)`: one probe of the (base, version_number)
     unique index per row, no query per row.
     """
-    return Exists(
-        Template.objects.filter(
-            base_id=Coalesce(OuterRef("base_id"), OuterRef("pk")),
-            version_number__gt=OuterRef("version_number"),
-            state__in=states,
-        )
+    newer = Template.objects.filter(
+        base_id=Coalesce(OuterRef("base_id"), OuterRef("pk")),
+        version_number__gt=OuterRef("version_number"),
+        state__in=states,
     )
+    if user is not None and not user.is_staff:
+        newer = newer.filter(catalogue.visible_to(user))
+    return Exists(newer)
 
 
 def template_list(
@@ -49,7 +51,7 @@ def template_list(
     queryset = catalogue.template_list(user=user, template_filter=template_filter, states=states)
     if all_versions:
         return queryset
-    return queryset.exclude(newer_version_exists(catalogue.listing_states(user, states)))
+    return queryset.exclude(newer_version_exists(catalogue.listing_states(user, states), user))
 
 
 def template_versions_list(*, user: AbstractBaseUser, template: Template) -> QuerySet[Template]:
@@ -59,17 +61,21 @@ def template_versions_list(*, user: AbstractBaseUser, template: Template) -> Que
     return catalogue.with_listing_relations(visible).order_by("version_number")
 
 
-def latest_version(base_id: int) -> Template | None:
-    """'latest': the newest ACTIVE template of the lineage (the base included), or None.
+def latest_version(base_id: int, *, account_id: int | None = None) -> Template | None:
+    """'latest': the newest ACTIVE template of the lineage (the base included), or None. With
+    `account_id`, the newest one that account may use: 'latest' never reaches a version that
+    is private to another account.
 
     A version's id works too: it stands for its lineage.
     """
     root_id = lineage_root_id(base_id)
     if root_id is None:
         return None
+    lineage = lineage_of(root_id)
+    if account_id is not None:
+        lineage = lineage.filter(catalogue.usable_by_account(account_id))
     return (
-        lineage_of(root_id)
-        .filter(state=TemplateState.ACTIVE)
+        lineage.filter(state=TemplateState.ACTIVE)
         .select_related("base", "account")
         .order_by("-version_number")
         .first()

@@ -142,7 +142,7 @@ def template_version_for_bytes(
 ) -> tuple[Template, TemplateStoreRef]:
     """A new version whose bytes will be written by someone else (a VM's disk flattened by its
     host): numbered under the base's lock, one NOT_DOWNLOADED copy on a random store of `zone`,
-    no download queued. Call inside the caller's transaction."""
+    no download queued, private and shared with nobody. Call inside the caller's transaction."""
     base = _lock_base(base_template_id, actor)
     (store,) = stores_for([zone], is_public=False)
     version = template_create(
@@ -158,14 +158,14 @@ def template_version_for_bytes(
         url="",
         os_type=base.os_type,
         hypervisor=base.hypervisor,
-        is_public=base.is_public,
-        is_featured=base.is_featured,
+        # A VM's disk may hold its account's data: private to that account, whatever the base.
+        is_public=False,
+        is_featured=False,
         primary_policy=base.primary_policy,
         base=base,
         version_number=_next_number(base),
         version_name=_checked_version_name(version_name),
     )
-    version.shared_with.set(base.shared_with.all())
     return version, version.store_refs.get()
 
 
