@@ -1,20 +1,22 @@
 from rest_framework import serializers
 
 from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine, VmPool
-from templates_app.api.serializers import UuidRelatedField
+from templates_app.api.serializers import StaffOnlyFieldsMixin, UuidRelatedField
 from templates_app.models import Template, Zone
 
 POOL_TYPES = [("dir", "Directory")]
 
 
-class VirtualMachineSerializer(serializers.ModelSerializer):
+class VirtualMachineSerializer(StaffOnlyFieldsMixin, serializers.ModelSerializer):
     id = serializers.UUIDField(source="uuid", read_only=True)
     template = serializers.UUIDField(source="template.uuid", read_only=True)
     template_name = serializers.CharField(source="template.name", read_only=True)
     zone = serializers.UUIDField(source="zone.uuid", read_only=True)
     account = serializers.UUIDField(source="account.uuid", read_only=True)
-    host = serializers.CharField(source="host.name", default=None, read_only=True)
-    pool = serializers.CharField(source="pool.name", default=None, read_only=True)
+    host = serializers.CharField(source="host.name", default=None, read_only=True, allow_null=True)
+    pool = serializers.CharField(source="pool.name", default=None, read_only=True, allow_null=True)
+    root_disk_path = serializers.CharField(read_only=True, allow_null=True)
+    staff_only_fields = ("host", "pool", "root_disk_path")
     use_latest_template_version = serializers.SerializerMethodField(
         help_text="Follows the newest ACTIVE version of the template's lineage; always false "
         "for a stateful VM."

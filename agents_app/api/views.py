@@ -14,7 +14,7 @@ from agents_app.choices import HostState, PoolCopyState, VmState
 from agents_app.followers import vm_version_create
 from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
 from templates_app import selectors as template_selectors
-from templates_app.api.permissions import IsStaff, IsStaffOrReadOnly
+from templates_app.api.permissions import IsStaff
 from templates_app.copy_status import CopyStatus
 
 from .serializers import (
@@ -97,7 +97,10 @@ class VirtualMachineViewSet(
 
     def _answer(self, vm, status_code=status.HTTP_200_OK) -> Response:
         fresh = self.get_queryset().get(pk=vm.pk)
-        return Response(VirtualMachineSerializer(fresh).data, status=status_code)
+        return Response(
+            VirtualMachineSerializer(fresh, context=self.get_serializer_context()).data,
+            status=status_code,
+        )
 
     @extend_schema(
         request=VirtualMachineCreateSerializer, responses={201: VirtualMachineSerializer}
@@ -211,6 +214,7 @@ class HostViewSet(viewsets.ReadOnlyModelViewSet):
     """KVM hosts, as their agents registered them; staff put them in and out of maintenance."""
 
     serializer_class = HostSerializer
+    permission_classes = [IsStaff]  # addresses, libvirt URIs, queues: infrastructure
     lookup_field = "uuid"
     lookup_url_kwarg = "id"
     filterset_class = HostFilterSet
@@ -257,7 +261,7 @@ class PrimaryPoolViewSet(
     """Primary storage: libvirt pools of a zone (type dir) and the hosts that reach them."""
 
     serializer_class = PrimaryPoolSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [IsStaff]  # paths and hosts: infrastructure
     lookup_field = "uuid"
     lookup_url_kwarg = "id"
     filterset_class = PrimaryPoolFilterSet
@@ -268,9 +272,10 @@ class PrimaryPoolViewSet(
 
 
 class PoolCopyViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
-    """Template copies on primary pools; users see those of the templates visible to them."""
+    """Template copies on primary pools (staff: they name pools and paths)."""
 
     serializer_class = PoolCopySerializer
+    permission_classes = [IsStaff]
     filterset_class = PoolCopyFilterSet
     ordering_fields = ["last_used_at", "updated_at", "created_at"]
 
@@ -367,7 +372,7 @@ class VmPoolViewSet(
         """Take a free VM of the pool (it starts); 409 when none is free."""
         vm = vm_pools.vm_pool_take(pool_id=self.get_object().pk, user=request.user)
         fresh = selectors.vms_visible_to(request.user).get(pk=vm.pk)
-        return Response(VirtualMachineSerializer(fresh).data)
+        return Response(VirtualMachineSerializer(fresh, context=self.get_serializer_context()).data)
 
     @extend_schema(request=VmPoolReturnSerializer, responses=VirtualMachineSerializer)
     @action(detail=True, methods=["post"], url_path="return", url_name="return")
@@ -381,4 +386,4 @@ class VmPoolViewSet(
             raise ValidationError({"vm": ["not a VM of this pool"]})
         vm = vm_pools.vm_pool_return(vm_id=vm.pk, user=request.user)
         fresh = selectors.vms_visible_to(request.user).get(pk=vm.pk)
-        return Response(VirtualMachineSerializer(fresh).data)
+        return Response(VirtualMachineSerializer(fresh, context=self.get_serializer_context()).data)

@@ -94,10 +94,33 @@ class TemplateDetailSerializer(serializers.ModelSerializer):
         fields = ["key", "value"]
 
 
-class StoreCopySerializer(serializers.ModelSerializer):
-    store = serializers.UUIDField(source="store.uuid", default=None, read_only=True)
-    store_name = serializers.CharField(source="store.name", default=None, read_only=True)
+class StaffOnlyFieldsMixin:
+    """Infrastructure (hosts, pools, stores, paths) is for staff: other callers get null in
+    `staff_only_fields` (CloudStack shows these to root admins only). Without a request in the
+    serializer's context, nothing is shown."""
+
+    staff_only_fields: tuple[str, ...] = ()
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        if not (request is not None and request.user.is_staff):
+            for name in self.staff_only_fields:
+                if name in data:
+                    data[name] = None
+        return data
+
+
+class StoreCopySerializer(StaffOnlyFieldsMixin, serializers.ModelSerializer):
+    store = serializers.UUIDField(
+        source="store.uuid", default=None, read_only=True, allow_null=True
+    )
+    store_name = serializers.CharField(
+        source="store.name", default=None, read_only=True, allow_null=True
+    )
     zone = serializers.UUIDField(source="store.zone.uuid", default=None, read_only=True)
+    install_path = serializers.CharField(read_only=True, allow_null=True)
+    staff_only_fields = ("store", "store_name", "install_path")
 
     class Meta:
         model = TemplateStoreRef

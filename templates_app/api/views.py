@@ -154,8 +154,10 @@ class ZoneViewSet(viewsets.ModelViewSet):
 
 
 class ImageStoreViewSet(viewsets.ModelViewSet):
+    """Secondary storage (staff: paths and capacity are infrastructure)."""
+
     serializer_class = ImageStoreSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [IsStaff]
     lookup_field = "uuid"
     lookup_url_kwarg = "id"
     filterset_fields = ["state"]

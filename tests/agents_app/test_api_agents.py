@@ -72,11 +72,11 @@ def pools_payload(zone, **overrides) -> dict:
 # Hosts -------------------------------------------------------------------------------------
 
 
-def test_hosts_list_and_detail(api, host, pool, zone):
-    listed = api.get(HOSTS).data["results"]
+def test_hosts_list_and_detail(admin_api, host, pool, zone):
+    listed = admin_api.get(HOSTS).data["results"]
     assert [row["name"] for row in listed] == ["kvm-1"]
 
-    detail = api.get(f"{HOSTS}{host.uuid}/").json()
+    detail = admin_api.get(f"{HOSTS}{host.uuid}/").json()
     assert detail["id"] == str(host.uuid)
     assert detail["zone"] == str(zone.uuid)
     assert detail["zone_name"] == "zone-a"
@@ -88,13 +88,13 @@ def test_hosts_list_and_detail(api, host, pool, zone):
     assert set(detail) >= {"address", "capabilities"}
 
 
-def test_hosts_filters(api, host, zone):
+def test_hosts_filters(admin_api, host, zone):
     make_host(ZoneFactory(name="zone-b"), name="kvm-b")
     Host.objects.filter(name="kvm-b").update(last_heartbeat_at=timezone.now() - timedelta(hours=1))
     hosts_mark_down(missed_after_seconds=90)
 
     def names(**query):
-        return [h["name"] for h in api.get(HOSTS, query).data["results"]]
+        return [h["name"] for h in admin_api.get(HOSTS, query).data["results"]]
 
     assert names(zone=str(zone.uuid)) == ["kvm-1"]
     assert names(state="DOWN") == ["kvm-b"]
@@ -145,15 +145,15 @@ def test_unknown_host_is_404(admin_api):
     assert admin_api.post(url).status_code == 404
 
 
-def test_hosts_list_query_count_is_constant(api, zone, django_assert_max_num_queries):
+def test_hosts_list_query_count_is_constant(admin_api, zone, django_assert_max_num_queries):
     first = make_host(zone, "kvm-0")
     make_pool(zone, name="pool-0", hosts=[first])
     with django_assert_max_num_queries(3):
-        assert len(api.get(HOSTS).data["results"]) == 1
+        assert len(admin_api.get(HOSTS).data["results"]) == 1
     for n in range(1, 10):
         make_pool(zone, name=f"pool-{n}", hosts=[first, make_host(zone, f"kvm-{n}")])
     with django_assert_max_num_queries(3):
-        assert len(api.get(HOSTS).data["results"]) == 10
+        assert len(admin_api.get(HOSTS).data["results"]) == 10
 
 
 # Primary pools -----------------------------------------------------------------------------
@@ -177,11 +177,12 @@ def test_staff_creates_and_updates_a_pool(admin_api, api, zone, host):
     response = admin_api.patch(url, changed, format="json")
     assert response.status_code == 200, response.data
     assert sorted(response.json()["hosts"]) == sorted(changed["hosts"])
-    assert api.get(url).data["cache_threshold_percent"] == 90
+    assert admin_api.get(url).data["cache_threshold_percent"] == 90
+    assert api.get(url).status_code == 403
 
 
-def test_pool_writes_are_staff_only(api, zone, pool):
-    assert api.get(POOLS).status_code == 200
+def test_pools_are_staff_only(api, zone, pool):
+    assert api.get(POOLS).status_code == 403, "paths and hosts are infrastructure"
     assert api.post(POOLS, pools_payload(zone), format="json").status_code == 403
     assert api.patch(f"{POOLS}{pool.uuid}/", {"path": "/x"}, format="json").status_code == 403
 
@@ -225,27 +226,27 @@ def test_pools_are_not_deleted_through_the_api(admin_api, pool):
     assert admin_api.delete(f"{POOLS}{pool.uuid}/").status_code == 405
 
 
-def test_pools_list_query_count_is_constant(api, zone, django_assert_max_num_queries):
+def test_pools_list_query_count_is_constant(admin_api, zone, django_assert_max_num_queries):
     first = make_host(zone, "kvm-0")
     make_pool(zone, name="pool-0", hosts=[first])
     with django_assert_max_num_queries(3):
-        assert len(api.get(POOLS).data["results"]) == 1
+        assert len(admin_api.get(POOLS).data["results"]) == 1
     for n in range(1, 10):
         make_pool(zone, name=f"pool-{n}", hosts=[make_host(zone, f"kvm-{n}"), first])
     with django_assert_max_num_queries(3):
-        assert len(api.get(POOLS).data["results"]) == 10
+        assert len(admin_api.get(POOLS).data["results"]) == 10
 
 
 # Pool copies: listing and tenancy ----------------------------------------------------------
 
 
-def test_pool_copy_shape_and_filters(api, register, pool, user):
+def test_pool_copy_shape_and_filters(admin_api, register, pool, user):
     template = register()
     other = register(name="alpine")
     pool_copy_set_pinned(template_id=template.pk, pool_id=pool.pk, pinned=True, actor=user)
     TemplatePoolRef.objects.create(template=other, pool=pool)  # a cached copy made by a deploy
 
-    rows = api.get(COPIES, {"template": str(template.uuid)}).data["results"]
+    rows = admin_api.get(COPIES, {"template": str(template.uuid)}).data["results"]
     assert rows == [
         {
             "id": TemplatePoolRef.objects.get(template=template).pk,
@@ -269,7 +270,7 @@ def test_pool_copy_shape_and_filters(api, register, pool, user):
     ]
 
     def names(**query):
-        return [r["template_name"] for r in api.get(COPIES, query).data["results"]]
+        return [r["template_name"] for r in admin_api.get(COPIES, query).data["results"]]
 
     assert names(pinned="false") == ["alpine"]
     assert names(pinned="true") == ["debian-12"]
@@ -278,34 +279,30 @@ def test_pool_copy_shape_and_filters(api, register, pool, user):
     assert names(pool="00000000-0000-0000-0000-000000000000") == []
 
 
-def test_other_accounts_private_copies_are_invisible(
+def test_pool_copies_are_staff_only(
     api, other_api, admin_api, register, pool, other_account, other_user
 ):
     mine = register()
     secret = register(name="secret", account=other_account, actor=other_user)
-    public = register(name="public", account=other_account, actor=other_user, is_public=True)
-    for template in (mine, secret, public):
+    for template in (mine, secret):
         TemplatePoolRef.objects.create(template=template, pool=pool)
 
-    def seen(client, **query):
-        return sorted(r["template_name"] for r in client.get(COPIES, query).data["results"])
-
-    assert seen(api) == ["debian-12", "public"]
-    assert seen(api, template=str(secret.uuid)) == []
-    assert seen(other_api) == ["public", "secret"]
-    assert seen(admin_api) == ["debian-12", "public", "secret"]
+    assert api.get(COPIES).status_code == 403
+    assert other_api.get(COPIES).status_code == 403
+    names = sorted(r["template_name"] for r in admin_api.get(COPIES).data["results"])
+    assert names == ["debian-12", "secret"]
 
 
 def test_pool_copies_list_query_count_is_constant(
-    api, register, pool, django_assert_max_num_queries
+    admin_api, register, pool, django_assert_max_num_queries
 ):
     TemplatePoolRef.objects.create(template=register(name="t-0"), pool=pool)
     with django_assert_max_num_queries(2):
-        assert len(api.get(COPIES).data["results"]) == 1
+        assert len(admin_api.get(COPIES).data["results"]) == 1
     for n in range(1, 10):
         TemplatePoolRef.objects.create(template=register(name=f"t-{n}"), pool=pool)
     with django_assert_max_num_queries(2):
-        assert len(api.get(COPIES).data["results"]) == 10
+        assert len(admin_api.get(COPIES).data["results"]) == 10
 
 
 # Pool copies: prepare and unpin ------------------------------------------------------------

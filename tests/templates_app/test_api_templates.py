@@ -42,8 +42,9 @@ def test_register_returns_the_template_with_public_id_and_copies(api, zone, stor
     assert body["checksum"] == "{SHA-256}" + "ab" * 32
     assert body["zones"] == [str(zone.uuid)]
     assert body["details"] == [{"key": "HTTP_HEADER", "value": "X-Token:abc"}]
-    assert [c["store"] for c in body["copies"]] == [str(store.uuid)]
+    assert [c["zone"] for c in body["copies"]] == [str(zone.uuid)]
     assert body["copies"][0]["download_state"] == "NOT_DOWNLOADED"
+    assert (body["copies"][0]["store"], body["copies"][0]["install_path"]) == (None, None)
     assert template.unique_name.startswith("ubuntu-2404-")
 
 
