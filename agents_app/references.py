@@ -62,6 +62,7 @@ def _vm_rows(template: Template) -> list[dict]:
     return [
         {
             "kind": "vm",
+            "account_id": vm.account_id,
             "id": vm.uuid,
             "name": vm.name,
             "state": vm.state,
@@ -82,6 +83,7 @@ def _pinned_rows(template: Template) -> list[dict]:
     return [
         {
             "kind": "pinned_pool_copy",
+            "account_id": None,  # an operator's pin: infrastructure
             "id": copy.pool.uuid,
             "name": copy.pool.name,
             "state": copy.state,
@@ -107,6 +109,7 @@ def _vm_pool_rows(template: Template) -> list[dict]:
     return [
         {
             "kind": "vm_pool",
+            "account_id": pool.account_id,
             "id": pool.uuid,
             "name": pool.name,
             "state": "LATEST" if pool.use_latest_template_version else "PINNED_VERSION",

@@ -24,9 +24,10 @@ class ReferenceProvider:
 
     `live()` returns the holders of the outer template: a queryset filtered on
     `OuterRef("pk")` (of a Template). `rows_for(template)` lists the holders of one template
-    as dicts (kind, id, name, state, account, zone, and optionally admin_url) for
-    `references/` and the admin. `label` names one holder ("VM"); `details` are counts that
-    say more about the holders (name -> (label, correlated queryset)), e.g. destroyed VMs.
+    as dicts (kind, account_id (None: infrastructure), id, name, state, account, zone, and
+    optionally admin_url) for `references/` and the admin. `label` names one holder ("VM");
+    `details` are counts that say more about the holders (name -> (label, correlated
+    queryset)), e.g. destroyed VMs.
     """
 
     kind: str
@@ -98,6 +99,19 @@ def reference_rows(template: Template) -> list[dict[str, Any]]:
     for provider in _providers.values():
         rows.extend(provider.rows_for(template))
     return rows
+
+
+def references_seen_by(user, template: Template) -> dict[str, Any]:
+    """What `references/` shows: the counts per kind to whoever may see the template, the
+    holders themselves only to staff, and to other users only those of their own accounts."""
+    from .selectors import account_ids_of
+
+    rows = reference_rows(template)
+    if not user.is_staff:
+        own = set(account_ids_of(user))
+        rows = [row for row in rows if row.get("account_id") in own]
+    counts = reference_summary(template)
+    return {"counts": {kind: counts.get(kind, 0) for kind in _providers}, "references": rows}
 
 
 def reference_summary(template: Template) -> dict[str, int]:

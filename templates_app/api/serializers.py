@@ -424,6 +424,15 @@ class ReferenceSerializer(serializers.Serializer):
     zone = serializers.CharField()
 
 
+class ReferencesSerializer(serializers.Serializer):
+    counts = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Live references per kind (all accounts)."
+    )
+    references = ReferenceSerializer(
+        many=True, help_text="The holders: all for staff, your account's for others."
+    )
+
+
 class EventSerializer(serializers.ModelSerializer):
     object_type = serializers.CharField(source="content_type.model", read_only=True)
     object_id = serializers.UUIDField(source="object_uuid", read_only=True)

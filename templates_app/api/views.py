@@ -12,14 +12,14 @@ from templates_app import selectors, services, uploads
 from templates_app.choices import TemplateFilter
 from templates_app.filtersets import EventFilterSet, TemplateFilterSet
 from templates_app.models import Template
-from templates_app.references import reference_rows
+from templates_app.references import references_seen_by
 
 from .permissions import IsStaff, IsStaffOrReadOnly
 from .serializers import (
     AccountSerializer,
     EventSerializer,
     ImageStoreSerializer,
-    ReferenceSerializer,
+    ReferencesSerializer,
     TemplateCreateSerializer,
     TemplateDeleteResultSerializer,
     TemplateDetailViewSerializer,
@@ -135,11 +135,13 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         services.template_reactivate(template_id=template.pk, actor=request.user)
         return Response(self._detail(template.pk))
 
-    @extend_schema(responses=ReferenceSerializer(many=True))
+    @extend_schema(responses=ReferencesSerializer)
     @action(detail=True, methods=["get"])
     def references(self, request: Request, id=None) -> Response:
+        """Live references per kind; the holders are listed to staff, and to other users only
+        those of their own account (another account's VMs stay hidden)."""
         template = self.get_object()
-        return Response(ReferenceSerializer(reference_rows(template), many=True).data)
+        return Response(ReferencesSerializer(references_seen_by(request.user, template)).data)
 
 
 class ZoneViewSet(viewsets.ModelViewSet):

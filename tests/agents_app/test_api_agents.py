@@ -368,7 +368,9 @@ def test_a_prepared_template_survives_the_sweep_until_unpinned(
     services.gc_sweep()
     assert Template.objects.get(pk=template.pk).state == "INACTIVE"
     references = admin_api.get(f"/api/v1/templates/{template.uuid}/references/").data
-    assert [(r["kind"], r["name"]) for r in references] == [("pinned_pool_copy", "pool-1")]
+    assert [(r["kind"], r["name"]) for r in references["references"]] == [
+        ("pinned_pool_copy", "pool-1")
+    ]
 
     response = admin_api.post(
         f"{COPIES}unpin/", {"template": str(template.uuid), "pool": str(pool.uuid)}, format="json"

@@ -42,7 +42,7 @@ def test_a_vm_pool_keeps_its_template_from_the_sweep(register, zone, account, us
     template.refresh_from_db()
     assert template.state == TemplateState.INACTIVE
     assert result.held[0]["references"]["vm_pool"] == 1
-    rows = api.get(f"/api/v1/templates/{template.uuid}/references/").data
+    rows = api.get(f"/api/v1/templates/{template.uuid}/references/").data["references"]
     assert [(row["kind"], row["name"]) for row in rows] == [("vm_pool", "pool-a")]
 
 

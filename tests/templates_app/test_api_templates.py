@@ -163,7 +163,8 @@ def test_references_lists_live_vms_only(api, register, make_vm, user):
     response = api.get(detail_url(template) + "references/")
 
     assert response.status_code == 200
-    assert [(r["kind"], r["name"]) for r in response.data] == [("vm", keep.name)]
+    assert [(r["kind"], r["name"]) for r in response.data["references"]] == [("vm", keep.name)]
+    assert response.data["counts"] == {"vm": 1, "pinned_pool_copy": 0, "vm_pool": 0}
 
 
 def test_patch_changes_editable_fields_only(api, register):
