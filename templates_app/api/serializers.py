@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
+from templates_app import secrets
 from templates_app.choices import (
     Hypervisor,
     PrimaryPolicy,
@@ -19,7 +20,7 @@ from templates_app.models import (
     TemplateStoreRef,
     Zone,
 )
-from templates_app.selectors import templates_visible_to
+from templates_app.selectors import account_ids_of, templates_visible_to
 from templates_app.services import VERSION_NAME_MAX_LENGTH
 
 
@@ -241,6 +242,28 @@ class TemplateSerializer(serializers.ModelSerializer):
 
     def get_zones(self, template: Template) -> list[str]:
         return [str(zone.uuid) for zone in template.zones.all()]
+
+    def to_representation(self, template: Template) -> dict:
+        data = super().to_representation(template)
+        if not self._may_see_secrets(template):
+            data["url"] = secrets.public_url(data["url"])
+            for detail in data["details"]:
+                detail["value"] = secrets.public_detail_value(detail["key"], detail["value"])
+        return data
+
+    def _may_see_secrets(self, template: Template) -> bool:
+        """The caller's account ids are read once per response (the context is shared by the
+        rows of a list)."""
+        request = self.context.get("request")
+        if request is None:
+            return False
+        if "member_of" not in self.context:
+            self.context["member_of"] = set(account_ids_of(request.user))
+        return secrets.may_see_secrets(
+            is_staff=request.user.is_staff,
+            member_of=self.context["member_of"],
+            account_id=template.account_id,
+        )
 
 
 class TemplateDetailViewSerializer(TemplateSerializer):
