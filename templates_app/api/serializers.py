@@ -499,3 +499,17 @@ class UploadParamsSerializer(serializers.Serializer):
     metadata = serializers.CharField(help_text="Send back as the X-Metadata header.")
     expires = serializers.CharField(help_text="UTC; send back as the X-Expires header.")
     signature = serializers.CharField(help_text="Send back as the X-Signature header.")
+
+
+class TemplatePermissionsSerializer(serializers.Serializer):
+    """POST /templates/{id}/permissions/: CloudStack's updateTemplatePermissions."""
+
+    op = serializers.ChoiceField(choices=["add", "remove", "reset"])
+    accounts = UuidRelatedField(
+        queryset=Account.objects.all(), many=True, required=False, default=list
+    )
+
+
+class TemplatePermissionsViewSerializer(serializers.Serializer):
+    template = serializers.UUIDField()
+    accounts = serializers.ListField(child=serializers.UUIDField())

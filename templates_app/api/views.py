@@ -8,7 +8,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from templates_app import selectors, services, uploads
+from templates_app import launch_permissions, selectors, services, uploads
 from templates_app.choices import TemplateFilter
 from templates_app.filtersets import EventFilterSet, TemplateFilterSet
 from templates_app.models import Template
@@ -23,6 +23,8 @@ from .serializers import (
     TemplateCreateSerializer,
     TemplateDeleteResultSerializer,
     TemplateDetailViewSerializer,
+    TemplatePermissionsSerializer,
+    TemplatePermissionsViewSerializer,
     TemplateSerializer,
     TemplateUpdateSerializer,
     UploadParamsRequestSerializer,
@@ -134,6 +136,23 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         template = self.get_object()
         services.template_reactivate(template_id=template.pk, actor=request.user)
         return Response(self._detail(template.pk))
+
+    @extend_schema(
+        request=TemplatePermissionsSerializer, responses=TemplatePermissionsViewSerializer
+    )
+    @action(detail=True, methods=["get", "post"])
+    def permissions(self, request: Request, id=None) -> Response:
+        """Launch permissions: the accounts this template is shared with (owner or staff).
+        POST `{"op": "add"|"remove"|"reset", "accounts": [ids]}` changes them."""
+        template = self._owned_template()
+        if request.method == "POST":
+            serializer = TemplatePermissionsSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            template = launch_permissions.template_permissions_update(
+                template_id=template.pk, actor=request.user, **serializer.validated_data
+            )
+        accounts = [str(a.uuid) for a in template.shared_with.order_by("name")]
+        return Response({"template": str(template.uuid), "accounts": accounts})
 
     @extend_schema(responses=ReferencesSerializer)
     @action(detail=True, methods=["get"])
