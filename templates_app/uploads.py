@@ -60,6 +60,13 @@ class UploadConflict(StencilError):
     code = "conflict"
 
 
+class UploadTooLarge(StencilError):
+    """The body is longer than the size it was signed for, or than the account may store."""
+
+    status_code = 413
+    code = "too_large"
+
+
 class UploadLeaseLost(UploadConflict):
     """This upload's lease ran out and another upload took the copy over."""
 
@@ -228,14 +235,24 @@ def _lease_renewer(ref_id: int, owner: str, progress: Callable[[int], None] | No
 
 
 def _stream(
-    body: BinaryIO, dest: Path, *, algorithm: str, progress: Callable[[int], None] | None
+    body: BinaryIO,
+    dest: Path,
+    *,
+    algorithm: str,
+    progress: Callable[[int], None] | None,
+    limit: tuple[int, str] | None = None,
 ) -> tuple[int, str, str]:
-    """Write the body to dest in 1 MiB chunks, hashing as we go; never holds it in memory."""
+    """Write the body to dest in 1 MiB chunks, hashing as we go; never holds it in memory.
+    `limit` (bytes, why): the first byte past it stops the upload (UploadTooLarge)."""
     declared = hashlib.new(algorithm)
     sha256 = declared if algorithm == "sha256" else hashlib.sha256()
     size = 0
     with open(dest, "wb") as out:
         while chunk := body.read(CHUNK):
+            if limit is not None and size + len(chunk) > limit[0]:
+                raise UploadTooLarge(
+                    f"the upload is longer than {limit[0]} bytes ({limit[1]})", field="file"
+                )
             out.write(chunk)
             declared.update(chunk)
             if sha256 is not declared:
@@ -287,6 +304,19 @@ def _fail_upload(ref_id: int, owner: str, reason: str) -> None:
     )
 
 
+def _upload_limit(ref: TemplateStoreRef, *, signed_size: int) -> tuple[int, str] | None:
+    """The most bytes this upload may write: the size it was signed for (0: not given), and
+    what the account may still store (its copy's charge included)."""
+    limits = []
+    if signed_size > 0:
+        limits.append((signed_size, "the size the upload URL was signed for"))
+    account = Account.objects.get(pk=ref.template.account_id)
+    if account.max_secondary_bytes is not None:
+        room = account.max_secondary_bytes - account.used_secondary_bytes + ref.charged_bytes
+        limits.append((max(room, 0), "the account's max_secondary_bytes"))
+    return min(limits) if limits else None
+
+
 def template_upload_receive(
     *,
     template_uuid: str,
@@ -316,7 +346,11 @@ def template_upload_receive(
             split_checksum(template.checksum) if template.checksum else ("sha256", "")
         )
         size, digest, sha256 = _stream(
-            body, temp, algorithm=algorithm, progress=_lease_renewer(ref.pk, owner, progress)
+            body,
+            temp,
+            algorithm=algorithm,
+            progress=_lease_renewer(ref.pk, owner, progress),
+            limit=_upload_limit(ref, signed_size=int(payload.get("size") or 0)),
         )
         if expected and not hmac.compare_digest(digest, expected):
             algorithm_label = template.checksum.partition("}")[0] + "}"
@@ -342,6 +376,10 @@ def template_upload_receive(
         )
     except UploadLeaseLost:
         temp.unlink(missing_ok=True)  # only our own temp file: the new owner writes its own
+        raise
+    except UploadTooLarge as exc:
+        temp.unlink(missing_ok=True)
+        _fail_upload(ref.pk, owner, exc.message)
         raise
     except (ImageRejected, OSError) as exc:
         for path in (temp, image, image.parent / storepaths.PROPERTIES_NAME):

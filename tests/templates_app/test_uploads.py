@@ -26,7 +26,7 @@ def image(tmp_path_factory) -> bytes:
 
 
 def ask(api, target_zone, **overrides):
-    body = {"name": "uploaded", "format": "QCOW2", "zone": str(target_zone.uuid), "size": 1000}
+    body = {"name": "uploaded", "format": "QCOW2", "zone": str(target_zone.uuid)}
     body.update(overrides)
     return api.post(PARAMS, body, format="json")
 
@@ -220,3 +220,32 @@ def test_an_upload_under_way_is_409_while_its_lease_lives(api, client, zone, sto
     assert post_bytes(client, params, image).status_code == 409
     ref.refresh_from_db()
     assert (ref.download_state, ref.lease_owner) == ("UPLOAD_IN_PROGRESS", "dead-web-worker")
+
+
+def test_a_body_longer_than_signed_is_413_and_stores_nothing(
+    api, client, zone, store, account, image
+):
+    params = ask(api, zone, size=len(image) - 1).data
+
+    refused = post_bytes(client, params, image)
+
+    assert refused.status_code == 413, refused.content
+    assert b"signed" in refused.content
+    ref = TemplateStoreRef.objects.get(template__uuid=params["id"])
+    assert (ref.download_state, ref.state, ref.lease_owner) == ("UPLOAD_ERROR", "ALLOCATED", "")
+    assert not any(p.is_file() for p in Path(store.path).rglob("*"))
+    account.refresh_from_db()
+    assert account.used_secondary_bytes == len(image) - 1, "only what was signed stays charged"
+
+
+def test_an_upload_stops_at_the_accounts_remaining_quota(api, client, zone, store, account, image):
+    Account.objects.filter(pk=account.pk).update(max_secondary_bytes=len(image) // 2)
+    params = ask(api, zone).data  # no size given: only the quota bounds it
+
+    refused = post_bytes(client, params, image)
+
+    assert refused.status_code == 413
+    assert b"max_secondary_bytes" in refused.content
+    assert not any(p.is_file() for p in Path(store.path).rglob("*"))
+    account.refresh_from_db()
+    assert account.used_secondary_bytes == 0
