@@ -68,6 +68,25 @@ def _claim(ref_id: int, owner: str) -> TemplateStoreRef | None:
     return ref
 
 
+class QuotaExceeded(Exception):
+    """The account has no secondary storage left for another copy."""
+
+    def __init__(self, account_id: int, room: int):
+        self.message = (
+            f"account {account_id} has no secondary storage left ({room} bytes under its "
+            "max_secondary_bytes): nothing was downloaded"
+        )
+        super().__init__(self.message)
+
+
+def _secondary_room(account_id: int) -> int | None:
+    """Bytes the account may still store (None: no limit); a download stops past them."""
+    account = Account.objects.get(pk=account_id)
+    if account.max_secondary_bytes is None:
+        return None
+    return account.max_secondary_bytes - account.used_secondary_bytes
+
+
 class LeaseLost(Exception):
     """Another worker took the copy over, or its template was deleted: stop, touch nothing."""
 
@@ -182,12 +201,16 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
     image = storepaths.absolute(ref.store, ref.install_path)
     image.parent.mkdir(parents=True, exist_ok=True)
     temp = image.with_name(f".{image.name}.part-{owner[:8]}")
+    room = _secondary_room(template.account_id)
     try:
+        if room is not None and room <= 0:
+            raise QuotaExceeded(template.account_id, room)
         result = download_to_file(
             template.url,
             temp,
             checksum=template.checksum,
             headers=http_headers_of(template),
+            max_bytes=room,
             progress=_progress_saver(ref.pk, owner),
             connect_timeout=settings.STENCIL_DOWNLOAD_CONNECT_TIMEOUT,
             read_timeout=settings.STENCIL_DOWNLOAD_READ_TIMEOUT,
@@ -208,9 +231,13 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
         )
     except Exception as exc:  # any failure ends the attempt: nothing stays in progress
         _remove_quietly(temp)
-        if not isinstance(exc, (DownloadError, UnsafeUrl, ImageRejected, OSError, LeaseLost)):
+        known = (DownloadError, UnsafeUrl, ImageRejected, OSError, LeaseLost, QuotaExceeded)
+        if not isinstance(exc, known):
             logger.exception("copy %s: unexpected failure", ref.pk)
-        _fail(ref.pk, owner, _reason(exc))
+        reason = _reason(exc)
+        if room is not None and isinstance(exc, DownloadError) and "limit of" in reason:
+            reason = f"{reason}: the account's max_secondary_bytes leaves {room} bytes"
+        _fail(ref.pk, owner, reason)
         return TemplateStoreRef.objects.get(pk=ref_id)
     if not finished:
         _remove_quietly(temp)
@@ -221,7 +248,7 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, ImageRejected):
         return f"image rejected: {exc.reason}"
     message = getattr(exc, "message", None) or str(exc)
-    expected = (DownloadError, UnsafeUrl, LeaseLost)
+    expected = (DownloadError, UnsafeUrl, LeaseLost, QuotaExceeded)
     return message if isinstance(exc, expected) else f"{type(exc).__name__}: {message}"
 
 

@@ -143,3 +143,36 @@ def test_reactivating_a_template_requeues_the_downloads_its_delete_cancelled(
 
     assert sent == [{"ref_id": ref.pk}]
     assert Path(store.path).is_dir()
+
+
+@pytest.mark.django_db
+def test_a_download_stops_at_the_accounts_secondary_quota(
+    httpserver, register, store, account, qcow2_bytes
+):
+    from templates_app.models import Account
+
+    httpserver.expect_request("/big.qcow2").respond_with_data(qcow2_bytes)
+    template = register(url=httpserver.url_for("/big.qcow2"), checksum=sha256(qcow2_bytes))
+    Account.objects.filter(pk=account.pk).update(max_secondary_bytes=len(qcow2_bytes) - 1)
+
+    ref = store_copy_download(ref_id=copy_of(template).pk)
+
+    assert (ref.download_state, ref.state) == ("DOWNLOAD_ERROR", "ALLOCATED")
+    assert "max_secondary_bytes" in ref.error_text
+    assert files_under(store) == []
+    account.refresh_from_db()
+    assert account.used_secondary_bytes == 0
+
+
+@pytest.mark.django_db
+def test_a_full_account_downloads_nothing(register, store, account):
+    from templates_app.models import Account
+
+    template = register()
+    Account.objects.filter(pk=account.pk).update(max_secondary_bytes=0)
+
+    ref = store_copy_download(ref_id=copy_of(template).pk)
+
+    assert ref.download_state == "DOWNLOAD_ERROR"
+    assert "max_secondary_bytes" in ref.error_text
+    assert files_under(store) == []
