@@ -10,9 +10,22 @@ from collections.abc import Iterable
 
 from ..errors import InvalidInput
 
-FORBIDDEN_NAMES = {"host", "content-length", "transfer-encoding", "connection"}
+# The downloader's own: framing, connection handling, and the ranges and encodings it asks for.
+FORBIDDEN_NAMES = {
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "range",
+    "if-range",
+    "accept-encoding",
+}
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BAD_CHARS = re.compile(r"[\r\n\x00]")
+# RFC 9110 field-value: visible ASCII, spaces and tabs inside.
+_FIELD_VALUE = re.compile(r"^[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?$|^$")
 
 
 def header_pairs(details: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -35,13 +48,19 @@ def validate_header_details(details: Iterable[tuple[str, str]]) -> None:
     for key, value in raw:
         if key.startswith("HTTP_HEADER") and (_BAD_CHARS.search(key) or _BAD_CHARS.search(value)):
             raise InvalidInput("HTTP headers must not contain CR, LF or NUL", field="details")
-    for name, _ in header_pairs(raw):
+    for name, value in header_pairs(raw):
         if not _TOKEN.match(name):
             raise InvalidInput(f"'{name}' is not a valid HTTP header name", field="details")
         lowered = name.lower()
         if lowered in FORBIDDEN_NAMES or lowered.startswith("proxy-"):
             raise InvalidInput(
                 f"HTTP header '{name}' cannot be set (Host, Content-Length, Transfer-Encoding, "
-                "Connection and Proxy-* are the downloader's own)",
+                "Connection, TE, Upgrade, Range, If-Range, Accept-Encoding and Proxy-* are the "
+                "downloader's own)",
+                field="details",
+            )
+        if not _FIELD_VALUE.match(value):
+            raise InvalidInput(
+                f"the value of HTTP header '{name}' must be visible ASCII (RFC 9110 field-value)",
                 field="details",
             )

@@ -49,3 +49,22 @@ def test_the_owner_and_staff_see_everything(public_with_secrets, api, admin_api,
         row = shown(client, public_with_secrets, listing=listing)
         assert row["url"] == SIGNED
         assert {"key": "HTTP_HEADER", "value": "Authorization:Bearer tok-123"} in row["details"]
+
+
+def test_a_non_latin1_header_value_is_a_400_at_registration_not_a_task_crash(api, zone, store):
+    response = api.post(
+        "/api/v1/templates/",
+        {
+            "name": "bad-header",
+            "format": "QCOW2",
+            "url": "https://mirror.example/x.qcow2",
+            "zones": [str(zone.uuid)],
+            "details": [{"key": "HTTP_HEADER", "value": "X-Token:caf\u00e9"}],
+        },
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "visible ASCII" in str(response.data["details"])
+    from templates_app.models import Template
+
+    assert not Template.objects.filter(name="bad-header").exists()

@@ -24,6 +24,13 @@ def test_both_spellings_become_headers():
         ([("HTTP_HEADER", "Connection:close")], "cannot be set"),
         ([("HTTP_HEADER:Proxy-Authorization", "x")], "cannot be set"),
         ([("HTTP_HEADER", "Bad Name:x")], "not a valid HTTP header name"),
+        ([("HTTP_HEADER", "Range:bytes=0-")], "cannot be set"),
+        ([("HTTP_HEADER:If-Range", "x")], "cannot be set"),
+        ([("HTTP_HEADER", "Accept-Encoding:gzip")], "cannot be set"),
+        ([("HTTP_HEADER", "TE:trailers")], "cannot be set"),
+        ([("HTTP_HEADER:Upgrade", "h2c")], "cannot be set"),
+        ([("HTTP_HEADER", "X-Token:caf\u00e9")], "visible ASCII"),
+        ([("HTTP_HEADER:X-Token", "\x7fdel")], "visible ASCII"),
     ],
 )
 def test_refused_headers_name_the_rule(details, rule):

@@ -1,6 +1,7 @@
 """Create (or keep) the demo: zone `demo`, an image store under the data dir, an admin user, and
 a KVM host `demo-kvm` on libvirt's test driver with a real pool directory under the data dir."""
 
+import os
 import secrets
 
 from django.conf import settings
@@ -104,6 +105,9 @@ class Command(BaseCommand):
         user.is_staff = user.is_superuser = True
         user.set_password(password)
         user.save()
-        secret_file.write_text(password + "\n")
-        secret_file.chmod(0o600)
+        # Created 0600: the password is never readable by others, not even for a moment.
+        descriptor = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(password + "\n")
+        secret_file.chmod(0o600)  # a file left by an older run keeps its mode on O_TRUNC
         return password
