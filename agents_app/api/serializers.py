@@ -13,8 +13,8 @@ class VirtualMachineSerializer(serializers.ModelSerializer):
     template_name = serializers.CharField(source="template.name", read_only=True)
     zone = serializers.UUIDField(source="zone.uuid", read_only=True)
     account = serializers.UUIDField(source="account.uuid", read_only=True)
-    host = serializers.CharField(source="host.name", default=None, read_only=True)
-    pool = serializers.CharField(source="pool.name", default=None, read_only=True)
+    host = serializers.CharField(source="host.name", default=None, allow_null=True, read_only=True)
+    pool = serializers.CharField(source="pool.name", default=None, allow_null=True, read_only=True)
     use_latest_template_version = serializers.SerializerMethodField(
         help_text="Follows the newest ACTIVE version of the template's lineage; always false "
         "for a stateful VM."
@@ -266,3 +266,16 @@ class VmPoolReturnSerializer(serializers.Serializer):
 
 class VmVersionRequestSerializer(serializers.Serializer):
     version_name = serializers.CharField(max_length=128, required=False, allow_blank=True)
+
+
+class QueuedSerializer(serializers.Serializer):
+    """The answer of a 202: the host was asked; the result shows up on the object later."""
+
+    status = serializers.CharField(default="queued")
+
+
+class VmVersionQueuedSerializer(serializers.Serializer):
+    """The answer of create-version: the new version's id, deployable once its copy is READY."""
+
+    template = serializers.UUIDField()
+    version_number = serializers.IntegerField()

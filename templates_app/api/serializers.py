@@ -158,6 +158,7 @@ class TemplateVersionSerializer(serializers.Serializer):
     base_template = serializers.UUIDField(
         source="base.uuid",
         default=None,
+        allow_null=True,
         read_only=True,
         help_text="Id of the base template; null for a base template (version 1).",
     )
@@ -425,10 +426,6 @@ class GcSweepResultSerializer(serializers.Serializer):
     held_count = serializers.IntegerField()
     held = serializers.ListField(child=serializers.DictField())
     copies_destroyed = serializers.IntegerField()
-    pool_copies = serializers.DictField(
-        child=serializers.IntegerField(),
-        help_text="Cached copies on primary pools marked for eviction, and being evicted.",
-    )
 
 
 class UploadParamsRequestSerializer(serializers.Serializer):
