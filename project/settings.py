@@ -127,7 +127,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PAGINATION_CLASS": "templates_app.api.pagination.StencilPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "templates_app.api.schema.StencilAutoSchema",
     "EXCEPTION_HANDLER": "templates_app.api.errors.stencil_exception_handler",
 }
 

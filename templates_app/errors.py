@@ -60,3 +60,27 @@ class NoAccount(StencilError):
 
     status_code = 403
     code = "no_account"
+
+
+class InUse(StencilError):
+    """A delete of something that other rows still hold (a zone with an image store, an account
+    with templates); 409 naming what holds it, nothing deleted."""
+
+    status_code = 409
+    code = "in_use"
+    NAMED_LIMIT = 5
+
+    def __init__(self, obj: object, holders: list[object]):
+        kind = type(obj)._meta.verbose_name if hasattr(type(obj), "_meta") else type(obj).__name__
+        named = ", ".join(_describe(holder) for holder in holders[: self.NAMED_LIMIT])
+        more = len(holders) - self.NAMED_LIMIT
+        if more > 0:
+            named = f"{named} and {more} more"
+        super().__init__(f"cannot delete {kind} '{obj}': still used by {named}")
+        self.holders = holders
+
+
+def _describe(holder: object) -> str:
+    meta = getattr(type(holder), "_meta", None)
+    kind = meta.verbose_name if meta else type(holder).__name__
+    return f"{kind} '{holder}'"

@@ -269,3 +269,16 @@ class VmPoolReturnSerializer(serializers.Serializer):
 
 class VmVersionRequestSerializer(serializers.Serializer):
     version_name = serializers.CharField(max_length=128, required=False, allow_blank=True)
+
+
+class QueuedSerializer(serializers.Serializer):
+    """The answer of a 202: the host was asked; the result shows up on the object later."""
+
+    status = serializers.CharField(default="queued")
+
+
+class VmVersionQueuedSerializer(serializers.Serializer):
+    """The answer of create-version: the new version's id, deployable once its copy is READY."""
+
+    template = serializers.UUIDField()
+    version_number = serializers.IntegerField()

@@ -23,6 +23,7 @@ from .serializers import (
     PoolCopySerializer,
     PoolCopyUnpinSerializer,
     PrimaryPoolSerializer,
+    QueuedSerializer,
     VirtualMachineCreateSerializer,
     VirtualMachineDestroySerializer,
     VirtualMachineExpungeSerializer,
@@ -30,6 +31,7 @@ from .serializers import (
     VmPoolReturnSerializer,
     VmPoolSerializer,
     VmSnapshotSerializer,
+    VmVersionQueuedSerializer,
     VmVersionRequestSerializer,
 )
 
@@ -133,7 +135,7 @@ class VirtualMachineViewSet(
     def start(self, request: Request, id=None) -> Response:
         return self._answer(services.vm_start(vm_id=self.get_object().pk, actor=request.user))
 
-    @extend_schema(request=VmVersionRequestSerializer, responses={202: None})
+    @extend_schema(request=VmVersionRequestSerializer, responses={202: VmVersionQueuedSerializer})
     @action(detail=True, methods=["post"], url_path="create-version")
     def create_version(self, request: Request, id=None) -> Response:
         """oVirt's "new template version from this VM": the VM must be stopped; its host copies
@@ -185,8 +187,10 @@ class VirtualMachineViewSet(
         return self._answer(vm)
 
     @extend_schema(methods=["GET"], responses=VmSnapshotSerializer(many=True))
-    @extend_schema(methods=["POST"], request=VmSnapshotSerializer, responses={202: None})
-    @action(detail=True, methods=["get", "post"])
+    @extend_schema(
+        methods=["POST"], request=VmSnapshotSerializer, responses={202: QueuedSerializer}
+    )
+    @action(detail=True, methods=["get", "post"], pagination_class=None)
     def snapshots(self, request: Request, id=None) -> Response:
         """List snapshots, or ask the host to take one (202: it appears once libvirt has it)."""
         vm = self.get_object()
@@ -197,13 +201,13 @@ class VirtualMachineViewSet(
         services.vm_snapshot_create(vm_id=vm.pk, actor=request.user, **serializer.validated_data)
         return Response({"status": "queued"}, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=None, responses={202: None})
+    @extend_schema(request=None, responses={202: QueuedSerializer})
     @action(detail=True, methods=["post"], url_path=r"snapshots/(?P<name>[^/]+)/revert")
     def revert_snapshot(self, request: Request, id=None, name=None) -> Response:
         services.vm_snapshot_revert(vm_id=self.get_object().pk, name=name, actor=request.user)
         return Response({"status": "queued"}, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=None, responses={202: None})
+    @extend_schema(request=None, responses={202: QueuedSerializer})
     @action(detail=True, methods=["delete"], url_path=r"snapshots/(?P<name>[^/]+)")
     def delete_snapshot(self, request: Request, id=None, name=None) -> Response:
         services.vm_snapshot_delete(vm_id=self.get_object().pk, name=name, actor=request.user)

@@ -182,6 +182,7 @@ class TemplateVersionSerializer(serializers.Serializer):
     base_template = serializers.UUIDField(
         source="base.uuid",
         default=None,
+        allow_null=True,
         read_only=True,
         help_text="Id of the base template; null for a base template (version 1).",
     )

@@ -46,7 +46,7 @@ class TemplateViewSet(catalogue_views.TemplateViewSet):
         )
 
     @extend_schema(responses=TemplateSerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None)
     def versions(self, request: Request, id=None) -> Response:
         """The lineage of this template, base (version 1) first, in every state."""
         template = self.get_object()
