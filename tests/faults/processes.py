@@ -23,8 +23,6 @@ from urllib.parse import quote
 
 from django.db import connection
 
-from project.celery import app
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -67,6 +65,7 @@ class Process:
         return self.logs / f"{self.label}.log"
 
     def start(self) -> None:
+        self._log_start = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.popen = subprocess.Popen(
                 self.args,
@@ -98,16 +97,23 @@ class Process:
             os.killpg(self.popen.pid, signal.SIGKILL)  # whatever is left of the group
         self.popen.wait(timeout=10)
 
+    def logged_since_start(self, text: str) -> bool:
+        with open(self.log, "rb") as log:
+            log.seek(self._log_start)
+            return text.encode() in log.read()
+
+    def wait_ready(self, worker: str) -> None:
+        """A Celery worker logs '<name> ready.' once it consumes (after connecting and mingle)."""
+        wait_until(
+            lambda: not self.alive() or self.logged_since_start(f"{worker} ready."),
+            what=f"worker {worker} to be ready",
+            logs=self.tail,
+        )
+        assert self.alive(), self.tail()
+
     def tail(self, lines: int = 60) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return f"----- {self.label} -----\n" + "\n".join(text.splitlines()[-lines:])
-
-
-def ping(worker: str, broker_url: str | None = None) -> bool:
-    if broker_url is None:
-        return bool(app.control.ping(destination=[worker], timeout=0.5))
-    with app.connection_for_write(broker_url) as conn:
-        return bool(app.control.ping(destination=[worker], timeout=0.5, connection=conn))
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -125,26 +131,27 @@ class StorageWorker(Process):
     """`celery worker` consuming the test's private queue as its storage queue (template sync,
     downloads and their retries all go there)."""
 
-    def __init__(self, queue: str, logs: Path, *, broker_url: str | None = None, **env: str):
+    def __init__(
+        self,
+        queue: str,
+        logs: Path,
+        *,
+        broker_url: str | None = None,
+        prefix: tuple[str, ...] = (),
+        **env: str,
+    ):
         self.queue, self.broker_url = queue, broker_url
         self.name = f"storage-{uuid.uuid4().hex[:8]}@localhost"
         extra = {"STENCIL_STORAGE_QUEUE": queue, "CELERY_TASK_DEFAULT_QUEUE": queue, **env}
         if broker_url:
             extra["CELERY_BROKER_URL"] = broker_url
-        args = [sys.executable, "-m", "celery", "-A", "project", "worker", "--pool=solo"]
+        args = [*prefix, sys.executable, "-m", "celery", "-A", "project", "worker", "--pool=solo"]
         args += ["-Q", queue, "-n", self.name, "--loglevel=INFO"]
         super().__init__(self.name.split("@")[0], args, base_env(**extra), logs)
 
-    def start(self, prefix: list[str] | None = None) -> None:
-        if prefix:
-            self.args = prefix + [a for a in self.args if a not in prefix]
+    def start(self) -> None:
         super().start()
-        wait_until(
-            lambda: not self.alive() or ping(self.name, self.broker_url),
-            what=f"storage worker {self.name} to answer a ping",
-            logs=self.tail,
-        )
-        assert self.alive(), self.tail()
+        self.wait_ready(self.name)
 
 
 class Agent(Process):
@@ -152,7 +159,6 @@ class Agent(Process):
 
     def __init__(self, name: str, zone: str, uri: str, logs: Path, **env: str):
         self.name = name
-        self.broker_url = env.get("CELERY_BROKER_URL")
         args = [sys.executable, "manage.py", "run_agent", "--name", name, "--zone", zone]
         args += ["--libvirt-uri", uri, "--loglevel", "INFO"]
         extra = {"STENCIL_POOL_COPY_LEASE_SECONDS": "2", **env}
@@ -160,13 +166,7 @@ class Agent(Process):
 
     def start(self) -> None:
         super().start()
-        worker = f"agent-{self.name}@{socket.gethostname()}"
-        wait_until(
-            lambda: not self.alive() or ping(worker, self.broker_url),
-            what=f"agent {self.name} to answer a ping",
-            logs=self.tail,
-        )
-        assert self.alive(), self.tail()
+        self.wait_ready(f"agent-{self.name}@{socket.gethostname()}")
 
 
 class PrivateRedis(Process):
@@ -338,3 +338,48 @@ def part_files(*folders: Path) -> list[str]:
     return sorted(
         str(p) for folder in folders for p in Path(folder).rglob("*") if ".part" in p.name
     )
+
+
+class Web(Process):
+    """`manage.py runserver` on a free port (no reloader), for submissions from outside."""
+
+    def __init__(self, logs: Path, **env: str):
+        self.port = free_port()
+        args = [sys.executable, "manage.py", "runserver", "--insecure", "--noreload"]
+        args.append(f"127.0.0.1:{self.port}")
+        super().__init__(f"web-{self.port}", args, base_env(**env), logs)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+
+        def listening() -> bool:
+            if not self.alive():
+                return True
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return True
+            return False
+
+        wait_until(listening, what="the web process to listen", logs=self.tail)
+        assert self.alive(), self.tail()
+
+    def call(self, method: str, path: str, token: str, body=None) -> tuple[int, object]:
+        import json
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"{self.base}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
