@@ -301,10 +301,14 @@ class FaultServer:
             if fault.kind == "stall":
                 self._stop.wait(fault.seconds)
             elif fault.kind == "reset":
-                # RST instead of FIN: SO_LINGER with a zero timeout, then close.
+                # RST instead of FIN: SO_LINGER with a zero timeout, then close at once (the
+                # server's own shutdown_request would send a FIN first).
                 handler.connection.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
+                handler.wfile.close()
+                handler.rfile.close()
+                handler.connection.close()
         except OSError:
             pass  # the client went away (a killed worker)
         handler.close_connection = True
