@@ -188,6 +188,9 @@ STENCIL_DOWNLOAD_READ_TIMEOUT = float(os.environ.get("STENCIL_DOWNLOAD_READ_TIME
 STENCIL_DOWNLOAD_STALL_TIMEOUT = float(os.environ.get("STENCIL_DOWNLOAD_STALL_TIMEOUT", "60"))
 STENCIL_DOWNLOAD_MAX_ATTEMPTS = int(os.environ.get("STENCIL_DOWNLOAD_MAX_ATTEMPTS", "4"))
 STENCIL_DOWNLOAD_BACKOFF_BASE = float(os.environ.get("STENCIL_DOWNLOAD_BACKOFF_BASE", "0.5"))
+# A store copy's download lease: a killed worker's copy is taken over this long after its last
+# renewal (progress renews it about once a second).
+STENCIL_STORE_COPY_LEASE_SECONDS = int(os.environ.get("STENCIL_STORE_COPY_LEASE_SECONDS", "120"))
 STENCIL_STORAGE_QUEUE = os.environ.get("STENCIL_STORAGE_QUEUE", "storage")
 CELERY_TASK_ROUTES = {
     "templates_app.tasks.store_copy_download_task": {"queue": STENCIL_STORAGE_QUEUE},

@@ -32,7 +32,11 @@ from .signals import send_store_copy_ready_on_commit
 
 logger = logging.getLogger(__name__)
 
-LEASE = timedelta(seconds=120)
+
+def lease_length() -> timedelta:
+    """How long a store copy's lease lasts unrenewed (STENCIL_STORE_COPY_LEASE_SECONDS): a dead
+    worker's copy is taken over this long after its last renewal."""
+    return timedelta(seconds=settings.STENCIL_STORE_COPY_LEASE_SECONDS)
 
 
 def http_headers_of(template: Template) -> dict[str, str]:
@@ -56,7 +60,7 @@ def _claim(ref_id: int, owner: str) -> TemplateStoreRef | None:
     before = ref.download_state
     ref.step("start_download")
     ref.install_path = storepaths.relative_install_path(template)
-    leases.lease_claim(ref, owner, LEASE)
+    leases.lease_claim(ref, owner, lease_length())
     ref.attempts += 1
     ref.error_text = ""
     ref.download_percent = 0
@@ -101,7 +105,7 @@ def _progress_saver(ref_id: int, owner: str):
             TemplateStoreRef,
             ref_id,
             owner,
-            LEASE,
+            lease_length(),
             downloaded_bytes=done,
             download_percent=percent,
             updated_at=timezone.now(),
@@ -185,6 +189,18 @@ def _remove_quietly(*paths: Path) -> None:
             logger.warning("could not delete %s", path)
 
 
+def _remove_stale_temps(image: Path) -> None:
+    """Delete the temporary files earlier attempts at this image left (a killed worker's
+    `.<name>.part-<owner>`, and the downloader's own `..<name>.part-<owner>.part-<random>`).
+    Called by the attempt that just claimed the lease, before it writes: an earlier attempt
+    still running has lost its lease, stops at its next renewal and renames nothing."""
+    if not image.parent.is_dir():
+        return
+    for path in image.parent.iterdir():
+        if path.name.startswith((f".{image.name}.part-", f"..{image.name}.part-")):
+            _remove_quietly(path)
+
+
 def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
     """Download a template's bytes into its image store; READY only when verified and inspected.
 
@@ -200,6 +216,7 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
     template = ref.template
     image = storepaths.absolute(ref.store, ref.install_path)
     image.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(image)
     temp = image.with_name(f".{image.name}.part-{owner[:8]}")
     room = _secondary_room(template.account_id)
     try:
@@ -218,7 +235,7 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
             max_attempts=settings.STENCIL_DOWNLOAD_MAX_ATTEMPTS,
             backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
         )
-        with leases.LeaseKeeper(TemplateStoreRef, ref.pk, owner, LEASE):
+        with leases.LeaseKeeper(TemplateStoreRef, ref.pk, owner, lease_length()):
             info = inspect_image(temp, template.format)
         finished = _finish(
             ref.pk,
@@ -271,9 +288,10 @@ def store_copy_from_local(*, ref_id: int, write: Callable[[Path], None]) -> Temp
     template = ref.template
     image = storepaths.absolute(ref.store, ref.install_path)
     image.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(image)
     temp = image.with_name(f".{image.name}.part-{owner[:8]}")
     try:
-        with leases.LeaseKeeper(TemplateStoreRef, ref.pk, owner, LEASE):
+        with leases.LeaseKeeper(TemplateStoreRef, ref.pk, owner, lease_length()):
             write(temp)
             sha256 = _sha256_of(temp)
             info = inspect_image(temp, template.format)

@@ -2,7 +2,8 @@
 
 Runs when a storage worker starts and from `manage.py sync_templates`. A copy the database has
 but the store lacks is marked and downloaded again where a URL exists. Files the database does
-not know are reported, and deleted only with `prune` after a grace period. A file whose unique
+not know are reported, and deleted only with `prune` after a grace period. Downloads left in
+progress (a killed worker's) are asked for again. A file whose unique
 name belongs to a template that is not REMOVED is never deleted.
 """
 
@@ -16,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 
 from . import storepaths
-from .choices import ImageStoreState, StoreRefState, TemplateState
+from .choices import DownloadState, ImageStoreState, StoreRefState, TemplateState
 from .events import record_copy_event
 from .locks import lock_copy
 from .models import ImageStore, Template, TemplateStoreRef
@@ -36,6 +37,7 @@ class SyncReport:
     unknown: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     kept_young: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -88,6 +90,26 @@ def _check_known_copies(store: ImageStore, report: SyncReport, dry_run: bool) ->
         if ref.template.url and ref.template.state == TemplateState.ACTIVE:
             _redownload(ref.pk)
             report.redownloading.append(label)
+
+
+def _resume_unfinished(store: ImageStore, report: SyncReport, dry_run: bool) -> None:
+    """Downloads left in progress are asked for again. A worker killed mid-download leaves its
+    task unacknowledged on the broker (Redis gives it back only after its visibility timeout, an
+    hour): the new task waits while another attempt's lease is live, and takes a dead worker's
+    copy over once its lease has run out (store_copy_download_task)."""
+    unfinished = (
+        TemplateStoreRef.objects.filter(
+            store=store,
+            download_state=DownloadState.DOWNLOAD_IN_PROGRESS,
+            template__state=TemplateState.ACTIVE,
+        )
+        .exclude(template__url="")
+        .values_list("pk", "install_path")
+    )
+    for ref_id, install_path in unfinished:
+        report.resumed.append(f"{store.name}:{install_path}")
+        if not dry_run:
+            _redownload(ref_id)
 
 
 def _redownload(ref_id: int) -> None:
@@ -152,5 +174,6 @@ def template_sync(
             continue
         report.stores += 1
         _check_known_copies(store, report, dry_run)
+        _resume_unfinished(store, report, dry_run)
         _check_unknown_files(store, report, prune=prune, dry_run=dry_run, grace=grace)
     return report

@@ -21,6 +21,7 @@ class Command(BaseCommand):
         sections = [
             ("missing from store", report.missing),
             ("downloading again", report.redownloading),
+            ("downloads left in progress, asked for again", report.resumed),
             ("unknown to the database", report.unknown),
             ("pruned", report.pruned),
             ("unknown but younger than the grace period (kept)", report.kept_young),
