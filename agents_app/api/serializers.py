@@ -119,10 +119,21 @@ class HostSerializer(serializers.ModelSerializer):
             "capabilities",
             "queue",
             "pools",
+            "unknown_domains",
             "created_at",
             "updated_at",
         ]
         read_only_fields = fields
+        extra_kwargs = {
+            "unknown_domains": {"help_text": "Staff only: running domains no VM knows."}
+        }
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        if not (request and request.user.is_staff):
+            data.pop("unknown_domains", None)  # names of other tenants' guests, perhaps
+        return data
 
 
 class PrimaryPoolSerializer(serializers.ModelSerializer):

@@ -166,14 +166,17 @@ def test_rebuild_failing_unexpectedly_ends_in_error(running, user, monkeypatch):
     assert running.error_text == "rebuild: RuntimeError: boom"
 
 
-def test_an_error_vm_is_reset_to_stopped(running, monkeypatch):
+def test_an_error_vm_is_reset_to_stopped(running, monkeypatch, django_capture_on_commit_callbacks):
     monkeypatch.setattr(virt, "domain_state", boom())
     tasks.vm_sync_domain_task(vm_id=running.pk)
     running.refresh_from_db()
     assert running.state == "ERROR"
 
-    running.reset()
-    assert running.state == "STOPPED"
+    monkeypatch.undo()
+    with django_capture_on_commit_callbacks() as sent:
+        vm = vm_services.vm_reset(vm_id=running.pk, actor=None)
+    assert len(sent) == 1, "the host powers the domain off"
+    assert vm.state == "STOPPED"
 
 
 def test_certificate_install_failing_unexpectedly_is_failed(zone, monkeypatch, settings, tmp_path):
@@ -316,3 +319,14 @@ def test_starting_a_vm_whose_domain_is_gone_does_not_leave_it_running(cloud, run
 
     assert done.state == "ERROR"
     assert "is gone from host" in done.error_text
+
+
+def test_unknown_domains_are_shown_to_staff_only(api, admin_api, zone):
+    host = heartbeat.host_register(name="kvm-u", zone=zone, libvirt_uri="test:///default")
+    Host.objects.filter(pk=host.pk).update(unknown_domains=["rogue"])
+
+    staff = admin_api.get(f"/api/v1/hosts/{host.uuid}/").json()
+    member = api.get(f"/api/v1/hosts/{host.uuid}/")
+
+    assert staff["unknown_domains"] == ["rogue"]
+    assert member.status_code != 200 or "unknown_domains" not in member.json()
