@@ -69,6 +69,7 @@ class HostAdmin(ActionsOnlyAdmin):
         "last_heartbeat_at",
         "pool_names",
         "capabilities",
+        "unknown_domains",
         "uuid",
         "created_at",
         "updated_at",

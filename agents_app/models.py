@@ -28,6 +28,12 @@ class Host(ConcurrentTransitionMixin, models.Model):
     )
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     capabilities = models.JSONField(default=dict, blank=True)
+    unknown_domains = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Running libvirt domains on this host that no VM here knows, as its agent's "
+        "last heartbeat saw them (names). Reported only: Stencil never touches them.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -179,6 +185,8 @@ class TemplatePoolRef(FSMModelMixin, models.Model):
 
 
 LIVE_STATES = [VmState.STARTING, VmState.RUNNING, VmState.STOPPED, VmState.ERROR]
+# States a host task works from: each can fail into ERROR (`VirtualMachine.mark_error`).
+WORKING_STATES = LIVE_STATES
 
 
 class VmPool(models.Model):
@@ -274,6 +282,17 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
     state = FSMField(
         max_length=16, choices=VmState.choices, default=VmState.STOPPED, protected=True
     )
+    # The host task claim (agents_app.agent.claims): a host task takes it in a short transaction
+    # before it touches libvirt and gives it back once its result is recorded, so a duplicate
+    # delivery of the task sees it and leaves. A claim that is not renewed runs out: its holder
+    # died, and the next delivery takes it over.
+    host_task_token = models.CharField(
+        max_length=64, blank=True, help_text="The host task attempt working on this VM now."
+    )
+    host_task_name = models.CharField(
+        max_length=160, blank=True, help_text="Which host task holds the claim."
+    )
+    host_task_expires_at = models.DateTimeField(null=True, blank=True)
     destroyed_at = models.DateTimeField(null=True, blank=True)
     expunged_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -293,6 +312,21 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
     @transition(field=state, source=VmState.STARTING, target=VmState.ERROR)
     def fail_deploy(self) -> None:
         """The agent could not deploy it; error_text says why."""
+
+    @transition(field=state, source=WORKING_STATES, target=VmState.ERROR)
+    def mark_error(self) -> None:
+        """A host task failed in a way that leaves the domain's state unknown (or gone);
+        error_text says why."""
+
+    @transition(
+        field=state,
+        source=VmState.ERROR,
+        target=VmState.STOPPED,
+        custom={"label": "Reset to stopped"},
+    )
+    def reset(self) -> None:
+        """An operator takes a VM out of ERROR: it is recorded stopped and its host powers the
+        domain off; starting it again goes through the normal start."""
 
     @transition(field=state, source=[VmState.STOPPED], target=VmState.RUNNING)
     def start(self) -> None:

@@ -170,6 +170,12 @@ def vm_start(*, vm_id: int, actor) -> VirtualMachine:
     return _transition(vm_id, "start", actor=actor)
 
 
+@transaction.atomic
+def vm_reset(*, vm_id: int, actor) -> VirtualMachine:
+    """Take a VM out of ERROR: recorded STOPPED, and its host powers the domain off."""
+    return _transition(vm_id, "reset", actor=actor, reason="reset from ERROR")
+
+
 def _lock_latest_of(template_id: int, *, account_id: int) -> Template | None:
     """The newest ACTIVE version of `template_id`'s lineage that the VM's account may use,
     under its shared row lock (taken before any VM lock: account -> template -> VM), or None

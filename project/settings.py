@@ -155,6 +155,15 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(CELERY_BROKER_FOLDER / "control"),
         "store_processed": False,
     }
+# Tasks are acknowledged late (after they run). Redis hands an unacknowledged task to another
+# worker once this many seconds pass, so it must stay above the longest task (a large pool copy
+# or a VM disk flattened into a store), or a task still running gets a second delivery (host
+# tasks then meet the VM's host task claim and leave). The filesystem broker never redelivers
+# (no visibility timeout); RabbitMQ redelivers only when the consumer's connection drops (its
+# own consumer_timeout, 30 min by default, must also exceed the longest task).
+STENCIL_BROKER_VISIBILITY_TIMEOUT = int(os.environ.get("STENCIL_BROKER_VISIBILITY_TIMEOUT", "7200"))
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": STENCIL_BROKER_VISIBILITY_TIMEOUT}
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "django-db")
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ACKS_LATE = True
@@ -229,6 +238,14 @@ STENCIL_HEARTBEAT_SECONDS = int(os.environ.get("STENCIL_HEARTBEAT_SECONDS", "20"
 STENCIL_HOST_DOWN_AFTER_SECONDS = int(os.environ.get("STENCIL_HOST_DOWN_AFTER_SECONDS", "90"))
 STENCIL_POOL_COPY_LEASE_SECONDS = int(os.environ.get("STENCIL_POOL_COPY_LEASE_SECONDS", "60"))
 STENCIL_POOL_COPY_MIN_AGE_SECONDS = int(os.environ.get("STENCIL_POOL_COPY_MIN_AGE_SECONDS", "3600"))
+# A host task's claim on its VM (renewed every third of it while the task runs): a duplicate
+# delivery meeting a live claim leaves; one that finds it run out (the holder died) takes over.
+STENCIL_HOST_TASK_CLAIM_SECONDS = int(os.environ.get("STENCIL_HOST_TASK_CLAIM_SECONDS", "60"))
+# The heartbeat's VM reconcile leaves alone a VM changed this recently (its host task may still
+# be queued), and a VM whose host task claim is live.
+STENCIL_VM_RECONCILE_GRACE_SECONDS = int(
+    os.environ.get("STENCIL_VM_RECONCILE_GRACE_SECONDS", "120")
+)
 
 # Direct-download certificates: each agent keeps the certificates its HTTPS downloads trust in
 # STENCIL_AGENT_TRUST_ROOT/<host name>/ (<alias>.pem plus OpenSSL subject-hash links).

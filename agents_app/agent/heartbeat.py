@@ -1,5 +1,6 @@
 """The agent's side of a host's life: it announces itself on start and heartbeats while it runs
-(`manage.py run_agent`); it also reports its pools' sizes as libvirt sees them."""
+(`manage.py run_agent`); it also reports its pools' sizes as libvirt sees them, and reconciles
+its VMs' recorded states with their domains (`vms_reconcile`, one listAllDomains a beat)."""
 
 from django.db import transaction
 from django.utils import timezone
@@ -10,6 +11,9 @@ from templates_app.models import Zone
 from ..choices import HostState
 from ..models import Host, PrimaryPool
 from . import virt
+from .reconcile import vms_reconcile
+
+__all__ = ["host_heartbeat", "host_register", "pools_report", "vms_reconcile"]
 
 
 @transaction.atomic

@@ -8,6 +8,7 @@ whose copy owner died is released by a re-check at the end of the lease, and tak
 No Python lock is involved, so this holds across threads, processes and hosts.
 """
 
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +32,12 @@ from ..choices import PoolCopyState, VmState
 from ..models import PrimaryPool, TemplatePoolRef, VirtualMachine
 from . import virt
 from .direct_download import DirectDownloadFailed
+from .failures import describe
+
+logger = logging.getLogger(__name__)
+
+# Failures a copy expects and reports in their own words (anything else: "<Type>: <message>").
+EXPECTED = (virt.VirtError, QemuImgError, StencilError, DirectDownloadFailed, OSError)
 
 # Seconds past a copy's lease end before a waiter's re-check looks at it (clock slack).
 RECHECK_MARGIN_SECONDS = 2
@@ -407,11 +414,32 @@ def pool_copy_ensure(
     try:
         with LeaseKeeper(TemplatePoolRef, ref.pk, owner, lease_length()):
             path, size, physical = _copy_bytes(ref, pool, libvirt_uri, host_name)
-    except (virt.VirtError, QemuImgError, StencilError, DirectDownloadFailed, OSError) as exc:
-        reason = getattr(exc, "message", None) or str(exc)
+    except Exception as exc:  # any failure ends the attempt: nothing stays in progress
+        if isinstance(exc, EXPECTED):
+            reason = getattr(exc, "message", None) or str(exc)
+        else:
+            logger.exception("pool copy %s: unexpected failure", ref.pk)
+            reason = describe(exc)
+        _discard_partial(ref, pool, libvirt_uri, owner)
         _fail(ref.pk, owner, reason)
         raise PoolCopyFailed(reason, retryable=getattr(exc, "retryable", False)) from exc
     return _finish(ref.pk, owner, path=path, size=size, physical=physical)
+
+
+def _discard_partial(ref: TemplatePoolRef, pool: PrimaryPool, libvirt_uri: str, owner: str) -> None:
+    """A failed attempt leaves no partial copy behind (while it still owns the copy: a worker
+    that lost its lease must not delete what the new owner writes). Best effort: the next
+    attempt deletes a leftover before it starts anyway."""
+    from .direct_download import remove_leftovers
+
+    if not TemplatePoolRef.objects.filter(pk=ref.pk, lease_owner=owner).exists():
+        return
+    try:
+        conn = virt.connection(libvirt_uri)
+        virt.delete_volume(conn, pool.libvirt_pool_name, ref.volume_name)
+        remove_leftovers(Path(pool.path), ref.volume_name)
+    except Exception:
+        logger.exception("pool copy %s: could not remove the partial copy", ref.pk)
 
 
 def pool_copy_delete_on_host(*, ref_id: int, libvirt_uri: str) -> bool:

@@ -27,6 +27,7 @@ from django.db import transaction
 from templates_app.events import record_event
 
 from ..models import DirectDownloadCertificate, Host, HostCertificate, HostCertificateState
+from .failures import describe
 
 if TYPE_CHECKING:
     pass
@@ -90,9 +91,9 @@ def certificate_install_on_host(*, host_name: str, certificate_id: int) -> HostC
         before = row.state
         try:
             _write_certificate(trust_dir_for(host.name), cert)
-        except (OSError, TrustStoreError) as exc:
+        except Exception as exc:  # nothing stays PENDING: any failure is FAILED, with its text
             row.mark_failed()
-            row.error_text = f"install {cert.file_name}: {exc}"[:4000]
+            row.error_text = f"install {cert.file_name}: {_reason(exc)}"[:4000]
         else:
             row.mark_installed()
             row.error_text = ""
@@ -125,14 +126,21 @@ def certificate_remove_on_host(*, host_name: str, certificate_id: int) -> HostCe
             row.start_removal()
         try:
             _delete_certificate(trust_dir_for(host.name), cert)
-        except (OSError, TrustStoreError) as exc:
-            row.error_text = f"remove {cert.file_name}: {exc}"[:4000]
+        except Exception as exc:
+            row.error_text = f"remove {cert.file_name}: {_reason(exc)}"[:4000]
         else:
             row.mark_removed()
             row.error_text = ""
         row.save()
         record_host_certificate_change(row, before, reason=row.error_text or "removed")
     return row
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, (OSError, TrustStoreError)):
+        return str(exc)
+    logger.exception("trust store: unexpected failure")
+    return describe(exc)
 
 
 def certificates_sync_host(*, host_name: str) -> dict[str, int]:
@@ -332,3 +340,22 @@ def _subject_hash(path: Path) -> str:
     if done.returncode != 0 or not re.fullmatch(r"[0-9a-f]{8}", value):
         raise TrustStoreError(f"openssl x509 -hash on {path.name}: {done.stderr.strip()[:300]}")
     return value
+
+
+@transaction.atomic
+def host_certificate_failed(*, host_name: str, certificate_id: int, reason: str) -> None:
+    """A certificate task failed outside its own handling: an install ends FAILED (the next
+    sync retries it), a removal stays REMOVING; both with the reason."""
+    row = (
+        HostCertificate.objects.select_for_update()
+        .filter(certificate_id=certificate_id, host__name=host_name)
+        .first()
+    )
+    if row is None:
+        return
+    before = row.state
+    if row.state not in (HostCertificateState.REMOVING, HostCertificateState.REMOVED):
+        row.mark_failed()
+    row.error_text = reason[:4000]
+    row.save()
+    record_host_certificate_change(row, before, reason=row.error_text)

@@ -527,6 +527,22 @@ def domain_state(conn: libvirt.virConnect, name: str) -> str:
     return _DOMAIN_STATES.get(state, "unknown")
 
 
+def domain_states(conn: libvirt.virConnect) -> dict[str, str]:
+    """Every domain (active or not) by name, with its state: one listAllDomains call."""
+    with _libvirt("cannot list domains"):
+        domains = conn.listAllDomains(0)
+        found = {}
+        for dom in domains:
+            try:
+                state, _reason = dom.state(0)
+            except libvirt.libvirtError as exc:
+                if _error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined while we listed
+                raise
+            found[dom.name()] = _DOMAIN_STATES.get(state, "unknown")
+    return found
+
+
 def _blocking_metadata(
     dom: libvirt.virDomain, *, delete_snapshot_metadata: bool, delete_managed_save: bool
 ) -> tuple[list[str], bool]:

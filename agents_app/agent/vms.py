@@ -8,6 +8,8 @@ VM is recorded as waiting on that copy and the task returns; the copy's finish o
 re-queues it (agents_app.agent.pool_copies).
 """
 
+import contextlib
+import logging
 import os
 
 from django.db import transaction
@@ -19,6 +21,8 @@ from templates_app.images.qemu import QemuImgError
 from ..choices import VmState
 from ..models import VirtualMachine
 from . import virt
+from .claims import vm_claimed
+from .failures import describe, vm_failed
 from .pool_copies import (
     PoolCopyFailed,
     PoolCopyInProgress,
@@ -26,6 +30,20 @@ from .pool_copies import (
     pool_copy_waiter_release,
     store_source_of,
 )
+from .reconcile import vm_domain_observed
+
+logger = logging.getLogger(__name__)
+
+# Failures a host task expects and reports in its own words; anything else is unexpected: its
+# traceback is logged and its text is "<ExceptionType>: <message>".
+EXPECTED = (virt.VirtError, QemuImgError, OSError)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, EXPECTED):
+        return getattr(exc, "message", None) or str(exc)
+    logger.exception("unexpected failure in a host task")
+    return describe(exc)
 
 
 def domain_name(vm: VirtualMachine) -> str:
@@ -91,11 +109,21 @@ def vm_deploy_on_host(*, vm_id: int, waited_for_attempt: int | None = None) -> V
     copy, and this returns at once; the copy's finish or failure re-queues this deploy (then with
     `waited_for_attempt` on a failure, which this VM reports as its own error).
     """
+    with vm_claimed(vm_id, "deploy") as token:
+        if token is None:  # a duplicate delivery: the claim's holder does the work
+            return VirtualMachine.objects.get(pk=vm_id)
+        return _deploy(vm_id, waited_for_attempt=waited_for_attempt)
+
+
+def _deploy(vm_id: int, *, waited_for_attempt: int | None) -> VirtualMachine:
     vm = VirtualMachine.objects.select_related("template", "host", "pool").get(pk=vm_id)
     if vm.state != VmState.STARTING or vm.root_disk_path:
         return vm
     conn = virt.connection(vm.host.libvirt_uri)
     try:
+        # We hold the claim and nothing is recorded: a root volume here was left by an attempt
+        # that died (its claim ran out), and goes before the new one is made.
+        virt.delete_volume(conn, vm.pool.libvirt_pool_name, root_volume_name(vm))
         disk_path, copy_id = _make_root_disk(vm, conn, waited_for_attempt=waited_for_attempt)
         xml = virt.domain_xml(
             name=domain_name(vm),
@@ -117,9 +145,22 @@ def vm_deploy_on_host(*, vm_id: int, waited_for_attempt: int | None = None) -> V
             if moved is not None:
                 return moved
         return _deploy_failed(vm.pk, exc.message)
-    except (virt.VirtError, QemuImgError, OSError) as exc:
-        return _deploy_failed(vm.pk, getattr(exc, "message", None) or str(exc))
+    except Exception as exc:
+        reason = _reason(exc)
+        _discard_deploy(vm, conn)
+        return _deploy_failed(vm.pk, reason)
     return _deploy_done(vm.pk, disk_path=disk_path, copy_id=copy_id)
+
+
+def _discard_deploy(vm: VirtualMachine, conn) -> None:
+    """A failed deploy leaves nothing on the host: no domain, no root volume (best effort)."""
+    name = domain_name(vm)
+    with contextlib.suppress(Exception):
+        if virt.domain_state(conn, name) not in ("missing", "shutoff"):
+            virt.stop_domain(conn, name, force=True)
+        virt.undefine_domain(conn, name)
+    with contextlib.suppress(Exception):
+        virt.delete_volume(conn, vm.pool.libvirt_pool_name, root_volume_name(vm))
 
 
 def vm_rebuild_on_host(*, vm_id: int, waited_for_attempt: int | None = None) -> VirtualMachine:
@@ -132,6 +173,20 @@ def vm_rebuild_on_host(*, vm_id: int, waited_for_attempt: int | None = None) -> 
     While another worker makes the new template's pool copy, the VM waits on it (nothing is
     touched yet) and the copy's finish or failure re-queues this rebuild.
     """
+    for _round in range(SYNC_ROUNDS):
+        with vm_claimed(vm_id, "rebuild") as token:
+            if token is None:  # the holder rebuilds onto the newest template (see below)
+                return VirtualMachine.objects.get(pk=vm_id)
+            built_from = VirtualMachine.objects.values_list("template_id", flat=True).get(pk=vm_id)
+            vm = _rebuild(vm_id, waited_for_attempt=waited_for_attempt)
+        # A rebuild onto a newer version delivered while this one worked left at once: follow it.
+        if vm.template_id == built_from or vm.awaited_copy_id or vm.state != VmState.STOPPED:
+            break
+        waited_for_attempt = None
+    return vm
+
+
+def _rebuild(vm_id: int, *, waited_for_attempt: int | None = None) -> VirtualMachine:
     vm = VirtualMachine.objects.select_related("template", "host", "pool").get(pk=vm_id)
     if vm.state != VmState.STOPPED or vm.host_id is None or vm.pool_id is None:
         return vm
@@ -159,8 +214,11 @@ def vm_rebuild_on_host(*, vm_id: int, waited_for_attempt: int | None = None) -> 
         return VirtualMachine.objects.get(pk=vm.pk)
     except PoolCopyFailed as exc:
         return _record_agent_error(vm.pk, f"rebuild: {exc.message}")
-    except (virt.VirtError, QemuImgError, OSError) as exc:
+    except EXPECTED as exc:
         return _record_agent_error(vm.pk, f"rebuild: {getattr(exc, 'message', None) or exc}")
+    except Exception as exc:
+        # Half way through, the old disk or domain may be gone: nothing here can start it.
+        return vm_failed(vm.pk, f"rebuild: {_reason(exc)}", into_error=True)
     return _rebuild_done(vm.pk, disk_path=disk_path, copy_id=copy_id)
 
 
@@ -255,7 +313,10 @@ def _kept_down(vm: VirtualMachine) -> bool:
 @transaction.atomic
 def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualMachine:
     vm = VirtualMachine.objects.select_for_update().get(pk=vm_id)
-    if _kept_down(vm):
+    before = vm.state
+    if vm.state != VmState.STARTING:
+        pass  # stopped (or destroyed) while it deployed: its domain sync follows that state
+    elif _kept_down(vm):
         vm.stop()
     else:
         vm.mark_running()
@@ -264,9 +325,7 @@ def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualM
     vm.pool_copy_id = copy_id
     vm.awaited_copy_id = None
     vm.save()
-    record_event(
-        vm, from_state=VmState.STARTING, to_state=vm.state, actor_label="agent", reason="deployed"
-    )
+    record_event(vm, from_state=before, to_state=vm.state, actor_label="agent", reason="deployed")
     return vm
 
 
@@ -317,11 +376,46 @@ def vm_sync_domain(
     EXPUNGED undefines the domain (with the metadata flags the caller gave) and deletes the root
     volume, except when snapshots lived in it: then the volume is kept and reported.
     """
+    for attempt in range(SYNC_ROUNDS):
+        with vm_claimed(vm_id, "sync") as token:
+            if token is None:  # the holder follows the VM's newest state (see below)
+                return VirtualMachine.objects.get(pk=vm_id)
+            vm, followed = _sync(
+                vm_id,
+                delete_snapshot_metadata=delete_snapshot_metadata,
+                delete_managed_save=delete_managed_save,
+                rebuild=rebuild and attempt == 0,
+            )
+        # A sync delivered while this one held the claim left at once. If the VM's state moved
+        # meanwhile, this one follows it: checked after giving the claim back, nothing is missed.
+        if (
+            VirtualMachine.objects.filter(pk=vm_id).values_list("state", flat=True).get()
+            == followed
+        ):
+            break
+    return vm
+
+
+# How many times one sync follows a VM whose state keeps moving while it works.
+SYNC_ROUNDS = 3
+
+
+def _sync(
+    vm_id: int, *, delete_snapshot_metadata: bool, delete_managed_save: bool, rebuild: bool
+) -> tuple[VirtualMachine, str]:
+    """One pass of vm_sync_domain (the caller holds the claim): (the VM, the state followed)."""
     vm = VirtualMachine.objects.select_related("host", "pool").get(pk=vm_id)
+    followed = vm.state
     conn = virt.connection(vm.host.libvirt_uri)
     name = domain_name(vm)
     try:
         state = virt.domain_state(conn, name)
+        if vm.state == VmState.RUNNING and state == "missing":
+            # Nothing to start: the record must not stay RUNNING.
+            corrected = vm_domain_observed(
+                vm.pk, state, expected_state=VmState.RUNNING, reason="start"
+            )
+            return corrected or VirtualMachine.objects.get(pk=vm.pk), followed
         if vm.state == VmState.RUNNING and state != "running":
             virt.start_domain(conn, name)
         elif vm.state != VmState.RUNNING and state not in ("missing", "shutoff"):
@@ -331,12 +425,26 @@ def vm_sync_domain(
                 virt.snapshot_delete(conn, name, snapshot, metadata_only=True)
             vm.snapshots.all().delete()
         if vm.state == VmState.EXPUNGED:
-            return _undefine_and_clean(vm, conn, delete_snapshot_metadata, delete_managed_save)
+            done = _undefine_and_clean(vm, conn, delete_snapshot_metadata, delete_managed_save)
+            return done, followed
     except virt.VirtError as exc:
-        return _record_agent_error(vm.pk, exc.message)
+        return _sync_failed(vm, conn, exc.message), followed
+    except Exception as exc:
+        return vm_failed(vm.pk, f"sync: {_reason(exc)}", into_error=True), followed
     if rebuild and vm.state == VmState.STOPPED:
-        return vm_rebuild_on_host(vm_id=vm.pk)
-    return vm
+        return _rebuild(vm.pk), followed
+    return vm, followed
+
+
+def _sync_failed(vm: VirtualMachine, conn, message: str) -> VirtualMachine:
+    """A start or stop that libvirt refused: the record follows what the domain now is (a
+    start that failed leaves the VM STOPPED, not RUNNING), with libvirt's message."""
+    with contextlib.suppress(Exception):
+        observed = virt.domain_state(conn, domain_name(vm))
+        corrected = vm_domain_observed(vm.pk, observed, expected_state=vm.state, reason=message)
+        if corrected is not None:
+            return corrected
+    return _record_agent_error(vm.pk, message)
 
 
 def _undefine_and_clean(vm, conn, delete_snapshot_metadata: bool, delete_managed_save: bool):
@@ -364,6 +472,12 @@ def _undefine_and_clean(vm, conn, delete_snapshot_metadata: bool, delete_managed
 
 def vm_snapshot_on_host(*, vm_id: int, action: str, name: str, description: str = "") -> None:
     """Create, revert or delete one snapshot through libvirt, then record it here."""
+    with vm_claimed(vm_id, f"snapshot {action} {name}") as token:
+        if token is not None:
+            _snapshot(vm_id, action=action, name=name, description=description)
+
+
+def _snapshot(vm_id: int, *, action: str, name: str, description: str) -> None:
     from ..models import VmSnapshot
 
     vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
@@ -383,20 +497,21 @@ def vm_snapshot_on_host(*, vm_id: int, action: str, name: str, description: str 
             VmSnapshot.objects.filter(vm=vm, name=name).delete()
         else:
             raise ValueError(f"unknown snapshot action {action!r}")
-    except virt.VirtError as exc:
-        _record_agent_error(vm.pk, f"snapshot {action} {name}: {exc.message}")
+    except Exception as exc:
+        _record_agent_error(vm.pk, f"snapshot {action} {name}: {_reason(exc)}")
 
 
 def vm_reboot_on_host(*, vm_id: int) -> VirtualMachine:
     """Reboot a running domain; errors are recorded on the VM."""
-    vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
-    if vm.state != VmState.RUNNING:
+    with vm_claimed(vm_id, "reboot") as token:
+        vm = VirtualMachine.objects.select_related("host").get(pk=vm_id)
+        if token is None or vm.state != VmState.RUNNING:
+            return vm
+        try:
+            virt.reboot_domain(virt.connection(vm.host.libvirt_uri), domain_name(vm))
+        except Exception as exc:
+            return _record_agent_error(vm.pk, f"reboot: {_reason(exc)}")
         return vm
-    try:
-        virt.reboot_domain(virt.connection(vm.host.libvirt_uri), domain_name(vm))
-    except virt.VirtError as exc:
-        return _record_agent_error(vm.pk, f"reboot: {exc.message}")
-    return vm
 
 
 def vm_disk_to_store(*, vm_id: int, ref_id: int):
@@ -404,10 +519,15 @@ def vm_disk_to_store(*, vm_id: int, ref_id: int):
     (the stores are mounted on hosts), inspected and renamed like a download."""
     from templates_app.copies import store_copy_from_local
     from templates_app.images.qemu import qemu_img_convert
+    from templates_app.models import TemplateStoreRef
 
     vm = VirtualMachine.objects.get(pk=vm_id)
 
     def write(temp):
         qemu_img_convert(vm.root_disk_path, "QCOW2", temp, "QCOW2")
 
-    return store_copy_from_local(ref_id=ref_id, write=write)
+    # The claim keeps the VM's other host tasks (a start) off the disk while it is read.
+    with vm_claimed(vm_id, "disk-to-store") as token:
+        if token is None:
+            return TemplateStoreRef.objects.get(pk=ref_id)
+        return store_copy_from_local(ref_id=ref_id, write=write)

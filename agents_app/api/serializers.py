@@ -121,10 +121,15 @@ class HostSerializer(serializers.ModelSerializer):
             "capabilities",
             "queue",
             "pools",
+            "unknown_domains",
             "created_at",
             "updated_at",
         ]
         read_only_fields = fields
+        extra_kwargs = {
+            # Hosts are staff only (agents_app.api.views.HostViewSet): so is this.
+            "unknown_domains": {"help_text": "Running domains no VM knows."}
+        }
 
 
 class PrimaryPoolSerializer(serializers.ModelSerializer):

@@ -228,7 +228,8 @@ class HostViewSet(viewsets.ReadOnlyModelViewSet):
         return selectors.hosts_list()
 
     def _answer(self, host) -> Response:
-        return Response(HostSerializer(self.get_queryset().get(pk=host.pk)).data)
+        fresh = self.get_queryset().get(pk=host.pk)
+        return Response(HostSerializer(fresh, context=self.get_serializer_context()).data)
 
     @extend_schema(request=None, responses=HostSerializer)
     @action(detail=True, methods=["post"], permission_classes=[IsStaff])

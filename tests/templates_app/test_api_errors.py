@@ -6,7 +6,6 @@ from drf_spectacular.generators import SchemaGenerator
 
 from agents_app.agent import heartbeat
 from templates_app.models import Account, ImageStore, Zone
-
 from tests.templates_app.factories import AccountFactory, TemplateFactory, ZoneFactory
 
 pytestmark = pytest.mark.django_db

@@ -30,8 +30,12 @@ from agents_app import services as vm_services
 from agents_app.agent import heartbeat
 from agents_app.models import PrimaryPool
 from templates_app import services
-
-from tests.templates_app.factories import AccountFactory, ImageStoreFactory, UserFactory, ZoneFactory
+from tests.templates_app.factories import (
+    AccountFactory,
+    ImageStoreFactory,
+    UserFactory,
+    ZoneFactory,
+)
 
 pytestmark = [pytest.mark.xdist_group("api-fuzz")]
 

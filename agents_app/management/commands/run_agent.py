@@ -77,6 +77,10 @@ class Command(BaseCommand):
             except Exception:
                 # A database or libvirt hiccup must not end the heartbeats for good.
                 logger.exception("heartbeat of host %s failed", name)
+            try:
+                heartbeat.vms_reconcile(host_name=name)
+            except Exception:
+                logger.exception("VM reconcile of host %s failed", name)
             Command._sync_certificates(name)
 
     @staticmethod

@@ -1,0 +1,122 @@
+"""At-most-once host work on a VM: the host task claim (`VirtualMachine.host_task_*`).
+
+A broker can deliver a task twice (Redis after its visibility timeout, any broker after a
+worker's connection drops). Before a host task touches libvirt it claims the VM in one short
+transaction: a token, the task's name and an expiry. A second delivery that meets a live claim
+returns at once, touching nothing and marking nothing. While the work runs the claim is renewed
+(every third of its length, by a thread), so only a dead holder's claim runs out; the next
+delivery then takes it over. The claim is given back once the task's result is recorded.
+"""
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from templates_app import leases
+
+from ..models import VirtualMachine
+
+logger = logging.getLogger(__name__)
+
+
+# Seconds past a live claim's end before a deferred task tries again (clock slack).
+RETRY_MARGIN_SECONDS = 2
+
+
+class VmBusy(Exception):
+    """Another host task (of another kind) holds the VM: the caller's task tries again in
+    `countdown` seconds, when that claim is given back or has run out."""
+
+    def __init__(self, vm_id: int, holder: str, countdown: float):
+        super().__init__(f"VM {vm_id} is busy with {holder}; again in {countdown:.0f} s")
+        self.vm_id, self.holder, self.countdown = vm_id, holder, countdown
+
+
+def claim_length() -> timedelta:
+    return timedelta(seconds=settings.STENCIL_HOST_TASK_CLAIM_SECONDS)
+
+
+def claim_is_live(vm: VirtualMachine, *, now=None) -> bool:
+    """Some host task attempt holds the VM and has renewed its claim in time."""
+    return bool(vm.host_task_token) and (
+        vm.host_task_expires_at is not None and vm.host_task_expires_at > (now or timezone.now())
+    )
+
+
+@transaction.atomic
+def vm_claim(vm_id: int, task: str) -> str | None:
+    """Claim the VM for `task`: the new token, or None while another attempt of the same task
+    holds a live claim (a duplicate delivery: it has nothing to do). VmBusy while a task of
+    another kind holds it: host work on one VM runs one task at a time."""
+    vm = VirtualMachine.objects.select_for_update(of=("self",)).get(pk=vm_id)
+    now = timezone.now()
+    if claim_is_live(vm, now=now):
+        if vm.host_task_name != task:
+            left = (vm.host_task_expires_at - now).total_seconds()
+            raise VmBusy(vm_id, vm.host_task_name, left + RETRY_MARGIN_SECONDS)
+        logger.info("VM %s: duplicate %s skipped, another attempt holds the claim", vm_id, task)
+        return None
+    if vm.host_task_token:
+        logger.warning(
+            "VM %s: %s takes over the run-out claim of %s", vm_id, task, vm.host_task_name
+        )
+    token = leases.new_owner()
+    vm.host_task_token, vm.host_task_name = token, task
+    vm.host_task_expires_at = timezone.now() + claim_length()
+    vm.save(
+        update_fields=["host_task_token", "host_task_name", "host_task_expires_at", "updated_at"]
+    )
+    return token
+
+
+def vm_claim_release(vm_id: int, token: str) -> None:
+    """Give the claim back (only its holder can). updated_at moves too: the heartbeat's
+    reconcile leaves a VM a host task has just worked on alone for a while."""
+    VirtualMachine.objects.filter(pk=vm_id, host_task_token=token).update(
+        host_task_token="", host_task_name="", host_task_expires_at=None, updated_at=timezone.now()
+    )
+
+
+def live_claim_q(now=None) -> Q:
+    """VMs a host task is working on now."""
+    return ~Q(host_task_token="") & Q(host_task_expires_at__gt=now or timezone.now())
+
+
+class _ClaimKeeper(leases.LeaseKeeper):
+    """A LeaseKeeper for the VM's host task claim fields."""
+
+    def _renew(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self.stop.wait(self.length.total_seconds() / 3):
+                renewed = VirtualMachine.objects.filter(
+                    pk=self.pk, host_task_token=self.owner
+                ).update(host_task_expires_at=timezone.now() + self.length)
+                if not renewed:
+                    self.lost.set()
+                    return
+        finally:
+            connection.close()  # this thread's own connection
+
+
+@contextlib.contextmanager
+def vm_claimed(vm_id: int, task: str) -> Iterator[str | None]:
+    """`with vm_claimed(vm.pk, "deploy") as token:` — None: another attempt of this task holds
+    the VM, do nothing (VmBusy: one of another kind does). Otherwise the claim is renewed while
+    the block runs and given back after it (the block records its result first)."""
+    token = vm_claim(vm_id, task)
+    if token is None:
+        yield None
+        return
+    try:
+        with _ClaimKeeper(VirtualMachine, vm_id, token, claim_length()):
+            yield token
+    finally:
+        vm_claim_release(vm_id, token)
