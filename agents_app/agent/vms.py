@@ -194,6 +194,7 @@ def _rebuild_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> Virtual
     vm.pool_copy_id = copy_id
     vm.awaited_copy_id = None
     vm.error_text = ""
+    vm.transition_deadline, vm.transition_action = None, ""  # the result is recorded
     vm.save(
         update_fields=[
             "root_disk_path",
@@ -201,6 +202,8 @@ def _rebuild_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> Virtual
             "pool_copy",
             "awaited_copy",
             "error_text",
+            "transition_deadline",
+            "transition_action",
             "updated_at",
         ]
     )
@@ -255,6 +258,9 @@ def _kept_down(vm: VirtualMachine) -> bool:
 @transaction.atomic
 def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualMachine:
     vm = VirtualMachine.objects.select_for_update().get(pk=vm_id)
+    if vm.state != VmState.STARTING:
+        return vm  # the reaper (or a user's stop or destroy) ended the deploy meanwhile
+    vm.transition_deadline, vm.transition_action = None, ""  # the result is recorded
     if _kept_down(vm):
         vm.stop()
     else:
@@ -276,6 +282,7 @@ def _deploy_failed(vm_id: int, reason: str) -> VirtualMachine:
     if vm.state != VmState.STARTING:
         return vm
     vm.fail_deploy()
+    vm.transition_deadline, vm.transition_action = None, ""  # the result is recorded
     vm.error_text = reason[:4000]
     vm.awaited_copy_id = None
     vm.save()
@@ -298,7 +305,10 @@ def vm_copy_wait_recheck(*, vm_id: int) -> VirtualMachine:
 
 
 def _record_agent_error(vm_id: int, reason: str) -> VirtualMachine:
-    VirtualMachine.objects.filter(pk=vm_id).update(error_text=reason[:4000])
+    # A result is recorded: a rebuild in progress is over (its deadline goes).
+    VirtualMachine.objects.filter(pk=vm_id).update(
+        error_text=reason[:4000], transition_deadline=None, transition_action=""
+    )
     return VirtualMachine.objects.get(pk=vm_id)
 
 
