@@ -220,7 +220,7 @@ def vm_stop(*, vm_id: int, actor) -> VirtualMachine:
         return _transition(vm_id, "stop", actor=actor)
     latest = _lock_latest_of(vm.template_id) if vm.use_latest_template_version else None
     vm = _transition(vm_id, "stop", actor=actor, rebuild=True)
-    if vm.host_id is not None:
+    if vm.host_id is not None and vm.pool_id is not None:  # what vm_rebuild_on_host needs
         _start_deadline(vm, "rebuild")
         vm.save(update_fields=DEADLINE_FIELDS)
     _follow_latest(vm, latest)

@@ -258,10 +258,11 @@ def _kept_down(vm: VirtualMachine) -> bool:
 @transaction.atomic
 def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualMachine:
     vm = VirtualMachine.objects.select_for_update().get(pk=vm_id)
-    if vm.state != VmState.STARTING:
-        return vm  # the reaper (or a user's stop or destroy) ended the deploy meanwhile
+    late = vm.state != VmState.STARTING  # the reaper, or a user's stop or destroy, ended it
     vm.transition_deadline, vm.transition_action = None, ""  # the result is recorded
-    if _kept_down(vm):
+    if late:  # the state stays; the disk is still recorded, so destroy/expunge can clean it
+        pass
+    elif _kept_down(vm):
         vm.stop()
     else:
         vm.mark_running()
@@ -271,7 +272,11 @@ def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualM
     vm.awaited_copy_id = None
     vm.save()
     record_event(
-        vm, from_state=VmState.STARTING, to_state=vm.state, actor_label="agent", reason="deployed"
+        vm,
+        from_state=vm.state if late else VmState.STARTING,
+        to_state=vm.state,
+        actor_label="agent",
+        reason=f"deployed after the VM became {vm.state}" if late else "deployed",
     )
     return vm
 

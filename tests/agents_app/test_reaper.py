@@ -13,7 +13,7 @@ from agents_app import services as vm_services
 from agents_app.agent import heartbeat
 from agents_app.agent import tasks as host_tasks
 from agents_app.agent.pool_copies import lease_length
-from agents_app.agent.vms import vm_deploy_on_host
+from agents_app.agent.vms import _deploy_done, _deploy_failed, vm_deploy_on_host
 from agents_app.models import (
     DirectDownloadCertificate,
     Host,
@@ -28,6 +28,10 @@ from templates_app.models import Event
 pytestmark = pytest.mark.django_db
 
 
+def _recorder(calls: list, name: str):
+    return lambda kwargs, queue, **_: calls.append((name, kwargs, queue))
+
+
 @pytest.fixture
 def sent(monkeypatch):
     """Host tasks sent after commit: (task name, kwargs, queue), not sent to a broker."""
@@ -38,13 +42,7 @@ def sent(monkeypatch):
         host_tasks.certificate_install_task,
         host_tasks.certificate_remove_task,
     ):
-        monkeypatch.setattr(
-            task,
-            "apply_async",
-            lambda kwargs, queue, _name=task.name.rsplit(".", 1)[1], **_: calls.append(
-                (_name, kwargs, queue)
-            ),
-        )
+        monkeypatch.setattr(task, "apply_async", _recorder(calls, task.name.rsplit(".", 1)[1]))
     return calls
 
 
@@ -106,9 +104,7 @@ def reaper_events(obj):
 def test_a_deploy_gets_a_deadline_and_its_result_clears_it(deployed, settings):
     assert deployed.transition_action == "deploy"
     seconds = (deployed.transition_deadline - timezone.now()).total_seconds()
-    assert settings.STENCIL_VM_TRANSITION_DEADLINE_SECONDS - 5 < seconds
-
-    from agents_app.agent.vms import _deploy_failed
+    assert seconds > settings.STENCIL_VM_TRANSITION_DEADLINE_SECONDS - 5
 
     vm = _deploy_failed(deployed.pk, "disk full")
     assert (vm.state, vm.transition_deadline, vm.transition_action) == ("ERROR", None, "")
@@ -134,10 +130,9 @@ def test_a_deploy_past_its_deadline_is_error_with_the_reason_and_an_event(
 def test_a_late_deploy_result_after_the_reaper_does_not_crash(deployed):
     overdue(deployed)
     reaper.reap_expired()
-    from agents_app.agent.vms import _deploy_done
-
     vm = _deploy_done(deployed.pk, disk_path="/nonexistent/vm.qcow2", copy_id=None)
-    assert vm.state == "ERROR"
+    assert (vm.state, vm.root_volume) == ("ERROR", "vm.qcow2"), "its disk is known, to clean"
+    assert Event.objects.filter(object_id=vm.pk, reason="deployed after the VM became ERROR")
 
 
 def test_a_deploy_within_its_deadline_is_left_alone(deployed):
