@@ -25,7 +25,6 @@ from templates_app import copies, tasks
 from templates_app.copies import store_copy_download, store_copy_retry
 from templates_app.errors import StencilError
 from templates_app.models import Event, TemplateStoreRef
-
 from tests.libvirt_backends import open_backend
 
 pytestmark = pytest.mark.django_db
