@@ -260,12 +260,8 @@ def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualM
     vm = VirtualMachine.objects.select_for_update().get(pk=vm_id)
     late = vm.state != VmState.STARTING  # the reaper, or a user's stop or destroy, ended it
     vm.transition_deadline, vm.transition_action = None, ""  # the result is recorded
-    if late:  # the state stays; the disk is still recorded, so destroy/expunge can clean it
-        pass
-    elif _kept_down(vm):
-        vm.stop()
-    else:
-        vm.mark_running()
+    if not late:  # a late one keeps its state; its disk is recorded so destroy/expunge clean it
+        vm.stop() if _kept_down(vm) else vm.mark_running()
     vm.root_disk_path = disk_path
     vm.root_volume = os.path.basename(disk_path)
     vm.pool_copy_id = copy_id
