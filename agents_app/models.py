@@ -293,6 +293,16 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
         max_length=160, blank=True, help_text="Which host task holds the claim."
     )
     host_task_expires_at = models.DateTimeField(null=True, blank=True)
+    transition_deadline = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the host should have recorded the result of the deploy or rebuild in "
+        "progress (transition_action); the reaper ends it in ERROR after that. Empty when "
+        "nothing is in progress.",
+    )
+    transition_action = models.CharField(
+        max_length=16, blank=True, help_text="What the deadline is for: deploy or rebuild."
+    )
     destroyed_at = models.DateTimeField(null=True, blank=True)
     expunged_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -327,6 +337,10 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
     def reset(self) -> None:
         """An operator takes a VM out of ERROR: it is recorded stopped and its host powers the
         domain off; starting it again goes through the normal start."""
+
+    @transition(field=state, source=[VmState.STARTING, VmState.STOPPED], target=VmState.ERROR)
+    def miss_deadline(self) -> None:
+        """The reaper: its host recorded no result of the deploy or rebuild before the deadline."""
 
     @transition(field=state, source=[VmState.STOPPED], target=VmState.RUNNING)
     def start(self) -> None:
@@ -435,6 +449,12 @@ class HostCertificate(FSMModelMixin, models.Model):
         protected=True,
     )
     error_text = models.TextField(blank=True)
+    requeued_for = models.CharField(
+        max_length=16,
+        blank=True,
+        help_text="The state (PENDING or REMOVING) in which the reaper already re-queued the "
+        "host's task once; past the deadline again it is FAILED.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

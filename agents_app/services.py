@@ -1,5 +1,7 @@
 """VM record life cycle. Creating a VM takes its template's row lock: it cannot race the sweep."""
 
+from datetime import timedelta
+
 from celery.exceptions import TimeoutError as CeleryTimeout
 from django.conf import settings
 from django.db import transaction
@@ -42,6 +44,18 @@ class NoCapacity(StencilError):
 
 def _lock_vm(vm_id: int) -> VirtualMachine:
     return VirtualMachine.objects.select_for_update().get(pk=vm_id)
+
+
+DEADLINE_FIELDS = ["transition_deadline", "transition_action", "updated_at"]
+
+
+def _start_deadline(vm: VirtualMachine, action: str) -> None:
+    """A host task that moves the VM (deploy, rebuild) starts: its host must record the result
+    within STENCIL_VM_TRANSITION_DEADLINE_SECONDS, or the reaper ends it (agents_app.reaper).
+    The caller saves the VM."""
+    seconds = settings.STENCIL_VM_TRANSITION_DEADLINE_SECONDS
+    vm.transition_deadline = timezone.now() + timedelta(seconds=seconds)
+    vm.transition_action = action
 
 
 LATEST_FIELD = "use_latest_template_version"
@@ -158,6 +172,8 @@ def _transition(vm_id: int, action: str, *, actor, reason: str = "", **flags) ->
         vm.expunged_at = now
     if action == "recover":
         vm.destroyed_at = None
+    # A user's move ends whatever deploy or rebuild was in progress (its task then does nothing).
+    vm.transition_deadline, vm.transition_action = None, ""
     vm.save()
     record_event(vm, from_state=before, to_state=vm.state, actor=actor, reason=reason or action)
     _enqueue_domain_sync(vm, **flags)
@@ -219,6 +235,9 @@ def vm_stop(*, vm_id: int, actor) -> VirtualMachine:
         else None
     )
     vm = _transition(vm_id, "stop", actor=actor, rebuild=True)
+    if vm.host_id is not None and vm.pool_id is not None:  # what vm_rebuild_on_host needs
+        _start_deadline(vm, "rebuild")
+        vm.save(update_fields=DEADLINE_FIELDS)
     _follow_latest(vm, latest)
     return vm
 
@@ -236,6 +255,8 @@ def vm_rebuild_onto_latest(*, vm_id: int) -> bool:
     if not _follow_latest(vm, latest):
         return False
     if vm.host_id is not None:
+        _start_deadline(vm, "rebuild")
+        vm.save(update_fields=DEADLINE_FIELDS)
         queue, pk = vm.host.queue, vm.pk
         transaction.on_commit(
             lambda: vm_rebuild_task.apply_async(kwargs={"vm_id": pk}, queue=queue)
@@ -396,7 +417,7 @@ def vm_deploy(
         use_latest=use_latest_template_version,
     )
     host, pool = _pick_host_and_pool(zone)
-    vm = VirtualMachine.objects.create(
+    vm = VirtualMachine(
         name=name,
         template=template,
         zone=zone,
@@ -409,6 +430,8 @@ def vm_deploy(
         stateless=stateless,
         use_latest_template_version=use_latest_template_version,
     )
+    _start_deadline(vm, "deploy")
+    vm.save()
     record_event(vm, from_state="", to_state=vm.state, actor=actor, reason=f"deploy on {host}")
     queue, vm_id = host.queue, vm.pk
     transaction.on_commit(lambda: vm_deploy_task.apply_async(kwargs={"vm_id": vm_id}, queue=queue))

@@ -29,3 +29,12 @@ def rebuild_latest_followers_task(base_template_id: int) -> int:
 def pool_copies_evict_task() -> dict:
     """Beat: evict unused cached pool copies (marked on one run, deleted on a later one)."""
     return pool_copies_evict()
+
+
+@shared_task(name="agents_app.tasks.reap_expired_task")
+def reap_expired_task() -> dict:
+    """Beat: pool copies, VM deploys and rebuilds, and certificate installs past their lease or
+    deadline are failed (or re-queued once, for certificates)."""
+    from .reaper import reap_expired
+
+    return reap_expired().as_dict()

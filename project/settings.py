@@ -209,6 +209,10 @@ CELERY_TASK_ROUTES = {
 # is listed as stuck (`?status=stuck`, the admin's "Stuck" filter).
 STENCIL_COPY_STUCK_AFTER_SECONDS = int(os.environ.get("STENCIL_COPY_STUCK_AFTER_SECONDS", "900"))
 STENCIL_SYNC_PRUNE_GRACE_SECONDS = int(os.environ.get("STENCIL_SYNC_PRUNE_GRACE_SECONDS", "86400"))
+# The reaper (beat, docs/operations.md): every in-progress state has an owner and a deadline.
+STENCIL_REAPER_INTERVAL_SECONDS = int(os.environ.get("STENCIL_REAPER_INTERVAL_SECONDS", "60"))
+# A store copy whose worker died is re-queued until this many attempts, then DOWNLOAD_ERROR.
+STENCIL_STORE_COPY_MAX_ATTEMPTS = int(os.environ.get("STENCIL_STORE_COPY_MAX_ATTEMPTS", "3"))
 
 # Signed uploads: the pre-shared key that signs upload URLs, and how long they stay valid.
 STENCIL_UPLOAD_SECRET = os.environ.get("STENCIL_UPLOAD_SECRET", SECRET_KEY + ":uploads")
@@ -245,6 +249,15 @@ STENCIL_HOST_TASK_CLAIM_SECONDS = int(os.environ.get("STENCIL_HOST_TASK_CLAIM_SE
 # be queued), and a VM whose host task claim is live.
 STENCIL_VM_RECONCILE_GRACE_SECONDS = int(
     os.environ.get("STENCIL_VM_RECONCILE_GRACE_SECONDS", "120")
+)
+# A deploy or rebuild with no result from its host after this long: the reaper ends it in ERROR.
+STENCIL_VM_TRANSITION_DEADLINE_SECONDS = int(
+    os.environ.get("STENCIL_VM_TRANSITION_DEADLINE_SECONDS", "900")
+)
+# A certificate install/removal a host has not reported after this long is re-queued once, then
+# FAILED (the host's agent sync retries FAILED rows when it next starts).
+STENCIL_CERTIFICATE_DEADLINE_SECONDS = int(
+    os.environ.get("STENCIL_CERTIFICATE_DEADLINE_SECONDS", "600")
 )
 
 # Direct-download certificates: each agent keeps the certificates its HTTPS downloads trust in

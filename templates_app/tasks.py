@@ -58,3 +58,11 @@ def abandon_expired_uploads_task() -> int:
     from .uploads import abandon_expired_uploads
 
     return abandon_expired_uploads()
+
+
+@shared_task(name="templates_app.tasks.reap_expired_task")
+def reap_expired_task() -> dict:
+    """Beat: store copies and uploads whose worker went away are re-queued or failed."""
+    from .reaper import reap_expired
+
+    return reap_expired().as_dict()

@@ -252,6 +252,7 @@ def _rebuild_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> Virtual
     vm.pool_copy_id = copy_id
     vm.awaited_copy_id = None
     vm.error_text = ""
+    vm.transition_deadline, vm.transition_action = None, ""  # the result is recorded
     vm.save(
         update_fields=[
             "root_disk_path",
@@ -259,6 +260,8 @@ def _rebuild_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> Virtual
             "pool_copy",
             "awaited_copy",
             "error_text",
+            "transition_deadline",
+            "transition_action",
             "updated_at",
         ]
     )
@@ -314,18 +317,22 @@ def _kept_down(vm: VirtualMachine) -> bool:
 def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualMachine:
     vm = VirtualMachine.objects.select_for_update().get(pk=vm_id)
     before = vm.state
-    if vm.state != VmState.STARTING:
-        pass  # stopped (or destroyed) while it deployed: its domain sync follows that state
-    elif _kept_down(vm):
-        vm.stop()
-    else:
-        vm.mark_running()
+    late = vm.state != VmState.STARTING  # the reaper, or a user's stop or destroy, ended it
+    vm.transition_deadline, vm.transition_action = None, ""  # the result is recorded
+    if not late:  # a late one keeps its state; its disk is recorded so destroy/expunge clean it
+        vm.stop() if _kept_down(vm) else vm.mark_running()
     vm.root_disk_path = disk_path
     vm.root_volume = os.path.basename(disk_path)
     vm.pool_copy_id = copy_id
     vm.awaited_copy_id = None
     vm.save()
-    record_event(vm, from_state=before, to_state=vm.state, actor_label="agent", reason="deployed")
+    record_event(
+        vm,
+        from_state=before,
+        to_state=vm.state,
+        actor_label="agent",
+        reason=f"deployed after the VM became {vm.state}" if late else "deployed",
+    )
     return vm
 
 
@@ -335,6 +342,7 @@ def _deploy_failed(vm_id: int, reason: str) -> VirtualMachine:
     if vm.state != VmState.STARTING:
         return vm
     vm.fail_deploy()
+    vm.transition_deadline, vm.transition_action = None, ""  # the result is recorded
     vm.error_text = reason[:4000]
     vm.awaited_copy_id = None
     vm.save()
@@ -357,7 +365,10 @@ def vm_copy_wait_recheck(*, vm_id: int) -> VirtualMachine:
 
 
 def _record_agent_error(vm_id: int, reason: str) -> VirtualMachine:
-    VirtualMachine.objects.filter(pk=vm_id).update(error_text=reason[:4000])
+    # A result is recorded: a rebuild in progress is over (its deadline goes).
+    VirtualMachine.objects.filter(pk=vm_id).update(
+        error_text=reason[:4000], transition_deadline=None, transition_action=""
+    )
     return VirtualMachine.objects.get(pk=vm_id)
 
 
