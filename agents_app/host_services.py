@@ -14,8 +14,9 @@ from django_fsm import can_proceed
 from templates_app.errors import TransitionConflict
 from templates_app.events import record_event
 
-from .choices import HostState
-from .models import Host
+from .agent.tasks import vm_deploy_task
+from .choices import HostState, VmState
+from .models import Host, VirtualMachine
 
 
 def _lock_host(host_id: int) -> Host:
@@ -65,4 +66,55 @@ def hosts_mark_down(*, missed_after_seconds: int) -> int:
                     reason="missed heartbeats",
                 )
                 count += 1
+        _release_deploys_of(host_id)
     return count
+
+
+def _release_deploys_of(host_id: int) -> None:
+    """A host went Down while it owned deploys: each moves to another Up host of its pool (its
+    claim dropped, so the silent host's late result cannot win), or ends in ERROR naming the
+    host. One transaction per VM; nothing stays STARTING on a host nobody hears from."""
+    starting = VirtualMachine.objects.filter(host_id=host_id, state=VmState.STARTING)
+    for vm_id in list(starting.values_list("pk", flat=True)):
+        with transaction.atomic():
+            _release_deploy(vm_id, host_id)
+
+
+def _release_deploy(vm_id: int, host_id: int) -> None:
+    vm = (
+        VirtualMachine.objects.select_for_update(of=("self",))
+        .select_related("host", "pool")
+        .get(pk=vm_id)
+    )
+    if vm.state != VmState.STARTING or vm.host_id != host_id:
+        return
+    gone = vm.host.name
+    other = None
+    if vm.pool_id is not None:
+        other = vm.pool.hosts.filter(state=HostState.UP).exclude(pk=host_id).order_by("?").first()
+    vm.host_task_token, vm.host_task_name, vm.host_task_expires_at = "", "", None
+    if other is None:
+        vm.fail_deploy()
+        vm.error_text = f"host {gone} went Down (missed heartbeats) during the deploy"
+        vm.save()
+        record_event(
+            vm,
+            from_state=VmState.STARTING,
+            to_state=vm.state,
+            actor_label="heartbeat-check",
+            reason=vm.error_text,
+        )
+        return
+    vm.host = other
+    vm.deploy_hosts_tried = [*vm.deploy_hosts_tried, host_id]
+    vm.error_text = ""
+    vm.save()
+    record_event(
+        vm,
+        from_state=vm.state,
+        to_state=vm.state,
+        actor_label="heartbeat-check",
+        reason=f"host {gone} went Down during the deploy; retrying on {other.name}",
+    )
+    queue, pk = other.queue, vm.pk
+    transaction.on_commit(lambda: vm_deploy_task.apply_async(kwargs={"vm_id": pk}, queue=queue))

@@ -8,10 +8,11 @@ from django.utils import timezone
 from templates_app.events import record_event
 from templates_app.models import Zone
 
-from ..choices import HostState
-from ..models import Host, PrimaryPool
+from ..choices import HostState, VmState
+from ..models import Host, PrimaryPool, VirtualMachine
 from . import virt
 from .reconcile import vms_reconcile
+from .tasks import vm_deploy_task
 
 __all__ = ["host_heartbeat", "host_register", "pools_report", "vms_reconcile"]
 
@@ -62,3 +63,22 @@ def pools_report(*, host_name: str) -> int:
             capacity_bytes=info.capacity, used_bytes=info.allocation
         )
     return updated
+
+
+def deploys_resume(*, host_name: str) -> int:
+    """On agent start: the deploys this host was running when its agent died are sent again to
+    its own queue (the broker would hold their unacknowledged messages until its visibility
+    timeout). Their host-task claims are dropped first: this agent has not run a task yet, so
+    any claim on its VMs belongs to its dead predecessor. A deploy waiting on a pool copy is
+    left to that copy; a repeat delivery is harmless (the claim and the STARTING check)."""
+    host = Host.objects.get(name=host_name)
+    unfinished = VirtualMachine.objects.filter(
+        host=host, state=VmState.STARTING, awaited_copy__isnull=True
+    )
+    vm_ids = list(unfinished.values_list("pk", flat=True))
+    unfinished.filter(pk__in=vm_ids).update(
+        host_task_token="", host_task_name="", host_task_expires_at=None
+    )
+    for vm_id in vm_ids:
+        vm_deploy_task.apply_async(kwargs={"vm_id": vm_id}, queue=host.queue)
+    return len(vm_ids)

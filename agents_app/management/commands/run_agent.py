@@ -48,6 +48,9 @@ class Command(BaseCommand):
             address=address or socket.gethostname(),
         )
         self.stdout.write(f"host {host.name} is {host.state}; consuming queue {host.queue}")
+        resumed = heartbeat.deploys_resume(host_name=name)
+        if resumed:
+            self.stdout.write(f"re-sent {resumed} deploy(s) this host had not finished")
         self._sync_certificates(name)
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(name, stop), daemon=True)
