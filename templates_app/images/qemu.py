@@ -32,6 +32,10 @@ QEMU_FORMATS: dict[str, str] = {
 # needs more than 64 MiB for its coroutine stacks), small enough that a crafted image cannot
 # make qemu-img allocate gigabytes of tables.
 DEFAULT_ADDRESS_SPACE = 1 << 30
+# A conversion runs a pool of I/O threads that grows while the disk is slow; each thread's
+# stack and malloc arena count against the address space, so 1 GiB made busy machines abort
+# with "qemu_thread_create: Resource temporarily unavailable".
+CONVERT_ADDRESS_SPACE = 4 << 30
 _STDERR_LIMIT = 2000
 
 
@@ -112,6 +116,8 @@ def run_qemu_img(
     # A fixed, minimal environment: C locale so messages are stable, nothing inherited that
     # could change qemu-img's behaviour.
     env = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    # Two malloc arenas, not one per thread (64 MiB of address space each on 64-bit).
+    env["MALLOC_ARENA_MAX"] = "2"
     try:
         result = subprocess.run(
             command,
@@ -219,4 +225,5 @@ def qemu_img_convert(
         ],
         timeout=timeout,
         cpu_seconds=cpu_seconds,
+        address_space=CONVERT_ADDRESS_SPACE,
     )
