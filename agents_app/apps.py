@@ -10,13 +10,17 @@ class AgentsAppConfig(AppConfig):
     verbose_name = "Agents and VMs"
 
     def ready(self) -> None:
+        from templates_app.signals import templates_deactivated
         from templates_app.url_checks import register_direct_download_checker
         from versions_app.signals import version_usable
 
-        from .handlers import on_version_usable
+        from .handlers import on_templates_deactivated, on_version_usable
         from .references import register_compute_references
         from .services import direct_download_check
 
         register_compute_references()
         register_direct_download_checker(direct_download_check)
         version_usable.connect(on_version_usable, dispatch_uid="agents.version_usable")
+        templates_deactivated.connect(
+            on_templates_deactivated, dispatch_uid="agents.templates_deactivated"
+        )

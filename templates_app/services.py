@@ -36,7 +36,7 @@ from .images.urlsafety import HostNotResolved, validate_url
 from .locks import lock_account, lock_template, lock_templates
 from .models import Account, ImageStore, Template, TemplateDetail, TemplateStoreRef, Zone
 from .references import has_live_reference, reference_counts
-from .signals import template_removed
+from .signals import template_removed, templates_deactivated
 from .url_checks import check_direct_download_url
 
 logger = logging.getLogger(__name__)
@@ -442,6 +442,10 @@ def template_deactivate(*, template_id: int, actor, reason: str = "deleted") -> 
         target.save(update_fields=["state", "deactivated_at", "updated_at"])
     _release_template_charge(template.account_id, count=len(targets))
     _cancel_downloads([target.pk for target in targets])
+    deactivated = [target.pk for target in targets]
+    transaction.on_commit(
+        lambda: templates_deactivated.send(sender="template", template_ids=deactivated)
+    )
     record_events(
         build_event(
             target,

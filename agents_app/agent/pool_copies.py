@@ -15,6 +15,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django_fsm import can_proceed
 
@@ -319,13 +320,19 @@ def _copy_bytes(
     return path, store_ref.size or 0, Path(path).stat().st_size
 
 
-def _pool_progress(ref_id: int):
+def _pool_progress(ref_id: int, owner: str):
+    """Record a direct download's progress while this attempt holds the copy; a copy that was
+    cancelled (its template deleted) or taken over aborts the download, which then removes
+    its own temporary file."""
+
     def save(done: int, total: int | None) -> None:
         percent = min(100, done * 100 // total) if total else 0
         # updated_at too: a copy that moves is not "stuck" (templates_app.copy_status).
-        TemplatePoolRef.objects.filter(pk=ref_id).update(
+        moved = TemplatePoolRef.objects.filter(pk=ref_id, lease_owner=owner).update(
             download_percent=percent, updated_at=timezone.now()
         )
+        if not moved:
+            raise DirectDownloadFailed(f"pool copy {ref_id}: cancelled or taken over")
 
     return save
 
@@ -348,7 +355,7 @@ def _download_into_pool(
         image_format=template.format,
         headers=http_headers_of(template),
         ca_dir=_trust_dir(host_name),
-        progress=_pool_progress(ref.pk),
+        progress=_pool_progress(ref.pk, ref.lease_owner),
         temp_name=ref.volume_name,
     )
     try:
@@ -525,3 +532,42 @@ def pool_reconcile(*, pool_id: int, libvirt_uri: str) -> dict[str, list[str]]:
         if path.is_file() and path.name not in known_names
     )
     return {"flagged": flagged, "unknown": unknown}
+
+
+CANCELLED_BY_DELETE = "cancelled: the template was deleted"
+
+
+def pool_copies_cancel(*, template_ids: list[int]) -> int:
+    """The templates were deleted: stop their direct downloads into pools that no deploy needs
+    (a pin or a prepare). A copy a STARTING VM of that template on that pool deploys from goes
+    on: a VM deployed before its template was deleted still gets its disk (seed 000). The
+    downloading agent loses the lease, aborts at its next progress write and removes its
+    temporary file."""
+    deploying = VirtualMachine.objects.filter(
+        template_id=OuterRef("template_id"), pool_id=OuterRef("pool_id"), state=VmState.STARTING
+    )
+    cancelled = 0
+    candidates = TemplatePoolRef.objects.filter(
+        template_id__in=template_ids,
+        template__direct_download=True,
+        state=PoolCopyState.DOWNLOAD_IN_PROGRESS,
+    ).exclude(Exists(deploying))
+    for ref_id in list(candidates.values_list("pk", flat=True)):
+        with transaction.atomic():
+            ref = TemplatePoolRef.objects.select_for_update().get(pk=ref_id)
+            if ref.state != PoolCopyState.DOWNLOAD_IN_PROGRESS:
+                continue
+            ref.fail_copy()
+            ref.error_text = CANCELLED_BY_DELETE
+            leases.lease_release(ref)
+            ref.save()
+            record_event(
+                ref,
+                from_state=PoolCopyState.DOWNLOAD_IN_PROGRESS,
+                to_state=ref.state,
+                actor_label="delete",
+                reason=CANCELLED_BY_DELETE,
+            )
+            _wake_waiters(ref, failed_attempt=ref.attempts)
+            cancelled += 1
+    return cancelled
