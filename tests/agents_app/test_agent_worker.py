@@ -372,9 +372,20 @@ def test_a_host_killed_mid_direct_download_leaves_nothing_the_next_attempt_canno
         what="the second deploy",
     )
     assert vm.state == "RUNNING", vm.error_text
+    # The restarted agent also re-sent the deploy it was killed in (heartbeat.deploys_resume).
+    first = wait_until(
+        lambda: VirtualMachine.objects.filter(name="web").exclude(state="STARTING").first(),
+        timeout=60,
+        what="the killed deploy, re-sent by the restarted agent",
+    )
+    assert first.state == "RUNNING", first.error_text
     copy.refresh_from_db()
     assert (copy.state, copy.attempts) == ("DOWNLOADED", 2)
     assert sorted(p.name for p in pool_dir.iterdir()) == sorted(
-        [Path(copy.install_path).name, Path(vm.root_disk_path).name]
+        [
+            Path(copy.install_path).name,
+            Path(vm.root_disk_path).name,
+            Path(first.root_disk_path).name,
+        ]
     ), "no partial file remains"
     assert Path(copy.install_path).read_bytes() == data
