@@ -61,13 +61,27 @@ def test_every_version_deleted_with_its_base_gets_deactivated_at(register, user,
     assert version.deactivated_at is not None
 
 
+def sweeps_queued_by(delete, monkeypatch, capture) -> list[dict]:
+    """The sweeps a delete sends once it commits."""
+    from templates_app import tasks
+
+    sent: list[dict] = []
+    monkeypatch.setattr(tasks.gc_sweep_task, "delay", lambda **kw: sent.append(kw))
+    with capture(execute=True):
+        delete()
+    return sent
+
+
 def test_a_young_unreferenced_template_survives_the_sweep_and_can_be_reactivated(
-    register, user, admin_user, grace, django_capture_on_commit_callbacks
+    register, user, admin_user, grace, django_capture_on_commit_callbacks, monkeypatch
 ):
     template = register()
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        services.template_deactivate(template_id=template.pk, actor=user)
-    assert callbacks == [], "no sweep is queued for a template still in its grace"
+    sent = sweeps_queued_by(
+        lambda: services.template_deactivate(template_id=template.pk, actor=user),
+        monkeypatch,
+        django_capture_on_commit_callbacks,
+    )
+    assert sent == [], "no sweep is queued for a template still in its grace"
 
     assert services.gc_sweep(dry_run=True).removed_count == 0
     result = services.gc_sweep()
@@ -107,12 +121,17 @@ def test_the_batch_re_check_under_the_lock_honours_the_grace(register, user, gra
     assert template.state == TemplateState.INACTIVE
 
 
-def test_grace_zero_removes_at_once(register, user, settings, django_capture_on_commit_callbacks):
+def test_grace_zero_removes_at_once(
+    register, user, settings, django_capture_on_commit_callbacks, monkeypatch
+):
     settings.STENCIL_GC_GRACE_SECONDS = 0
     template = register()
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        services.template_deactivate(template_id=template.pk, actor=user)
-    assert len(callbacks) == 1, "the unused template's sweep is queued at once"
+    sent = sweeps_queued_by(
+        lambda: services.template_deactivate(template_id=template.pk, actor=user),
+        monkeypatch,
+        django_capture_on_commit_callbacks,
+    )
+    assert sent == [{"template_ids": [template.pk]}], "the unused template's sweep goes at once"
 
     services.gc_sweep(template_ids=[template.pk])
 

@@ -133,12 +133,19 @@ def test_every_change_is_an_event_with_who_and_why(register, make_vm, user):
 
 
 def test_deleting_an_unused_template_queues_a_sweep_only_after_commit(
-    register, user, django_capture_on_commit_callbacks
+    register, user, django_capture_on_commit_callbacks, monkeypatch
 ):
+    from templates_app import tasks
+
+    sent = []
+    monkeypatch.setattr(tasks.gc_sweep_task, "delay", lambda **kw: sent.append(kw))
     template = register()
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.template_deactivate(template_id=template.pk, actor=user)
-    assert len(callbacks) == 1
+    assert sent == [], "nothing before commit"
+    for callback in callbacks:
+        callback()
+    assert sent == [{"template_ids": [template.pk]}]
 
 
 def test_nothing_is_queued_from_a_rolled_back_delete(register, user, monkeypatch):
