@@ -38,11 +38,18 @@ USER_AGENT = "stencil-downloader/1"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Statuses that say "try again later" although they are 4xx; curl --retry agrees.
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 429})
-# Credentials meant for one origin never follow a redirect to another.
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
 _ALGO_BY_HASHLIB = {name: algo for algo, name in HASHLIB_NAMES.items()}
+
+
+def headers_for_redirect(headers: dict[str, str], *, same_origin: bool) -> dict[str, str]:
+    """The caller's headers were meant for the URL's origin (tokens, API keys, cookies): none
+    of them follows a redirect to another origin; the downloader's own headers still go."""
+    return dict(headers) if same_origin else {}
+
 
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -129,8 +136,8 @@ def download_to_file(
     """Download `url` into `dest` and return what was written, verified.
 
     `checksum` is `{ALGO}hex` (templates_app.images.checksums); SHA-256 is always computed as well.
-    `headers` are sent on every request, except credentials (Authorization, Cookie) once a
-    redirect leaves the original origin. `progress(bytes_done, total_or_None)` is called at most
+    `headers` are sent on every request to the URL's origin, and to no other origin a redirect
+    leads to. `progress(bytes_done, total_or_None)` is called at most
     once per `progress_interval` seconds and once at the end; an exception it raises aborts the
     download (a way to cancel).
 
@@ -442,10 +449,9 @@ class _Download:
                         )
                     # Resolved against the current URL; validated like the first one.
                     next_target = _validate(urljoin(target.url, location.strip()))
-                    if next_target.origin != target.origin:
-                        headers = {
-                            k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS
-                        }
+                    headers = headers_for_redirect(
+                        headers, same_origin=next_target.origin == target.origin
+                    )
                     target = next_target
                     continue
                 body = self._accept(response, target)
@@ -757,10 +763,7 @@ def probe_url(
         if response.status in REDIRECT_STATUSES:
             location = response.getheader("Location") or ""
             next_target = _validate(urljoin(target.url, location.strip()))
-            if next_target.origin != target.origin:
-                sent = {
-                    k: v for k, v in sent.items() if k.lower() not in ("authorization", "cookie")
-                }
+            sent = headers_for_redirect(sent, same_origin=next_target.origin == target.origin)
             target = next_target
             continue
         if response.status >= 400:

@@ -519,7 +519,7 @@ def test_first_url_is_checked_before_any_request(httpserver, folder, settings):
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-def test_credentials_are_dropped_on_a_cross_origin_redirect(
+def test_every_caller_header_is_dropped_on_a_cross_origin_redirect(
     httpserver, other_server, folder, status
 ):
     httpserver.expect_request("/start").respond_with_response(
@@ -537,7 +537,7 @@ def test_credentials_are_dropped_on_a_cross_origin_redirect(
     second = requests_seen(other_server)[0]
     assert "Authorization" not in second.headers
     assert "Cookie" not in second.headers
-    assert second.headers["X-Trace"] == "abc"
+    assert "X-Trace" not in second.headers, "an API key may ride in any header name"
     assert second.headers["Host"] == f"127.0.0.1:{other_server.port}"
 
 
