@@ -178,7 +178,7 @@ def certificate_upload(*, alias: str, pem: str, zone: Zone, actor) -> DirectDown
     hosts = list(Host.objects.filter(zone=zone, state=HostState.UP).order_by("name"))
     HostCertificate.objects.bulk_create([HostCertificate(certificate=cert, host=h) for h in hosts])
     for host in hosts:
-        _enqueue("install", host, cert)
+        certificate_task_enqueue("install", host, cert)
     return cert
 
 
@@ -211,11 +211,11 @@ def certificate_revoke(*, certificate_id: int, actor) -> DirectDownloadCertifica
         row.error_text = ""
         row.save(update_fields=["state", "error_text", "updated_at"])
         record_host_certificate_change(row, before, actor=actor, reason="revoked")
-        _enqueue("remove", row.host, cert)
+        certificate_task_enqueue("remove", row.host, cert)
     return cert
 
 
-def _enqueue(action: str, host: Host, cert: DirectDownloadCertificate) -> None:
+def certificate_task_enqueue(action: str, host: Host, cert: DirectDownloadCertificate) -> None:
     from .agent.tasks import certificate_install_task, certificate_remove_task
 
     task = certificate_install_task if action == "install" else certificate_remove_task

@@ -28,11 +28,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from templates_app import leases
 from templates_app.events import record_event
 
-from .agent.pool_copies import _wake_waiters, lease_length
-from .certificates import _enqueue as enqueue_certificate_task
+from .agent.pool_copies import lease_length, pool_copy_end_in_error
+from .certificates import certificate_task_enqueue as enqueue_certificate_task
 from .choices import HostState, PoolCopyState, VmState
 from .models import HostCertificate, HostCertificateState, TemplatePoolRef, VirtualMachine
 
@@ -114,18 +113,7 @@ def _reap_pool_copy(ref_id: int, *, now: datetime) -> list[int] | None:
         + (f" at {expired.isoformat(timespec='seconds')}" if expired else "")
         + " (the worker went away); the next deploy copies it again"
     )
-    ref.fail_copy()
-    ref.error_text = reason
-    leases.lease_release(ref)
-    ref.save()
-    record_event(
-        ref,
-        from_state=PoolCopyState.DOWNLOAD_IN_PROGRESS,
-        to_state=ref.state,
-        actor_label=ACTOR_LABEL,
-        reason=reason,
-    )
-    return _wake_waiters(ref, failed_attempt=ref.attempts)
+    return pool_copy_end_in_error(ref, reason, actor_label=ACTOR_LABEL)
 
 
 # VMs -----------------------------------------------------------------------------------------

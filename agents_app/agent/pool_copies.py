@@ -283,6 +283,13 @@ def _fail(ref_id: int, owner: str, reason: str) -> None:
     ref = TemplatePoolRef.objects.select_for_update().get(pk=ref_id)
     if ref.lease_owner != owner or ref.state != PoolCopyState.DOWNLOAD_IN_PROGRESS:
         return
+    pool_copy_end_in_error(ref, reason, actor_label="agent")
+
+
+def pool_copy_end_in_error(ref: TemplatePoolRef, reason: str, *, actor_label: str) -> list[int]:
+    """A copy in progress (row locked by the caller) ends in DOWNLOAD_ERROR with `reason`: its
+    lease released, an event, and its waiters woken to report the failure (their VM ids).
+    The one way a copy fails, whether its copier, a delete or the reaper ends it."""
     ref.fail_copy()
     ref.error_text = reason[:4000]
     leases.lease_release(ref)
@@ -291,10 +298,10 @@ def _fail(ref_id: int, owner: str, reason: str) -> None:
         ref,
         from_state=PoolCopyState.DOWNLOAD_IN_PROGRESS,
         to_state=ref.state,
-        actor_label="agent",
+        actor_label=actor_label,
         reason=reason,
     )
-    _wake_waiters(ref, failed_attempt=ref.attempts)
+    return _wake_waiters(ref, failed_attempt=ref.attempts)
 
 
 def _copy_bytes(
@@ -557,17 +564,6 @@ def pool_copies_cancel(*, template_ids: list[int]) -> int:
             ref = TemplatePoolRef.objects.select_for_update().get(pk=ref_id)
             if ref.state != PoolCopyState.DOWNLOAD_IN_PROGRESS:
                 continue
-            ref.fail_copy()
-            ref.error_text = CANCELLED_BY_DELETE
-            leases.lease_release(ref)
-            ref.save()
-            record_event(
-                ref,
-                from_state=PoolCopyState.DOWNLOAD_IN_PROGRESS,
-                to_state=ref.state,
-                actor_label="delete",
-                reason=CANCELLED_BY_DELETE,
-            )
-            _wake_waiters(ref, failed_attempt=ref.attempts)
+            pool_copy_end_in_error(ref, CANCELLED_BY_DELETE, actor_label="delete")
             cancelled += 1
     return cancelled

@@ -15,6 +15,7 @@ from templates_app.copy_status import CopyStatus
 from templates_app.models import TemplateStoreRef
 
 from .permissions import IsStaff
+from .serializers import StoreCopySerializer
 
 
 class StoreCopyFilterSet(django_filters.FilterSet):
@@ -38,36 +39,22 @@ class StoreCopyFilterSet(django_filters.FilterSet):
         return selectors.store_copies_with_status(queryset, value)
 
 
-class StoreCopyListSerializer(serializers.ModelSerializer):
-    """One copy: what it is a copy of, where, how far it got, and why it failed."""
+class StoreCopyListSerializer(StoreCopySerializer):
+    """One copy: what it is a copy of, where, how far it got, and why it failed (the
+    template page's copy, plus its template, attempts and lease; staff see every field)."""
 
     template = serializers.UUIDField(source="template.uuid", read_only=True)
     template_name = serializers.CharField(source="template.name", read_only=True)
-    store = serializers.UUIDField(source="store.uuid", default=None, read_only=True)
-    store_name = serializers.CharField(source="store.name", default=None, read_only=True)
-    zone = serializers.UUIDField(source="store.zone.uuid", default=None, read_only=True)
 
-    class Meta:
-        model = TemplateStoreRef
+    class Meta(StoreCopySerializer.Meta):
         fields = [
             "id",
             "template",
             "template_name",
-            "store",
-            "store_name",
-            "zone",
-            "download_state",
-            "state",
-            "download_percent",
-            "downloaded_bytes",
-            "size",
-            "physical_size",
-            "install_path",
-            "error_text",
+            *StoreCopySerializer.Meta.fields,
             "attempts",
             "lease_expires_at",
             "created_at",
-            "updated_at",
         ]
         read_only_fields = fields
 
@@ -90,4 +77,5 @@ class StoreCopyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
         storage worker downloads it (202). Any other state: 409 naming it."""
         ref = store_copy_retry(ref_id=self.get_object().pk, actor=request.user)
         fresh = self.get_queryset().get(pk=ref.pk)
-        return Response(StoreCopyListSerializer(fresh).data, status=status.HTTP_202_ACCEPTED)
+        data = StoreCopyListSerializer(fresh, context=self.get_serializer_context()).data
+        return Response(data, status=status.HTTP_202_ACCEPTED)
