@@ -216,6 +216,11 @@ STENCIL_STORE_COPY_MAX_ATTEMPTS = int(os.environ.get("STENCIL_STORE_COPY_MAX_ATT
 
 # Signed uploads: the pre-shared key that signs upload URLs, and how long they stay valid.
 STENCIL_UPLOAD_SECRET = os.environ.get("STENCIL_UPLOAD_SECRET", SECRET_KEY + ":uploads")
+# The CloudStack facade keeps API secret keys encrypted with this (any string; changing it
+# voids every key pair).
+STENCIL_API_KEY_ENCRYPTION_KEY = os.environ.get(
+    "STENCIL_API_KEY_ENCRYPTION_KEY", SECRET_KEY + ":api-keys"
+)
 STENCIL_UPLOAD_EXPIRY_SECONDS = int(os.environ.get("STENCIL_UPLOAD_EXPIRY_SECONDS", "3600"))
 
 # Outbound URLs: rules for every URL the storage worker and the agents fetch (first request,

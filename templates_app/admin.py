@@ -860,3 +860,6 @@ class GcSweepRunAdmin(ReadOnlyAdmin):
         if run.result is None:
             return run.get_state_display()
         return sweep_message(services.SweepResult(**run.result))
+
+
+from .cloudstack import admin as cloudstack_admin  # noqa: E402, F401  (registers its models)

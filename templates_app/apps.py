@@ -6,3 +6,8 @@ class TemplatesAppConfig(AppConfig):
 
     name = "templates_app"
     verbose_name = "Templates"
+
+    def ready(self) -> None:
+        from .cloudstack.commands import register_transport_commands
+
+        register_transport_commands()

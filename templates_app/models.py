@@ -502,3 +502,7 @@ class GcSweepRun(ConcurrentTransitionMixin, models.Model):
         """The sweep raised; `error_text` says what."""
         self.error_text = error_text
         self.finished_at = timezone.now()
+
+
+# The CloudStack facade's API keys and async jobs live in their own module.
+from .cloudstack.models import ApiKey, AsyncJob  # noqa: E402, F401

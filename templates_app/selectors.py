@@ -116,6 +116,12 @@ def template_detail_queryset(*, user: AbstractBaseUser) -> QuerySet[Template]:
     )
 
 
+def may_change_template(user: AbstractBaseUser, template: Template) -> bool:
+    """Writes (edit, delete, permissions) belong to the owning account's members and staff;
+    callers answer anyone else as if the template did not exist."""
+    return user.is_staff or template.account.members.filter(pk=user.pk).exists()
+
+
 def template_in_zone(template: Template, zone: Zone) -> bool:
     return template.cross_zones or template.zones.filter(pk=zone.pk).exists()
 

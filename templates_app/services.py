@@ -20,6 +20,7 @@ from django_fsm import can_proceed
 
 from .choices import (
     DownloadState,
+    Hypervisor,
     ImageStoreState,
     StoreRefState,
     TemplateFormat,
@@ -63,6 +64,11 @@ def _validate_url(url: str) -> str:
 
 
 def _validate_kind_and_format(kind: str, image_format: str) -> None:
+    if image_format not in TemplateFormat.values:
+        raise InvalidInput(
+            f"unknown format '{image_format}' (one of: {', '.join(TemplateFormat.values)})",
+            field="format",
+        )
     if kind == TemplateKind.ISO and image_format != TemplateFormat.ISO:
         raise InvalidInput("an ISO must have format ISO", field="format")
     if kind == TemplateKind.TEMPLATE and image_format == TemplateFormat.ISO:
@@ -194,6 +200,11 @@ def template_registration_plan(
     if not name:
         raise InvalidInput("a name is required", field="name")
     _validate_kind_and_format(kind, image_format)
+    if hypervisor not in Hypervisor.values:
+        raise InvalidInput(
+            f"unknown hypervisor '{hypervisor}' (one of: {', '.join(Hypervisor.values)})",
+            field="hypervisor",
+        )
     url = _validate_url(url)
     checksum = normalize_checksum(checksum)
     detail_pairs = _normalize_details(details)
@@ -302,11 +313,18 @@ def template_create_planned(
     return template
 
 
+def refuse_featuring_by_non_staff(actor, is_featured: bool) -> None:
+    """Only administrators feature a template (a management command's actor may be None)."""
+    if is_featured and actor is not None and not getattr(actor, "is_staff", False):
+        raise InvalidInput("only administrators may feature a template", field="is_featured")
+
+
 def template_register(*, account: Account, actor, **params: Any) -> Template:
     """Register a template by URL (`template_registration_plan`'s parameters): check it first,
     outside any transaction, then write the row, its copies and the charge in one transaction,
     so a refused registration leaves nothing behind. A direct-download template gets one
     BYPASSED/READY row and no secondary copy."""
+    refuse_featuring_by_non_staff(actor, params.get("is_featured", False))
     plan = template_registration_plan(**params)
     with transaction.atomic():
         return template_create_planned(plan, account_id=account.pk, actor=actor)

@@ -10,6 +10,8 @@ class VersionsAppConfig(AppConfig):
     def ready(self) -> None:
         from templates_app.signals import store_copy_ready
 
+        from .cloudstack.commands import register_template_commands
         from .handlers import on_store_copy_ready
 
         store_copy_ready.connect(on_store_copy_ready, dispatch_uid="versions.copy_ready")
+        register_template_commands()

@@ -11,6 +11,7 @@ from templates_app.locks import lock_template
 from templates_app.models import Account, Template, TemplateStoreRef, Zone
 from templates_app.services import (
     VERSION_NAME_MAX_LENGTH,
+    refuse_featuring_by_non_staff,
     stores_for,
     template_create,
     template_create_planned,
@@ -106,6 +107,7 @@ def template_version_create(
     then the account's (in `template_create`), the order `template_deactivate` takes them in.
     """
     version_name = _checked_version_name(version_name)
+    refuse_featuring_by_non_staff(actor, fields.get("is_featured", False))
     base = _check_base(
         Template.objects.select_related("account").filter(pk=base_template_id).first(),
         base_template_id,

@@ -368,11 +368,6 @@ class TemplateCreateSerializer(DottedErrorsMixin, serializers.Serializer):
             data["image_format"] = data.pop("format")
         return data
 
-    def validate_is_featured(self, value: bool) -> bool:
-        if value and not self.context["request"].user.is_staff:
-            raise serializers.ValidationError("only administrators may feature a template")
-        return value
-
     def validate_account(self, value: Account) -> Account:
         if not self.context["request"].user.is_staff:
             raise serializers.ValidationError(

@@ -72,8 +72,7 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def _owned_template(self) -> Template:
         """Writes belong to the owning account or staff; others get 404, not a hint."""
         template = self.get_object()
-        user = self.request.user
-        if not user.is_staff and not template.account.members.filter(pk=user.pk).exists():
+        if not selectors.may_change_template(self.request.user, template):
             raise NotFound()
         return template
 

@@ -21,10 +21,10 @@ def catalogue(register, other_account, other_user, admin_user, store):
 
     mine = register(name="mine")
 
-    def bob(**kw):
+    def bob(actor=other_user, **kw):
         return services.template_register(
             account=other_account,
-            actor=other_user,
+            actor=actor,
             image_format="QCOW2",
             url="https://mirror.example/x.qcow2",
             zones=[store.zone],
@@ -34,7 +34,7 @@ def catalogue(register, other_account, other_user, admin_user, store):
     secret = bob(name="secret")
     shared = bob(name="shared-with-acme")
     shared.shared_with.add(mine.account)
-    bob(name="featured", is_public=True, is_featured=True)
+    bob(name="featured", is_public=True, is_featured=True, actor=admin_user)  # staff features
     bob(name="community", is_public=True)
     return {"mine": mine, "secret": secret, "shared": shared}
 

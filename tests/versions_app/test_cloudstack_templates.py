@@ -1,0 +1,312 @@
+"""The CloudStack facade's templates and ISOs, driven by the real `cs` client against a live
+server and compared with the REST API's view of the same templates."""
+
+import hashlib
+import subprocess
+
+import pytest
+from cs import CloudStackApiException
+from rest_framework.test import APIClient
+
+from templates_app.cloudstack.models import AsyncJob
+from templates_app.cloudstack.ostypes import os_type_id
+from templates_app.copies import store_copy_download
+from templates_app.models import Template, TemplateStoreRef
+from tests.cloudstack import call, cs_client, keys_for
+from tests.templates_app.factories import ImageStoreFactory, ZoneFactory
+from versions_app import services as version_services
+
+DEBIAN = "Debian GNU/Linux 12 (64-bit)"
+
+
+def rest_view(user, template_id) -> dict:
+    api = APIClient()
+    api.force_authenticate(user)
+    response = api.get(f"/api/v1/templates/{template_id}/")
+    assert response.status_code == 200, response.data
+    return response.json()
+
+
+@pytest.fixture
+def image(httpserver, settings, tmp_path):
+    """A real 16 MiB qcow2 served over HTTP."""
+    settings.STENCIL_URL_ALLOW_LOOPBACK = True
+    path = tmp_path / "img.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(path), "16M"], check=True)
+    data = path.read_bytes()
+    httpserver.expect_request("/img.qcow2").respond_with_data(data)
+    return httpserver.url_for("/img.qcow2"), "{SHA-256}" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("method", "version"), [("get", 3), ("post", 2)])
+def test_register_then_list_matches_the_rest_api(live_server, user, store, image, method, version):
+    url, checksum = image
+    client = cs_client(live_server.url, keys_for(user), method=method, version=version)
+
+    registered = client.registerTemplate(
+        name="debian-12",
+        displaytext="Debian 12 cloud image",
+        format="qcow2",
+        hypervisor="KVM",
+        url=url + "?token=s3cret",
+        zoneid=str(store.zone.uuid),
+        ostypeid=os_type_id(DEBIAN),
+        checksum=checksum,
+        details={"key": "HTTP_HEADER", "value": "X-Auth:abc"},
+    )
+    [row] = registered["template"]
+    before = client.listTemplates(templatefilter="self")["template"]
+    store_copy_download(ref_id=TemplateStoreRef.objects.get(template__uuid=row["id"]).pk)
+    [listed] = client.listTemplates(templatefilter="self", zoneid=str(store.zone.uuid))["template"]
+
+    rest = rest_view(user, row["id"])
+    assert registered["count"] == 1 and before[0]["isready"] is False
+    assert listed["id"] == rest["id"]
+    assert (listed["name"], listed["displaytext"], listed["format"]) == (
+        rest["name"],
+        rest["display_text"],
+        rest["format"],
+    )
+    assert listed["checksum"] == rest["checksum"] == checksum
+    assert listed["ostypename"] == rest["os_type"] == DEBIAN
+    assert listed["ostypeid"] == os_type_id(DEBIAN)
+    assert listed["zoneid"] == str(store.zone.uuid) == rest["zones"][0]
+    assert listed["zonename"] == store.zone.name
+    assert listed["isready"] is True and listed["status"] == "Download Complete"
+    assert listed["size"] == rest["copies"][0]["size"] == 16 * 1024 * 1024
+    assert listed["account"] == rest["account_name"] == "acme"
+    assert listed["details"] == {"HTTP_HEADER": "X-Auth:abc"}, "the owner sees its secrets"
+    assert listed["url"] == rest["url"]
+    assert listed["created"].endswith("+0000") and len(listed["created"]) == 24
+    assert listed["templatetype"] == "USER" and listed["crossZones"] is False
+
+
+@pytest.mark.django_db
+def test_a_template_in_every_zone_is_one_row_per_zone(user, store):
+    other_zone = ZoneFactory(name="zone-b")
+    ImageStoreFactory(zone=other_zone, name="store-b", path=store.path)
+    pair = keys_for(user)
+
+    status, body = call(
+        pair,
+        "registerTemplate",
+        name="everywhere",
+        format="QCOW2",
+        hypervisor="KVM",
+        url="https://mirror.example/e.qcow2",
+        zoneid="-1",
+    )
+    only_b = call(pair, "listTemplates", templatefilter="self", zoneid=str(other_zone.uuid))[1]
+
+    assert status == 200, body
+    assert body["count"] == 2
+    assert {r["zonename"] for r in body["template"]} == {"zone-a", "zone-b"}
+    assert {r["id"] for r in body["template"]} == {str(Template.objects.get().uuid)}
+    assert all(r["crossZones"] for r in body["template"])
+    assert [r["zonename"] for r in only_b["template"]] == ["zone-b"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("params", "status", "text"),
+    [
+        ({"url": None}, 431, "due to missing parameter url"),
+        ({"format": "EXE"}, 431, "format: unknown format 'EXE'"),
+        ({"hypervisor": "XenServer"}, 431, "hypervisor: unknown hypervisor 'XENSERVER'"),
+        ({"zoneid": "00000000-0000-0000-0000-000000000000"}, 431, "Invalid parameter zoneid"),
+        ({"zoneid": "zone-a"}, 431, "Invalid parameter zoneid value=zone-a"),
+        ({"zoneid": None}, 431, "missing parameter zoneid"),
+        ({"ostypeid": "00000000-0000-0000-0000-000000000000"}, 431, "Invalid parameter ostypeid"),
+        ({"checksum": "{MD5}abc"}, 431, "checksum: MD5 checksum must have 32 hex digits"),
+        ({"url": "file:///etc/passwd"}, 431, "url: unsupported URL scheme 'file'"),
+        ({"isfeatured": "true"}, 431, "isfeatured: only administrators may feature"),
+        ({"ispublic": "maybe"}, 431, "Invalid parameter ispublic value=maybe"),
+        ({"name": "x" * 300}, 431, "Invalid parameter name"),
+    ],
+)
+def test_bad_registrations_are_431_naming_the_parameter_and_write_nothing(
+    user, store, params, status, text
+):
+    base = {
+        "name": "t",
+        "format": "QCOW2",
+        "hypervisor": "KVM",
+        "url": "https://mirror.example/t.qcow2",
+        "zoneid": str(store.zone.uuid),
+    }
+    merged = {k: v for k, v in {**base, **params}.items() if v is not None}
+
+    got_status, body = call(keys_for(user), "registerTemplate", method="post", **merged)
+
+    assert got_status == status == body["errorcode"], body
+    assert text in body["errortext"]
+    assert Template.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_another_accounts_template_behaves_as_unknown(user, other_user, register):
+    secret = register(name="private-one")
+    public = register(name="public-one", is_public=True)
+    hostile = keys_for(other_user)
+    unknown = "00000000-0000-0000-0000-0000000000aa"
+
+    listed = call(hostile, "listTemplates", templatefilter="executable")[1]
+    by_id = call(hostile, "listTemplates", templatefilter="executable", id=str(secret.uuid))[1]
+    answers = {
+        name: [
+            call(hostile, command, id=ident, **extra)
+            for ident in (str(secret.uuid), str(public.uuid), unknown)
+        ]
+        for name, (command, extra) in {
+            "delete": ("deleteTemplate", {}),
+            "update": ("updateTemplate", {"name": "pwned"}),
+        }.items()
+    }
+
+    assert [r["name"] for r in listed["template"]] == ["public-one"]
+    assert by_id == {}
+    for results in answers.values():
+        texts = [body["errortext"] for _, body in results]
+        assert [status for status, _ in results] == [431, 431, 431]
+        assert texts[0].replace(str(secret.uuid), unknown) == texts[2]
+        assert texts[1].replace(str(public.uuid), unknown) == texts[2]
+    assert set(Template.objects.values_list("state", "name")) == {
+        ("ACTIVE", "private-one"),
+        ("ACTIVE", "public-one"),
+    }
+    assert AsyncJob.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_others_see_a_public_template_without_its_secrets(user, other_user, register):
+    template = register(
+        name="pub",
+        is_public=True,
+        url="https://mirror.example/pub.qcow2?X-Amz-Signature=abc",
+        details=[{"key": "HTTP_HEADER", "value": "Authorization:Bearer xyz"}],
+    )
+
+    [mine] = call(keys_for(user), "listTemplates", templatefilter="self")[1]["template"]
+    [theirs] = call(keys_for(other_user), "listTemplates", templatefilter="community")[1][
+        "template"
+    ]
+
+    assert mine["id"] == theirs["id"] == str(template.uuid)
+    assert mine["details"] == {"HTTP_HEADER": "Authorization:Bearer xyz"}
+    assert "X-Amz-Signature" in mine["url"]
+    assert theirs["details"] == {"HTTP_HEADER": "Authorization:(hidden)"}
+    assert "X-Amz-Signature" not in theirs["url"] and "abc" not in str(theirs)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_delete_is_an_async_job_the_cs_client_waits_for(live_server, user, register):
+    template = register()
+    client = cs_client(live_server.url, keys_for(user))
+
+    started = client.deleteTemplate(id=str(template.uuid))
+    result = client.deleteTemplate(id=str(register(name="second").uuid), fetch_result=True)
+    job = client.queryAsyncJobResult(jobid=started["jobid"])
+
+    assert started["id"] == str(template.uuid)
+    assert result == {"success": True}
+    assert (job["jobstatus"], job["jobresultcode"], job["jobresult"]) == (1, 0, {"success": True})
+    assert job["jobinstancetype"] == "Template" and job["jobinstanceid"] == str(template.uuid)
+    assert rest_view(user, template.uuid)["state"] in ("INACTIVE", "REMOVED")
+    assert client.listTemplates(templatefilter="self") == {}
+
+
+@pytest.mark.django_db
+def test_update_template_changes_what_the_rest_api_shows(user, register):
+    template = register()
+    pair = keys_for(user)
+
+    status, body = call(
+        pair,
+        "updateTemplate",
+        id=str(template.uuid),
+        name="renamed",
+        displaytext="new text",
+        ostypeid=os_type_id(DEBIAN),
+    )
+    bad = call(pair, "updateTemplate", id=str(template.uuid), name="  ")
+
+    rest = rest_view(user, template.uuid)
+    assert status == 200
+    assert body["template"]["name"] == rest["name"] == "renamed"
+    assert rest["display_text"] == "new text" and rest["os_type"] == DEBIAN
+    assert bad[0] == 431 and bad[1]["errortext"] == "name: the name cannot be blank"
+
+
+@pytest.mark.django_db
+def test_list_shows_the_newest_version_of_a_lineage_and_any_version_by_id(user, register, store):
+    base = register(name="app")
+    version = version_services.template_version_create(
+        base_template_id=base.pk, actor=user, version_name="v2"
+    )
+    pair = keys_for(user)
+
+    listed = call(pair, "listTemplates", templatefilter="self")[1]
+    by_id = call(pair, "listTemplates", templatefilter="self", id=str(base.uuid))[1]
+
+    assert [r["id"] for r in listed["template"]] == [str(version.uuid)]
+    assert [r["id"] for r in by_id["template"]] == [str(base.uuid)]
+
+
+@pytest.mark.django_db
+def test_isos_register_list_and_delete(user, store):
+    pair = keys_for(user)
+
+    status, body = call(
+        pair,
+        "registerIso",
+        name="installer",
+        url="https://mirror.example/installer.iso",
+        zoneid=str(store.zone.uuid),
+    )
+    [iso] = body["iso"]
+    templates = call(pair, "listTemplates", templatefilter="self")[1]
+    isos = call(pair, "listIsos", isofilter="self")[1]
+    wrong_kind = call(pair, "deleteTemplate", id=iso["id"])
+    deleted = call(pair, "deleteIso", id=iso["id"])
+
+    assert status == 200 and iso["format"] == "ISO" and iso["bootable"] is True
+    assert templates == {}
+    assert [r["id"] for r in isos["iso"]] == [iso["id"]]
+    assert wrong_kind[0] == 431
+    assert deleted[0] == 200
+    assert Template.objects.get().state in ("INACTIVE", "REMOVED")
+
+
+@pytest.mark.django_db
+def test_bad_template_filter_and_page_size(user):
+    pair = keys_for(user)
+    assert call(pair, "listTemplates")[0] == 431
+    bad = call(pair, "listTemplates", templatefilter="mine")
+    assert bad[0] == 431 and "Invalid parameter templatefilter value=mine" in bad[1]["errortext"]
+    assert call(pair, "listTemplates", templatefilter="self", pagesize="0")[0] == 431
+
+
+@pytest.mark.django_db
+def test_list_templates_costs_a_constant_number_of_queries(
+    user, register, store, django_assert_max_num_queries
+):
+    pair = keys_for(user)
+    for n in range(3):
+        register(name=f"t{n}", details=[{"key": "k", "value": "v"}])
+    with django_assert_max_num_queries(12) as few:
+        call(pair, "listTemplates", templatefilter="self")
+    for n in range(3, 25):
+        register(name=f"t{n}", details=[{"key": "k", "value": "v"}])
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        status, body = call(pair, "listTemplates", templatefilter="self", page="1", pagesize="20")
+    assert status == 200 and body["count"] == 25 and len(body["template"]) == 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_cs_client_sees_a_bad_delete_as_431(live_server, user):
+    client = cs_client(live_server.url, keys_for(user), method="post")
+    with pytest.raises(CloudStackApiException) as refused:
+        client.deleteTemplate(id="00000000-0000-0000-0000-000000000000")
+    assert refused.value.response.status_code == 431
+    assert AsyncJob.objects.count() == 0

@@ -1,0 +1,383 @@
+"""listTemplates/listIsos, registerTemplate/registerIso, updateTemplate/updateIso,
+deleteTemplate/deleteIso (async) and getUploadParamsForTemplate: thin callers of the same
+selectors and services as POST/GET/PATCH/DELETE /api/v1/templates/."""
+
+import uuid as uuid_lib
+
+from django.db.models import Q
+
+from templates_app import selectors as catalogue
+from templates_app import services, uploads
+from templates_app.choices import TemplateFilter, TemplateKind, TemplateState
+from templates_app.cloudstack.errors import CloudStackError
+from templates_app.cloudstack.jobs import AsyncStart, JobOutcome, register_resolver
+from templates_app.cloudstack.ostypes import os_type_named
+from templates_app.cloudstack.registry import LIST_PARAMS, Call, Command, Param, register
+from templates_app.cloudstack.responses import list_response, paged
+from templates_app.models import Template, Zone
+
+from .. import selectors
+from .responses import template_rows, with_copies
+
+ENTITY = {TemplateKind.TEMPLATE: "template", TemplateKind.ISO: "iso"}
+# Stencil's field names -> the CloudStack parameter a refusal names.
+FIELDS = {
+    "zones": "zoneid",
+    "zone": "zoneid",
+    "image_format": "format",
+    "os_type": "ostypeid",
+    "display_text": "displaytext",
+    "is_public": "ispublic",
+    "is_featured": "isfeatured",
+    "direct_download": "directdownload",
+}
+
+
+def _zone(call: Call, name: str, value) -> Zone:
+    zone = catalogue.zones_list().filter(uuid=value).first()
+    if zone is None:
+        raise call.invalid(name, value)
+    return zone
+
+
+def _os_type(call: Call, ostypeid) -> str:
+    if ostypeid is None:
+        return ""
+    description = os_type_named(ostypeid)
+    if description is None:
+        raise call.invalid("ostypeid", ostypeid)
+    return description
+
+
+def _template_filter(call: Call, name: str, value: str) -> str:
+    if value not in TemplateFilter.values:
+        raise call.invalid(name, value, f"it not being one of {', '.join(TemplateFilter.values)}")
+    return value
+
+
+def _listing(call: Call, kind: str, template_filter: str, params: dict) -> dict:
+    """listTemplates and listIsos: the REST listing (one row per lineage, per viewer) filtered
+    as CloudStack filters, then one row per zone."""
+    ids = [params["id"]] if params.get("id") else params.get("ids") or []
+    states = [TemplateState.ACTIVE, TemplateState.INACTIVE, TemplateState.REMOVED]
+    queryset = selectors.template_list(
+        user=call.user,
+        template_filter=template_filter,
+        states=states if params.get("showremoved") else None,
+        all_versions=bool(ids),
+    ).filter(kind=kind)
+    if ids:
+        queryset = queryset.filter(uuid__in=ids)
+    if params.get("name"):
+        queryset = queryset.filter(name=params["name"])
+    if params.get("hypervisor"):
+        queryset = queryset.filter(hypervisor__iexact=params["hypervisor"])
+    if params.get("keyword"):
+        keyword = params["keyword"]
+        queryset = queryset.filter(Q(name__icontains=keyword) | Q(display_text__icontains=keyword))
+    zone = None
+    if params.get("zoneid"):
+        zone = _zone(call, "zoneid", params["zoneid"])
+        in_zone = Template.zones.through.objects.filter(zone=zone).values("template_id")
+        queryset = queryset.filter(Q(cross_zones=True) | Q(pk__in=in_zone))
+    rows = template_rows(with_copies(queryset), user=call.user, zone=zone)
+    if params.get("isready") is not None:
+        rows = [row for row in rows if row["isready"] == params["isready"]]
+    page = paged(rows, params.get("page"), params.get("pagesize"))
+    return list_response(ENTITY[kind], page, count=len(rows))
+
+
+def list_templates(call: Call, templatefilter: str, **params) -> dict:
+    return _listing(
+        call,
+        TemplateKind.TEMPLATE,
+        _template_filter(call, "templatefilter", templatefilter),
+        params,
+    )
+
+
+def list_isos(call: Call, isofilter: str = TemplateFilter.EXECUTABLE, **params) -> dict:
+    return _listing(call, TemplateKind.ISO, _template_filter(call, "isofilter", isofilter), params)
+
+
+def _detail_pairs(groups: list[dict[str, str]] | None) -> list[dict[str, str]]:
+    """`details[0].key=K&details[0].value=V` is one detail K=V; any other
+    `details[0].NAME=VALUE` is the detail NAME=VALUE (CloudStack's map form)."""
+    pairs = []
+    for group in groups or []:
+        if set(group) == {"key", "value"}:
+            pairs.append({"key": group["key"], "value": group["value"]})
+        else:
+            pairs.extend({"key": key, "value": value} for key, value in group.items())
+    return pairs
+
+
+def _registration_zones(call: Call, zoneid: str | None, zoneids: list | None):
+    """(zones, cross_zones): `zoneid` or `zoneids`; -1 is every zone."""
+    wanted = list(zoneids or []) or ([zoneid] if zoneid else [])
+    if not wanted:
+        raise CloudStackError(
+            f"Unable to execute API command {call.command.lower()} due to missing parameter "
+            "zoneid (or zoneids)"
+        )
+    if "-1" in [str(value) for value in wanted]:
+        return [], True
+    zones = []
+    for value in wanted:
+        try:
+            value = uuid_lib.UUID(str(value))
+        except ValueError:
+            raise call.invalid("zoneid", value) from None
+        zones.append(_zone(call, "zoneid", value))
+    return zones, False
+
+
+def _register(call: Call, kind: str, params: dict) -> dict:
+    zones, cross_zones = _registration_zones(call, params.get("zoneid"), params.get("zoneids"))
+    image_format = "ISO" if kind == TemplateKind.ISO else params["format"].upper()
+    template = services.template_register(
+        account=call.account,
+        actor=call.user,
+        name=params["name"],
+        display_text=params.get("displaytext", ""),
+        kind=kind,
+        image_format=image_format,
+        hypervisor=params.get("hypervisor", "KVM").upper(),
+        url=params["url"],
+        zones=zones,
+        cross_zones=cross_zones,
+        os_type=_os_type(call, params.get("ostypeid")),
+        checksum=params.get("checksum", ""),
+        is_public=params.get("ispublic", False),
+        is_featured=params.get("isfeatured", False),
+        direct_download=params.get("directdownload", False),
+        details=_detail_pairs(params.get("details")),
+    )
+    fresh = with_copies(catalogue.template_detail_queryset(user=call.user).filter(pk=template.pk))
+    return list_response(ENTITY[kind], template_rows(fresh, user=call.user))
+
+
+def register_template(call: Call, **params) -> dict:
+    return _register(call, TemplateKind.TEMPLATE, params)
+
+
+def register_iso(call: Call, **params) -> dict:
+    return _register(call, TemplateKind.ISO, params)
+
+
+def owned_template(call: Call, template_id, kind: str, *, name: str = "id") -> Template:
+    """A template the caller may change (its account's, or staff); anything else, another
+    account's included, is answered as an id that does not exist."""
+    template = (
+        catalogue.template_detail_queryset(user=call.user)
+        .filter(uuid=template_id, kind=kind)
+        .first()
+    )
+    if template is None or not catalogue.may_change_template(call.user, template):
+        raise call.invalid(name, template_id)
+    return template
+
+
+def _update(call: Call, kind: str, params: dict) -> dict:
+    template = owned_template(call, params["id"], kind)
+    changes = {}
+    if "name" in params:
+        changes["name"] = params["name"]
+    if "displaytext" in params:
+        changes["display_text"] = params["displaytext"]
+    if "ostypeid" in params:
+        changes["os_type"] = _os_type(call, params["ostypeid"])
+    if changes:
+        services.template_update(template_id=template.pk, actor=call.user, changes=changes)
+    fresh = with_copies(catalogue.template_detail_queryset(user=call.user).filter(pk=template.pk))
+    rows = template_rows(fresh, user=call.user)
+    return {ENTITY[kind]: rows[0] if rows else {}}
+
+
+def update_template(call: Call, **params) -> dict:
+    return _update(call, TemplateKind.TEMPLATE, params)
+
+
+def update_iso(call: Call, **params) -> dict:
+    return _update(call, TemplateKind.ISO, params)
+
+
+def _delete(call: Call, kind: str, id, zoneid=None, forced=None) -> AsyncStart:
+    """DELETE /templates/{id}/: INACTIVE at once; the sweep removes the bytes when nothing uses
+    it (`forced` is not needed: running VMs keep working). A template is deleted from all its
+    zones: naming one zone of several is refused."""
+    template = owned_template(call, id, kind)
+    if zoneid is not None:
+        zone = _zone(call, "zoneid", zoneid)
+        zones = set(template.zones.values_list("pk", flat=True))
+        if template.cross_zones or zones != {zone.pk}:
+            raise CloudStackError(
+                "zoneid: deleting from one zone of several is not supported; omit zoneid to "
+                "delete it from every zone"
+            )
+    services.template_deactivate(template_id=template.pk, actor=call.user)
+    return AsyncStart(template, "Template")
+
+
+def delete_template(call: Call, **params) -> AsyncStart:
+    return _delete(call, TemplateKind.TEMPLATE, **params)
+
+
+def delete_iso(call: Call, **params) -> AsyncStart:
+    return _delete(call, TemplateKind.ISO, **params)
+
+
+def deleted(job, template: Template) -> JobOutcome:
+    """The delete is done when the command returns (INACTIVE; the sweep follows)."""
+    return JobOutcome.success({"success": True})
+
+
+def get_upload_params(call: Call, **params) -> dict:
+    """POST /templates/upload-params/: the template and its copy are written now; the client
+    POSTs the bytes to `postURL` with the signed metadata."""
+    upload = uploads.template_upload_params(
+        account=call.account,
+        actor=call.user,
+        name=params["name"],
+        display_text=params.get("displaytext", ""),
+        image_format=params["format"].upper(),
+        zone=_zone(call, "zoneid", params["zoneid"]),
+        base_url=call.base_url,
+        os_type=_os_type(call, params.get("ostypeid")),
+        checksum=params.get("checksum", ""),
+        is_public=params.get("ispublic", False),
+        size=params.get("size", 0),
+    )
+    return {
+        "getuploadparams": {
+            "id": upload.id,
+            "postURL": upload.post_url,
+            "metadata": upload.metadata,
+            "expires": upload.expires,
+            "signature": upload.signature,
+        }
+    }
+
+
+LISTING_PARAMS = (
+    Param("id", "uuid", description="The template ID"),
+    Param("ids", "list", description="Comma-separated template IDs"),
+    Param("name", description="The template name"),
+    Param("zoneid", "uuid", description="List templates by zone ID"),
+    Param("hypervisor", description="The hypervisor"),
+    Param("showremoved", "boolean", description="Show removed templates as well (staff)"),
+    Param("isready", "boolean", description="List only ready (or not ready) rows"),
+    *LIST_PARAMS,
+)
+REGISTRATION_PARAMS = (
+    Param("name", required=True, description="The name of the template"),
+    Param("displaytext", length=4096, description="The display text of the template"),
+    Param("url", required=True, length=2048, description="The URL of where the image is"),
+    Param("zoneid", description="The zone ID; -1 for all zones"),
+    Param("zoneids", "list", description="Zone IDs; -1 for all zones"),
+    Param("ostypeid", "uuid", description="The OS type (listOsTypes)"),
+    Param("checksum", length=160, description="{ALGORITHM}hex digest of the image"),
+    Param("directdownload", "boolean", description="Hosts download it straight from the URL"),
+    Param("ispublic", "boolean", description="Usable by every account"),
+    Param("isfeatured", "boolean", description="Featured (administrators)"),
+    Param("details", "map", description="Details, e.g. details[0].key=HTTP_HEADER"),
+)
+DELETE_PARAMS = (
+    Param("id", "uuid", required=True, description="The ID of the template"),
+    Param("zoneid", "uuid", description="The zone (only the template's single zone)"),
+    Param("forced", "boolean", description="Ignored: VMs keep their template's bytes"),
+)
+UPDATE_PARAMS = (
+    Param("id", "uuid", required=True, description="The ID of the template"),
+    Param("name", description="The new name"),
+    Param("displaytext", length=4096, description="The new display text"),
+    Param("ostypeid", "uuid", description="The new OS type"),
+)
+
+
+def register_template_commands() -> None:
+    hypervisor = Param("hypervisor", description="The hypervisor (KVM)")
+    for command in (
+        Command(
+            "listTemplates",
+            list_templates,
+            (Param("templatefilter", required=True, description="featured, self, ..."),)
+            + LISTING_PARAMS,
+            "List all public, private, and privileged templates",
+            entity="template",
+            fields=FIELDS,
+        ),
+        Command(
+            "listIsos",
+            list_isos,
+            (Param("isofilter", description="featured, self, ... (default executable)"),)
+            + LISTING_PARAMS,
+            "Lists all available ISO files",
+            entity="iso",
+            fields=FIELDS,
+        ),
+        Command(
+            "registerTemplate",
+            register_template,
+            (
+                Param("format", required=True, description="QCOW2, RAW, VHD or VMDK"),
+                Param("hypervisor", required=True, description="The hypervisor (KVM)"),
+                *REGISTRATION_PARAMS,
+            ),
+            "Registers an existing template into the CloudStack cloud",
+            entity="template",
+            fields=FIELDS,
+        ),
+        Command(
+            "registerIso",
+            register_iso,
+            (*REGISTRATION_PARAMS, Param("bootable", "boolean", description="Ignored")),
+            "Registers an existing ISO into the CloudStack cloud",
+            entity="iso",
+            fields=FIELDS,
+        ),
+        Command(
+            "updateTemplate",
+            update_template,
+            UPDATE_PARAMS,
+            "Updates attributes of a template",
+            fields=FIELDS,
+        ),
+        Command("updateIso", update_iso, UPDATE_PARAMS, "Updates an ISO file", fields=FIELDS),
+        Command(
+            "deleteTemplate",
+            delete_template,
+            DELETE_PARAMS,
+            "Deletes a template from the system",
+            is_async=True,
+            fields=FIELDS,
+        ),
+        Command(
+            "deleteIso",
+            delete_iso,
+            DELETE_PARAMS[:2],
+            "Deletes an ISO file",
+            is_async=True,
+            fields=FIELDS,
+        ),
+        Command(
+            "getUploadParamsForTemplate",
+            get_upload_params,
+            (
+                Param("name", required=True, description="The name of the template"),
+                Param("displaytext", length=4096, description="The display text"),
+                Param("format", required=True, description="QCOW2, RAW, VHD or VMDK"),
+                hypervisor,
+                Param("zoneid", "uuid", required=True, description="The zone"),
+                Param("ostypeid", "uuid", description="The OS type"),
+                Param("checksum", length=160, description="{ALGORITHM}hex digest"),
+                Param("ispublic", "boolean", description="Usable by every account"),
+                Param("size", "long", description="Bytes to be uploaded (charged now)"),
+            ),
+            "Upload a template from the local machine: the POST URL and its signature",
+            fields=FIELDS,
+        ),
+    ):
+        register(command)
+    register_resolver("deleteTemplate", deleted)
+    register_resolver("deleteIso", deleted)
