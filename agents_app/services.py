@@ -108,6 +108,8 @@ def vm_create(
     actor,
     stateless: bool = False,
     use_latest_template_version: bool = False,
+    memory_mib: int = 256,
+    vcpus: int = 1,
 ) -> VirtualMachine:
     """Create a VM on an ACTIVE template; the state check and the new reference share one lock."""
     name = (name or "").strip()
@@ -127,6 +129,8 @@ def vm_create(
         account=account,
         stateless=stateless,
         use_latest_template_version=use_latest_template_version,
+        memory_mib=memory_mib,
+        vcpus=vcpus,
     )
     record_event(vm, from_state="", to_state=vm.state, actor=actor, reason="created")
     return vm
