@@ -14,6 +14,7 @@ class AgentsAppConfig(AppConfig):
         from templates_app.url_checks import register_direct_download_checker
         from versions_app.signals import version_usable
 
+        from .cloudstack.storage import register_storage_commands
         from .cloudstack.vms import register_vm_commands
         from .handlers import on_templates_deactivated, on_version_usable
         from .references import register_compute_references
@@ -21,6 +22,7 @@ class AgentsAppConfig(AppConfig):
 
         register_compute_references()
         register_vm_commands()
+        register_storage_commands()
         register_direct_download_checker(direct_download_check)
         version_usable.connect(on_version_usable, dispatch_uid="agents.version_usable")
         templates_deactivated.connect(

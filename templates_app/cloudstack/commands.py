@@ -12,7 +12,9 @@ from .responses import list_response, paged
 
 
 def list_apis(call: Call, name: str | None = None) -> dict:
-    commands = [c for c in all_commands() if name is None or c.name.lower() == name.lower()]
+    commands = [
+        c for c in all_commands(call.user) if name is None or c.name.lower() == name.lower()
+    ]
     if name is not None and not commands:
         raise call.invalid("name", name)
     rows = [

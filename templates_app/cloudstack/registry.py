@@ -63,6 +63,8 @@ class Command:
     description: str = ""
     is_async: bool = False
     entity: str = ""
+    # For administrators only (CloudStack's root admin APIs): others are told it does not exist.
+    staff_only: bool = False
     # Stencil field name -> CloudStack parameter name, for the text of a service's refusal.
     fields: dict[str, str] = field(default_factory=dict)
 
@@ -83,12 +85,18 @@ def register(command: Command) -> None:
     _COMMANDS[key] = command
 
 
-def command_named(name: str) -> Command | None:
-    return _COMMANDS.get(name.lower())
+def command_for(name: str, user: AbstractBaseUser) -> Command | None:
+    """The command `name` as `user` may call it; a staff-only one is unknown to others."""
+    command = _COMMANDS.get(name.lower())
+    if command is None or (command.staff_only and not user.is_staff):
+        return None
+    return command
 
 
-def all_commands() -> list[Command]:
-    return sorted(_COMMANDS.values(), key=lambda command: command.name)
+def all_commands(user: AbstractBaseUser) -> list[Command]:
+    """The commands `user` may call, by name."""
+    visible = (command_for(command.name, user) for command in _COMMANDS.values())
+    return sorted((c for c in visible if c is not None), key=lambda command: command.name)
 
 
 def _parse_value(command: str, param: Param, raw: str) -> Any:

@@ -37,7 +37,7 @@ def _authenticate(params: dict[str, str]):
 
 def _run(request: HttpRequest, params: dict[str, str], name: str) -> dict:
     user = _authenticate(params)
-    command = registry.command_named(name)
+    command = registry.command_for(name, user)
     if command is None:
         raise errors.CloudStackError(
             f"The given command {name or '(none)'} does not exist or it is not available for "
