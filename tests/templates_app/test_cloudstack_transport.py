@@ -207,3 +207,34 @@ def test_list_zones_costs_a_constant_number_of_queries(user, django_assert_max_n
     with django_assert_max_num_queries(4):
         status, body = call(pair, "listZones", pagesize="10", page="2")
     assert status == 200 and body["count"] == 30 and len(body["zone"]) == 10
+
+
+def test_the_admin_lists_keys_without_secrets_and_regenerate_shows_the_new_one_once(
+    client, admin_user, user
+):
+    old = keys_for(user)
+    client.force_login(admin_user)
+    row = ApiKey.objects.get(user=user)
+
+    listing = client.get("/admin/templates_app/apikey/")
+    change = client.get(f"/admin/templates_app/apikey/{row.pk}/change/")
+    done = client.post(
+        "/admin/templates_app/apikey/",
+        {"action": "regenerate", "_selected_action": [row.pk]},
+        follow=True,
+    )
+
+    assert listing.status_code == change.status_code == 200
+    assert old.api_key in listing.content.decode()
+    assert old.secret_key not in listing.content.decode() + change.content.decode()
+    assert row.secret_encrypted not in change.content.decode()
+    new = ApiKey.objects.get(user=user)
+    messages = [str(m) for m in done.context["messages"]]
+    assert new.api_key != old.api_key
+    assert any(new.api_key in m and "secretkey " in m for m in messages)
+    secret = next(m for m in messages if new.api_key in m).split("secretkey ")[1].split(" ")[0]
+    from templates_app.cloudstack.keys import KeyPair
+
+    assert call(KeyPair(new.api_key, secret), "listZones")[0] == 200
+    assert call(old, "listZones")[0] == 401
+    assert client.get("/admin/templates_app/apikey/").content.decode().count(secret) == 0

@@ -310,3 +310,43 @@ def test_the_cs_client_sees_a_bad_delete_as_431(live_server, user):
         client.deleteTemplate(id="00000000-0000-0000-0000-000000000000")
     assert refused.value.response.status_code == 431
     assert AsyncJob.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_upload_params_then_the_bytes_make_a_ready_template(user, store, client, tmp_path):
+    path = tmp_path / "u.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(path), "8M"], check=True)
+    data = path.read_bytes()
+    pair = keys_for(user)
+
+    status, body = call(
+        pair,
+        "getUploadParamsForTemplate",
+        name="uploaded",
+        format="qcow2",
+        hypervisor="KVM",
+        zoneid=str(store.zone.uuid),
+        checksum="{SHA-256}" + hashlib.sha256(data).hexdigest(),
+        size=str(len(data)),
+    )
+    params = body["getuploadparams"]
+    path_only = "/" + params["postURL"].split("://", 1)[1].split("/", 1)[1]
+    sent = client.generic(
+        "POST",
+        path_only,
+        data=data,
+        content_type="application/octet-stream",
+        headers={
+            "X-Metadata": params["metadata"],
+            "X-Expires": params["expires"],
+            "X-Signature": params["signature"],
+        },
+    )
+    [row] = call(pair, "listTemplates", templatefilter="self")[1]["template"]
+    no_zone = call(pair, "getUploadParamsForTemplate", name="x", format="QCOW2")
+
+    assert status == 200 and set(params) == {"id", "postURL", "metadata", "expires", "signature"}
+    assert sent.status_code == 201, sent.content
+    assert (row["id"], row["isready"], row["size"]) == (params["id"], True, 8 * 1024 * 1024)
+    assert no_zone[0] == 431 and "missing parameter zoneid" in no_zone[1]["errortext"]
+    assert Template.objects.count() == 1
