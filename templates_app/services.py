@@ -399,6 +399,40 @@ def template_update(*, template_id: int, actor, changes: dict[str, Any]) -> Temp
     return template
 
 
+@transaction.atomic
+def template_zones_add(*, template_id: int, zones: list[Zone], actor) -> list[TemplateStoreRef]:
+    """CloudStack's copyTemplate: make an ACTIVE template available in more zones. Each new
+    zone gets copies on its stores (the same store rule as a registration) that the storage
+    workers download from the template's URL after commit; a direct-download template only
+    gains the zones (its hosts fetch the URL themselves). Bytes are charged as they land."""
+    template = lock_template(template_id)
+    if template.state != TemplateState.ACTIVE:
+        raise TransitionConflict(template, "copy")
+    if template.cross_zones:
+        raise InvalidInput("the template is already in every zone", field="zones")
+    if not template.url:
+        raise InvalidInput("an uploaded template has no URL to copy it from", field="zones")
+    present = set(template.zones.values_list("pk", flat=True))
+    new_zones = [zone for zone in zones if zone.pk not in present]
+    if not new_zones:
+        raise InvalidInput("the template is already in each of these zones", field="zones")
+    stores = [] if template.direct_download else stores_for(new_zones, is_public=template.is_public)
+    copies = TemplateStoreRef.objects.bulk_create(
+        [TemplateStoreRef(template=template, store=store) for store in stores]
+    )
+    template.zones.add(*new_zones)
+    names = ", ".join(zone.name for zone in new_zones)
+    record_event(
+        template,
+        from_state=template.state,
+        to_state=template.state,
+        actor=actor,
+        reason=f"copied to zone(s) {names}",
+    )
+    _enqueue_downloads(template.pk)
+    return copies
+
+
 CANCELLED_BY_DELETE = "cancelled: the template was deleted"
 
 

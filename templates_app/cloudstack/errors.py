@@ -17,6 +17,14 @@ CLOUD_RUNTIME_EXCEPTION = 4250
 INSUFFICIENT_CAPACITY_EXCEPTION = 4010
 RESOURCE_ALLOCATION_EXCEPTION = 4370
 
+REASONS = {
+    PARAM_ERROR: "Invalid Parameter",
+    UNKNOWN_COMMAND: "Unsupported Command",
+    INTERNAL_ERROR: "Internal Error",
+    INSUFFICIENT_CAPACITY: "Insufficient Capacity",
+    RESOURCE_ALLOCATION: "Resource Allocation Error",
+}
+
 AUTH_TEXT = "unable to verify user credentials and/or request signature"
 
 

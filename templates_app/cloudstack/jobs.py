@@ -4,7 +4,7 @@ the resolver its command registered, from the target's state (a VM STARTING is p
 RUNNING succeeded, ERROR failed), and stored once final."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
@@ -22,6 +22,7 @@ class AsyncStart:
 
     target: models.Model
     instance_type: str
+    context: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ def job_create(*, user, command: str, start: AsyncStart) -> AsyncJob:
         object_id=start.target.pk,
         instance_uuid=start.target.uuid,
         instance_type=start.instance_type,
+        context=start.context,
     )
 
 

@@ -45,6 +45,9 @@ class AsyncJob(models.Model):
     target = GenericForeignKey("content_type", "object_id")
     instance_uuid = models.UUIDField()
     instance_type = models.CharField(max_length=32)
+    context = models.JSONField(
+        default=dict, blank=True, help_text="What the resolver needs besides the target."
+    )
     status = models.PositiveSmallIntegerField(
         choices=AsyncJobStatus.choices, default=AsyncJobStatus.PENDING
     )

@@ -76,4 +76,7 @@ def client_api(request: HttpRequest) -> JsonResponse:
             code=errors.INTERNAL_ERROR,
         )
         body, status = failure.body(), failure.code
-    return JsonResponse({envelope: body}, status=status)
+    response = JsonResponse({envelope: body}, status=status)
+    if status in errors.REASONS:  # HTTP's own phrase for 431 would say "header fields"
+        response.reason_phrase = errors.REASONS[status]
+    return response

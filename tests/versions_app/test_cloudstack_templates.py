@@ -350,3 +350,94 @@ def test_upload_params_then_the_bytes_make_a_ready_template(user, store, client,
     assert (row["id"], row["isready"], row["size"]) == (params["id"], True, 8 * 1024 * 1024)
     assert no_zone[0] == 431 and "missing parameter zoneid" in no_zone[1]["errortext"]
     assert Template.objects.count() == 1
+
+
+@pytest.fixture
+def second_zone(store):
+    zone = ZoneFactory(name="zone-b")
+    ImageStoreFactory(zone=zone, name="store-b", path=store.path + "-b")
+    from pathlib import Path
+
+    Path(store.path + "-b").mkdir()
+    return zone
+
+
+@pytest.mark.django_db
+def test_copy_template_is_a_job_done_when_the_new_zones_copy_is_ready(
+    user, register, image, second_zone
+):
+    url, checksum = image
+    template = register(url=url, checksum=checksum)
+    store_copy_download(ref_id=TemplateStoreRef.objects.get(template=template).pk)
+    pair = keys_for(user)
+
+    status, started = call(
+        pair, "copyTemplate", id=str(template.uuid), destzoneid=str(second_zone.uuid)
+    )
+    pending = call(pair, "queryAsyncJobResult", jobid=started["jobid"])[1]
+    new_copy = TemplateStoreRef.objects.get(template=template, store__zone=second_zone)
+    store_copy_download(ref_id=new_copy.pk)
+    done = call(pair, "queryAsyncJobResult", jobid=started["jobid"])[1]
+    listed = call(pair, "listTemplates", templatefilter="self")[1]["template"]
+    again = call(pair, "copyTemplate", id=str(template.uuid), destzoneid=str(second_zone.uuid))
+
+    assert status == 200 and started["id"] == str(template.uuid)
+    assert pending["jobstatus"] == 0
+    assert done["jobstatus"] == 1, done
+    assert done["jobresult"]["template"]["zoneid"] == str(second_zone.uuid)
+    assert done["jobresult"]["template"]["isready"] is True
+    assert {(r["zonename"], r["isready"]) for r in listed} == {("zone-a", True), ("zone-b", True)}
+    assert sorted(rest_view(user, template.uuid)["zones"]) == sorted(
+        [str(template.zones.get(name="zone-a").uuid), str(second_zone.uuid)]
+    )
+    assert again[0] == 431
+    assert again[1]["errortext"] == "destzoneid: the template is already in each of these zones"
+
+
+@pytest.mark.django_db
+def test_a_copy_whose_download_fails_is_a_failed_job(
+    user, register, httpserver, settings, second_zone
+):
+    settings.STENCIL_URL_ALLOW_LOOPBACK = True
+    httpserver.expect_request("/gone.qcow2").respond_with_data("gone", status=404)
+    template = register(url=httpserver.url_for("/gone.qcow2"))
+    pair = keys_for(user)
+
+    _, started = call(
+        pair, "copyTemplate", id=str(template.uuid), destzoneids=str(second_zone.uuid)
+    )
+    store_copy_download(
+        ref_id=TemplateStoreRef.objects.get(template=template, store__zone=second_zone).pk
+    )
+    failed = call(pair, "queryAsyncJobResult", jobid=started["jobid"])[1]
+
+    assert (failed["jobstatus"], failed["jobresultcode"]) == (2, 530)
+    assert "404" in failed["jobresult"]["errortext"]
+
+
+@pytest.mark.django_db
+def test_copies_by_others_or_to_unknown_zones_are_431_and_write_nothing(
+    user, other_user, register, second_zone
+):
+    template = register()
+    hostile = call(
+        keys_for(other_user),
+        "copyTemplate",
+        id=str(template.uuid),
+        destzoneid=str(second_zone.uuid),
+    )
+    nowhere = call(
+        keys_for(user),
+        "copyTemplate",
+        id=str(template.uuid),
+        destzoneid="00000000-0000-0000-0000-000000000000",
+    )
+    no_zone = call(keys_for(user), "copyTemplate", id=str(template.uuid))
+
+    assert hostile[0] == nowhere[0] == no_zone[0] == 431
+    assert "Invalid parameter id" in hostile[1]["errortext"]
+    assert "Invalid parameter destzoneid" in nowhere[1]["errortext"]
+    assert "missing parameter destzoneid" in no_zone[1]["errortext"]
+    assert list(template.zones.values_list("name", flat=True)) == ["zone-a"]
+    assert TemplateStoreRef.objects.filter(template=template).count() == 1
+    assert not AsyncJob.objects.exists()

@@ -8,13 +8,19 @@ from django.db.models import Q
 
 from templates_app import selectors as catalogue
 from templates_app import services, uploads
-from templates_app.choices import TemplateFilter, TemplateKind, TemplateState
+from templates_app.choices import (
+    DownloadState,
+    StoreRefState,
+    TemplateFilter,
+    TemplateKind,
+    TemplateState,
+)
 from templates_app.cloudstack.errors import CloudStackError
 from templates_app.cloudstack.jobs import AsyncStart, JobOutcome, register_resolver
 from templates_app.cloudstack.ostypes import os_type_named
 from templates_app.cloudstack.registry import LIST_PARAMS, Call, Command, Param, register
 from templates_app.cloudstack.responses import list_response, paged
-from templates_app.models import Template, Zone
+from templates_app.models import Template, TemplateStoreRef, Zone
 
 from .. import selectors
 from .responses import template_rows, with_copies
@@ -232,6 +238,56 @@ def deleted(job, template: Template) -> JobOutcome:
     return JobOutcome.success({"success": True})
 
 
+def _copy(call: Call, kind: str, params: dict) -> AsyncStart:
+    """copyTemplate: the template gains the destination zones; their stores download it."""
+    template = owned_template(call, params["id"], kind)
+    if params.get("sourcezoneid") is not None:
+        source = _zone(call, "sourcezoneid", params["sourcezoneid"])
+        if not template.cross_zones and not template.zones.filter(pk=source.pk).exists():
+            raise call.invalid("sourcezoneid", params["sourcezoneid"])
+    wanted = params.get("destzoneids") or (
+        [params["destzoneid"]] if params.get("destzoneid") else []
+    )
+    if not wanted:
+        raise CloudStackError(
+            f"Unable to execute API command {call.command.lower()} due to missing parameter "
+            "destzoneid (or destzoneids)"
+        )
+    zones = [_zone(call, "destzoneid", value) for value in wanted]
+    services.template_zones_add(template_id=template.pk, zones=zones, actor=call.user)
+    return AsyncStart(template, "Template", context={"zones": [str(z.uuid) for z in zones]})
+
+
+def copy_template(call: Call, **params) -> AsyncStart:
+    return _copy(call, TemplateKind.TEMPLATE, params)
+
+
+def copy_iso(call: Call, **params) -> AsyncStart:
+    return _copy(call, TemplateKind.ISO, params)
+
+
+FAILED_COPY = (DownloadState.DOWNLOAD_ERROR, DownloadState.ABANDONED)
+
+
+def copied(job, template: Template) -> JobOutcome | None:
+    """Done when every copy in the destination zones is READY (a direct-download template has
+    none: done at once); failed when one of them failed; pending while they download."""
+    copies = list(
+        TemplateStoreRef.objects.filter(
+            template=template, store__zone__uuid__in=job.context["zones"]
+        )
+    )
+    failed = [ref for ref in copies if ref.download_state in FAILED_COPY]
+    if failed:
+        return JobOutcome.failure(failed[0].error_text or failed[0].download_state)
+    if any(ref.state != StoreRefState.READY for ref in copies):
+        return None
+    zone = catalogue.zones_list().get(uuid=job.context["zones"][0])
+    fresh = with_copies(catalogue.template_detail_queryset(user=job.user).filter(pk=template.pk))
+    rows = template_rows(fresh, user=job.user, zone=zone)
+    return JobOutcome.success({ENTITY[template.kind]: rows[0] if rows else {}})
+
+
 def get_upload_params(call: Call, **params) -> dict:
     """POST /templates/upload-params/: the template and its copy are written now; the client
     POSTs the bytes to `postURL` with the signed metadata."""
@@ -286,6 +342,12 @@ DELETE_PARAMS = (
     Param("id", "uuid", required=True, description="The ID of the template"),
     Param("zoneid", "uuid", description="The zone (only the template's single zone)"),
     Param("forced", "boolean", description="Ignored: VMs keep their template's bytes"),
+)
+COPY_PARAMS = (
+    Param("id", "uuid", required=True, description="The ID of the template"),
+    Param("destzoneid", "uuid", description="The zone it is copied to"),
+    Param("destzoneids", "list", description="Zones it is copied to"),
+    Param("sourcezoneid", "uuid", description="A zone it is in (optional)"),
 )
 UPDATE_PARAMS = (
     Param("id", "uuid", required=True, description="The ID of the template"),
@@ -361,6 +423,22 @@ def register_template_commands() -> None:
             fields=FIELDS,
         ),
         Command(
+            "copyTemplate",
+            copy_template,
+            COPY_PARAMS,
+            "Copies a template to other zones (their stores download it)",
+            is_async=True,
+            fields={**FIELDS, "zones": "destzoneid"},
+        ),
+        Command(
+            "copyIso",
+            copy_iso,
+            COPY_PARAMS,
+            "Copies an ISO to other zones",
+            is_async=True,
+            fields={**FIELDS, "zones": "destzoneid"},
+        ),
+        Command(
             "getUploadParamsForTemplate",
             get_upload_params,
             (
@@ -381,3 +459,5 @@ def register_template_commands() -> None:
         register(command)
     register_resolver("deleteTemplate", deleted)
     register_resolver("deleteIso", deleted)
+    register_resolver("copyTemplate", copied)
+    register_resolver("copyIso", copied)
