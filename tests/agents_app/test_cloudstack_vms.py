@@ -266,46 +266,6 @@ def test_no_capacity_is_533_and_writes_nothing(register, zone, user):
 
 
 @pytest.mark.django_db
-def test_another_accounts_vm_and_private_template_are_unknown(
-    register, make_vm, zone, user, other_user
-):
-    template = register(name="private")
-    vm = make_vm(template, name="alices")
-    hostile = keys_for(other_user)
-    unknown = str(uuid.uuid4())
-
-    listed = call(hostile, "listVirtualMachines")[1]
-    by_id = call(hostile, "listVirtualMachines", id=str(vm.uuid))[1]
-    answers = {
-        command: (call(hostile, command, id=str(vm.uuid)), call(hostile, command, id=unknown))
-        for command in (
-            "startVirtualMachine",
-            "stopVirtualMachine",
-            "destroyVirtualMachine",
-            "expungeVirtualMachine",
-            "recoverVirtualMachine",
-            "rebootVirtualMachine",
-        )
-    }
-    deploy = call(
-        hostile,
-        "deployVirtualMachine",
-        templateid=str(template.uuid),
-        zoneid=str(zone.uuid),
-        serviceofferingid=SMALL.id,
-    )
-
-    assert listed == {} and by_id == {}
-    for theirs, wrong in answers.values():
-        assert theirs[0] == wrong[0] == 431
-        assert theirs[1]["errortext"].replace(str(vm.uuid), unknown) == wrong[1]["errortext"]
-    assert deploy[0] == 431 and "Invalid parameter templateid" in deploy[1]["errortext"]
-    vm.refresh_from_db()
-    assert vm.state == "STOPPED"
-    assert VirtualMachine.objects.count() == 1 and not AsyncJob.objects.exists()
-
-
-@pytest.mark.django_db
 def test_list_virtual_machines_costs_a_constant_number_of_queries(
     register, make_vm, user, django_assert_max_num_queries
 ):

@@ -157,21 +157,6 @@ def test_unknown_command_is_432_and_malformed_parameters_are_431(user):
     assert bad_page[0] == 431 and "Invalid parameter page value=x" in bad_page[1]["errortext"]
 
 
-def test_another_users_job_is_unknown(user, other_user, register):
-    template = register()
-    status, started = call(keys_for(user), "deleteTemplate", id=str(template.uuid))
-    assert status == 200
-
-    mine = call(keys_for(user), "queryAsyncJobResult", jobid=started["jobid"])
-    theirs = call(keys_for(other_user), "queryAsyncJobResult", jobid=started["jobid"])
-
-    assert mine[0] == 200 and mine[1]["jobstatus"] == 1
-    assert theirs[0] == 431
-    assert theirs[1]["errortext"] == call(
-        keys_for(other_user), "queryAsyncJobResult", jobid="00000000-0000-0000-0000-000000000001"
-    )[1]["errortext"].replace("00000000-0000-0000-0000-000000000001", started["jobid"])
-
-
 def test_list_apis_describes_every_command_with_its_parameters(user):
     status, body = call(keys_for(user), "listApis")
 
