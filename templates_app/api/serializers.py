@@ -497,6 +497,12 @@ class UploadParamsSerializer(serializers.Serializer):
     signature = serializers.CharField(help_text="Send back as the X-Signature header.")
 
 
+class TemplateCopySerializer(serializers.Serializer):
+    """POST /templates/{id}/copy/: CloudStack's copyTemplate."""
+
+    zones = UuidRelatedField(queryset=Zone.objects.all(), many=True, allow_empty=False)
+
+
 class TemplatePermissionsSerializer(serializers.Serializer):
     """POST /templates/{id}/permissions/: CloudStack's updateTemplatePermissions."""
 

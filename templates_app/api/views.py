@@ -20,6 +20,7 @@ from .serializers import (
     EventSerializer,
     ImageStoreSerializer,
     ReferencesSerializer,
+    TemplateCopySerializer,
     TemplateCreateSerializer,
     TemplateDeleteResultSerializer,
     TemplateDetailViewSerializer,
@@ -130,6 +131,19 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         services.template_deactivate(template_id=template.pk, actor=request.user)
         detail = self._detail(template.pk)
         return Response({"template": detail, "references": detail["references"]})
+
+    @extend_schema(request=TemplateCopySerializer, responses={202: TemplateDetailViewSerializer})
+    @action(detail=True, methods=["post"])
+    def copy(self, request: Request, id=None) -> Response:
+        """CloudStack's copyTemplate: the template gains `zones`, whose stores download it
+        (watch `copies`); owner or staff."""
+        template = self._owned_template()
+        serializer = TemplateCopySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.template_zones_add(
+            template_id=template.pk, zones=serializer.validated_data["zones"], actor=request.user
+        )
+        return Response(self._detail(template.pk), status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses=TemplateDetailViewSerializer)
     @action(detail=True, methods=["post"], permission_classes=[IsStaff])
