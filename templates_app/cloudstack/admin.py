@@ -1,5 +1,6 @@
-"""Admin of the CloudStack facade: API keys (the secret is never shown; "Regenerate" shows the
-new one once, to the staff user who asked) and async jobs (read only)."""
+"""Admin of the CloudStack facade: API keys (the secret is never shown; "Regenerate", for a
+superuser or the key's owner, shows the new one once to whoever asked) and async jobs (read
+only)."""
 
 from django.contrib import admin, messages
 
@@ -22,6 +23,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Regenerate the key pair (shows the new secret once)")
     def regenerate(self, request, queryset) -> None:
         for row in queryset.select_related("user"):
+            if not (request.user.is_superuser or row.user_id == request.user.pk):
+                self.message_user(
+                    request,
+                    f"{row.user}: only a superuser or the key's owner may regenerate it",
+                    messages.ERROR,
+                )
+                continue
             pair = api_keys_create(user=row.user, regenerate=True)
             self.message_user(
                 request,

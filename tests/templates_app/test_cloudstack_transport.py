@@ -223,3 +223,26 @@ def test_the_admin_lists_keys_without_secrets_and_regenerate_shows_the_new_one_o
     assert call(KeyPair(new.api_key, secret), "listZones")[0] == 200
     assert call(old, "listZones")[0] == 401
     assert client.get("/admin/templates_app/apikey/").content.decode().count(secret) == 0
+
+
+def test_a_staff_user_who_is_not_superuser_cannot_regenerate_anothers_key(client, user):
+    from django.contrib.auth.models import Permission
+
+    from .factories import UserFactory
+
+    old = keys_for(user)
+    staff = UserFactory(username="operator", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(codename__endswith="apikey"))
+    client.force_login(staff)
+    row = ApiKey.objects.get(user=user)
+
+    done = client.post(
+        "/admin/templates_app/apikey/",
+        {"action": "regenerate", "_selected_action": [row.pk]},
+        follow=True,
+    )
+
+    messages = [str(m) for m in done.context["messages"]]
+    assert any("only a superuser or the key's owner" in m for m in messages)
+    assert ApiKey.objects.get(user=user).api_key == old.api_key
+    assert call(old, "listZones")[0] == 200
