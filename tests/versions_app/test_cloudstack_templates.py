@@ -358,3 +358,39 @@ def test_a_copy_whose_download_fails_is_a_failed_job(
 
     assert (failed["jobstatus"], failed["jobresultcode"]) == (2, 530)
     assert "404" in failed["jobresult"]["errortext"]
+
+
+@pytest.mark.django_db
+def test_direct_download_registration_is_ready_at_once_and_needs_a_checksum(user, store):
+    pair = keys_for(user)
+    base = {
+        "name": "dd",
+        "format": "QCOW2",
+        "hypervisor": "KVM",
+        "url": "https://mirror.example/dd.qcow2",
+        "zoneid": str(store.zone.uuid),
+        "directdownload": "true",
+    }
+
+    refused = call(pair, "registerTemplate", **base)
+    status, body = call(pair, "registerTemplate", checksum="{SHA-256}" + "a" * 64, **base)
+
+    assert refused[0] == 431
+    assert refused[1]["errortext"].startswith("checksum: a checksum ({ALGO}hex) is required")
+    [row] = body["template"]
+    assert status == 200 and row["directdownload"] is True
+    assert (row["isready"], row["status"]) == (True, "Download Complete")
+    assert Template.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_cs_client_pages_through_a_listing(live_server, user, register):
+    for n in range(7):
+        register(name=f"t{n}")
+    client = cs_client(live_server.url, keys_for(user))
+
+    everything = client.listTemplates(templatefilter="self", fetch_list=True)
+    page_two = client.listTemplates(templatefilter="self", page=2, pagesize=3)
+
+    assert sorted(row["name"] for row in everything) == [f"t{n}" for n in range(7)]
+    assert page_two["count"] == 7 and len(page_two["template"]) == 3
