@@ -394,3 +394,47 @@ def test_the_cs_client_pages_through_a_listing(live_server, user, register):
 
     assert sorted(row["name"] for row in everything) == [f"t{n}" for n in range(7)]
     assert page_two["count"] == 7 and len(page_two["template"]) == 3
+
+
+@pytest.mark.django_db
+def test_template_permissions_share_and_publish_as_the_rest_api_shows(
+    user, other_user, other_account, register
+):
+    template = register(name="team")
+    owner, other = keys_for(user), keys_for(other_user)
+
+    shared = call(
+        owner, "updateTemplatePermissions", id=str(template.uuid), op="add", accounts="globex"
+    )
+    listed = call(owner, "listTemplatePermissions", id=str(template.uuid))[1]
+    seen = call(other, "listTemplates", templatefilter="sharedexecutable")[1]
+    refused = call(
+        owner,
+        "updateTemplatePermissions",
+        id=str(template.uuid),
+        op="reset",
+        isfeatured="true",
+    )
+    unknown = call(
+        owner, "updateTemplatePermissions", id=str(template.uuid), op="add", accounts="nobody"
+    )
+    hostile = call(
+        other, "updateTemplatePermissions", id=str(template.uuid), op="reset", ispublic="true"
+    )
+    public = call(owner, "updateTemplatePermissions", id=str(template.uuid), ispublic="true")
+
+    api = APIClient()
+    api.force_authenticate(user)
+    rest = api.get(f"/api/v1/templates/{template.uuid}/permissions/").json()
+    assert shared == (200, {"success": True})
+    assert listed["templatepermission"]["account"] == ["globex"]
+    assert rest["accounts"] == [str(other_account.uuid)], "the reset refused with it is undone"
+    assert [r["id"] for r in seen["template"]] == [str(template.uuid)]
+    assert refused[0] == 431
+    assert refused[1]["errortext"] == "isfeatured: only administrators may change this"
+    assert (
+        unknown[0] == 431 and "Invalid parameter accounts value=nobody" in unknown[1]["errortext"]
+    )
+    assert hostile[0] == 431 and "Invalid parameter id" in hostile[1]["errortext"]
+    assert public == (200, {"success": True})
+    assert rest_view(user, template.uuid)["is_public"] is True

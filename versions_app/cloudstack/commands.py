@@ -4,10 +4,11 @@ selectors and services as POST/GET/PATCH/DELETE /api/v1/templates/."""
 
 import uuid as uuid_lib
 
+from django.db import transaction
 from django.db.models import Q
 
+from templates_app import launch_permissions, services, uploads
 from templates_app import selectors as catalogue
-from templates_app import services, uploads
 from templates_app.choices import (
     DownloadState,
     StoreRefState,
@@ -288,6 +289,58 @@ def copied(job, template: Template) -> JobOutcome | None:
     return JobOutcome.success({ENTITY[template.kind]: rows[0] if rows else {}})
 
 
+def _update_permissions(call: Call, kind: str, params: dict) -> dict:
+    """POST /templates/{id}/permissions/ (op, accounts by name) and the PATCH of `is_public` /
+    `is_featured`, in one transaction: a refusal of either writes neither."""
+    template = owned_template(call, params["id"], kind)
+    changes = {
+        field: params[name]
+        for name, field in (("ispublic", "is_public"), ("isfeatured", "is_featured"))
+        if name in params
+    }
+    accounts = []
+    for name in params.get("accounts") or []:
+        account = catalogue.accounts_list().filter(name=name).first()
+        if account is None:
+            raise call.invalid("accounts", name)
+        accounts.append(account)
+    if "op" not in params and accounts:
+        raise CloudStackError(
+            f"Unable to execute API command {call.command.lower()} due to missing parameter op"
+        )
+    with transaction.atomic():
+        if "op" in params:
+            launch_permissions.template_permissions_update(
+                template_id=template.pk, actor=call.user, op=params["op"], accounts=accounts
+            )
+        if changes:
+            services.template_update(template_id=template.pk, actor=call.user, changes=changes)
+    return {"success": True}
+
+
+def update_template_permissions(call: Call, **params) -> dict:
+    return _update_permissions(call, TemplateKind.TEMPLATE, params)
+
+
+def update_iso_permissions(call: Call, **params) -> dict:
+    return _update_permissions(call, TemplateKind.ISO, params)
+
+
+def _list_permissions(call: Call, kind: str, id) -> dict:
+    template = owned_template(call, id, kind)
+    names = list(template.shared_with.order_by("name").values_list("name", flat=True))
+    entity = "templatepermission"
+    return {entity: {"id": str(template.uuid), "ispublic": template.is_public, "account": names}}
+
+
+def list_template_permissions(call: Call, id) -> dict:
+    return _list_permissions(call, TemplateKind.TEMPLATE, id)
+
+
+def list_iso_permissions(call: Call, id) -> dict:
+    return _list_permissions(call, TemplateKind.ISO, id)
+
+
 def get_upload_params(call: Call, **params) -> dict:
     """POST /templates/upload-params/: the template and its copy are written now; the client
     POSTs the bytes to `postURL` with the signed metadata."""
@@ -348,6 +401,13 @@ COPY_PARAMS = (
     Param("destzoneid", "uuid", description="The zone it is copied to"),
     Param("destzoneids", "list", description="Zones it is copied to"),
     Param("sourcezoneid", "uuid", description="A zone it is in (optional)"),
+)
+PERMISSION_PARAMS = (
+    Param("id", "uuid", required=True, description="The ID of the template"),
+    Param("op", description="add, remove or reset (with accounts)"),
+    Param("accounts", "list", description="Comma-separated account names"),
+    Param("ispublic", "boolean", description="Usable by every account"),
+    Param("isfeatured", "boolean", description="Featured (administrators)"),
 )
 UPDATE_PARAMS = (
     Param("id", "uuid", required=True, description="The ID of the template"),
@@ -421,6 +481,32 @@ def register_template_commands() -> None:
             "Deletes an ISO file",
             is_async=True,
             fields=FIELDS,
+        ),
+        Command(
+            "updateTemplatePermissions",
+            update_template_permissions,
+            PERMISSION_PARAMS,
+            "Updates a template's launch permissions",
+            fields={**FIELDS, "template": "id"},
+        ),
+        Command(
+            "updateIsoPermissions",
+            update_iso_permissions,
+            PERMISSION_PARAMS,
+            "Updates an ISO's launch permissions",
+            fields={**FIELDS, "template": "id"},
+        ),
+        Command(
+            "listTemplatePermissions",
+            list_template_permissions,
+            (Param("id", "uuid", required=True, description="The ID of the template"),),
+            "List a template's launch permissions",
+        ),
+        Command(
+            "listIsoPermissions",
+            list_iso_permissions,
+            (Param("id", "uuid", required=True, description="The ID of the ISO"),),
+            "List an ISO's launch permissions",
         ),
         Command(
             "copyTemplate",
