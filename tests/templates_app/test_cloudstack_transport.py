@@ -246,3 +246,28 @@ def test_a_staff_user_who_is_not_superuser_cannot_regenerate_anothers_key(client
     assert any("only a superuser or the key's owner" in m for m in messages)
     assert ApiKey.objects.get(user=user).api_key == old.api_key
     assert call(old, "listZones")[0] == 200
+
+
+@pytest.mark.parametrize("who", ["tenant", "staff"])
+def test_every_listed_command_answers_bad_input_in_cloudstacks_shape_and_writes_nothing(
+    who, user, admin_user, register, zone
+):
+    """What a cloudmonkey-style client syncs from listApis, called with nothing and with
+    garbage in every parameter: a 200 or a 431 in CloudStack's shape, never a 5xx."""
+    from templates_app.models import Event
+
+    pair = keys_for(user if who == "tenant" else admin_user)
+    register()
+    events = Event.objects.count()
+    apis = call(pair, "listApis")[1]["api"]
+
+    for api in apis:
+        garbage = {p["name"]: "garbage" for p in api["params"] if p["type"] != "map"}
+        for params in ({}, garbage):
+            status, body = call(pair, api["name"], **params)
+            assert status in (200, 431), (api["name"], params, body)
+            if status == 431:
+                assert body["errorcode"] == 431 and body["errortext"], body
+    assert Template.objects.count() == 1
+    assert Event.objects.count() == events
+    assert not AsyncJob.objects.exists()
