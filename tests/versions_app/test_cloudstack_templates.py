@@ -3,6 +3,7 @@ server and compared with the REST API's view of the same templates."""
 
 import hashlib
 import subprocess
+import time
 
 import pytest
 from cs import CloudStackApiException
@@ -13,6 +14,7 @@ from templates_app.cloudstack.ostypes import os_type_id
 from templates_app.copies import store_copy_download
 from templates_app.models import Template, TemplateStoreRef
 from tests.cloudstack import call, cs_client, keys_for
+from tests.templates_app import test_celery_worker
 from tests.templates_app.factories import ImageStoreFactory, ZoneFactory
 from versions_app import services as version_services
 
@@ -438,3 +440,40 @@ def test_template_permissions_share_and_publish_as_the_rest_api_shows(
     assert hostile[0] == 431 and "Invalid parameter id" in hostile[1]["errortext"]
     assert public == (200, {"success": True})
     assert rest_view(user, template.uuid)["is_public"] is True
+
+
+worker = test_celery_worker.worker
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_copy_job_is_finished_by_the_storage_worker_the_cs_client_waits_on(
+    live_server, worker, user, store, image, second_zone
+):
+    """Register, then copy to another zone: a real Celery worker downloads both copies, and the
+    cs client's wait on the copy job ends when the worker has made the new zone's copy READY."""
+    url, checksum = image
+    client = cs_client(live_server.url, keys_for(user))
+    [row] = client.registerTemplate(
+        name="debian",
+        format="QCOW2",
+        hypervisor="KVM",
+        url=url,
+        checksum=checksum,
+        zoneid=str(store.zone.uuid),
+    )["template"]
+    deadline = time.monotonic() + 60
+    while not client.listTemplates(templatefilter="self", id=row["id"])["template"][0]["isready"]:
+        assert time.monotonic() < deadline, "the worker did not download the template"
+        time.sleep(0.2)
+
+    copied = client.copyTemplate(id=row["id"], destzoneid=str(second_zone.uuid), fetch_result=True)[
+        "template"
+    ]
+
+    assert (copied["zoneid"], copied["isready"]) == (str(second_zone.uuid), True)
+    assert copied["size"] == 16 * 1024 * 1024
+    copies = rest_view(user, row["id"])["copies"]
+    assert sorted((c["zone"], c["state"]) for c in copies) == sorted(
+        [(str(store.zone.uuid), "READY"), (str(second_zone.uuid), "READY")]
+    )
