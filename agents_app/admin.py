@@ -286,7 +286,7 @@ class VirtualMachineAdmin(admin.ModelAdmin):
         "pool",
         "account",
         "stateless",
-        "use_latest_template_version",
+        "follow_channel",
         "root_disk_path",
         "error_text",
         "uuid",
@@ -359,7 +359,7 @@ class PoolVmInline(ReadOnlyTabularInline):
 class VmPoolForm(forms.ModelForm):
     class Meta:
         model = VmPool
-        fields = ("name", "account", "zone", "template", "use_latest_template_version", "size")
+        fields = ("name", "account", "zone", "template", "follow_channel", "size")
 
 
 @admin.register(VmPool)
@@ -368,7 +368,7 @@ class VmPoolAdmin(admin.ModelAdmin):
     from and returned to with the list's actions."""
 
     form = VmPoolForm
-    list_display = ("name", "template", "use_latest_template_version", "size", "zone", "account")
+    list_display = ("name", "template", "follow_channel", "size", "zone", "account")
     list_select_related = ("template", "zone", "account")
     search_fields = ("name", "uuid", "template__name")
     inlines = (PoolVmInline,)
@@ -377,7 +377,7 @@ class VmPoolAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        return ("name", "account", "zone", "template", "use_latest_template_version", "size")
+        return ("name", "account", "zone", "template", "follow_channel", "size")
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -393,7 +393,7 @@ class VmPoolAdmin(admin.ModelAdmin):
             account=data["account"],
             size=data["size"],
             actor=request.user,
-            use_latest_template_version=data["use_latest_template_version"],
+            follow_channel=data["follow_channel"],
         )
         obj.pk = created.pk
 

@@ -9,6 +9,7 @@ from templates_app.admin_forms import TemplateChangeForm
 from templates_app.models import Template
 
 from . import services
+from .models import Channel
 
 
 class TemplateVersionInline(ReadOnlyTabularInline):
@@ -57,3 +58,20 @@ class TemplateAdmin(catalogue_admin.TemplateAdmin):
 
 admin.site.unregister(Template)
 admin.site.register(Template, TemplateAdmin)
+
+
+@admin.register(Channel)
+class ChannelAdmin(admin.ModelAdmin):
+    """A lineage's channels; moved only through Promote / Rollback (versions_app.channels)."""
+
+    list_display = ("name", "lineage", "version", "previous_version", "moved_at")
+    list_select_related = ("lineage", "version", "previous_version")
+    search_fields = ("name", "lineage__name")
+    fields = ("lineage", "name", "version", "previous_version", "moved_at", "uuid", "created_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
