@@ -18,6 +18,9 @@ from templates_app.admin import (
     human_size,
     progress_bar,
 )
+from templates_app.errors import InvalidInput
+from versions_app.channels import checked_channel_name
+from versions_app.selectors import channel_is_known
 
 from . import host_services, pool_copies, selectors, services, vm_pools
 from .certificates import certificate_revoke
@@ -360,6 +363,19 @@ class VmPoolForm(forms.ModelForm):
     class Meta:
         model = VmPool
         fields = ("name", "account", "zone", "template", "follow_channel", "size")
+
+    def clean(self):
+        """The channel rules of a deploy, checked before the pool's VMs are made."""
+        data = super().clean()
+        channel, template = data.get("follow_channel"), data.get("template")
+        if channel and template is not None:
+            try:
+                checked_channel_name(channel, field="follow_channel")
+                if not channel_is_known(template.pk, channel):
+                    raise InvalidInput(f"the lineage has no channel '{channel}'")
+            except InvalidInput as error:
+                self.add_error("follow_channel", error.message)
+        return data
 
 
 @admin.register(VmPool)

@@ -101,3 +101,33 @@ def test_promote_version_command_and_rollback(lineage, zone, account, user):
     with pytest.raises(CommandError, match="name: "):
         call_command("promote_version", str(base.uuid), "Bad", "--to", "1")
     assert channel_of(base, "stable").version_id == base.pk
+
+
+def test_admin_vm_pool_follows_a_channel_and_refuses_a_bad_one(
+    client, admin_user, lineage, zone, account, user
+):
+    from agents_app.models import VmPool
+    from versions_app.channels import channel_promote
+
+    base, _ = lineage
+    channel_promote(template_id=base.pk, name="canary", version_id=base.pk, actor=user)
+    client.force_login(admin_user)
+    form = {
+        "name": "lab",
+        "account": account.pk,
+        "zone": zone.pk,
+        "template": base.pk,
+        "size": 1,
+        "vms-TOTAL_FORMS": 0,
+        "vms-INITIAL_FORMS": 0,
+    }
+    add_url = reverse("admin:agents_app_vmpool_add")
+    for bad, rule in (("Canary", "lowercase letter"), ("beta", "has no channel")):
+        refused = client.post(add_url, {**form, "follow_channel": bad})
+        assert refused.status_code == 200 and rule in refused.content.decode()
+    assert not VmPool.objects.exists()
+
+    made = client.post(add_url, {**form, "follow_channel": "canary"})
+    assert made.status_code == 302, made.content[:2000]
+    (vm,) = VmPool.objects.get(name="lab").vms.all()
+    assert vm.follow_channel == "canary" and vm.stateless
