@@ -13,7 +13,9 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+from django.utils.timezone import localtime
 
 from templates_app import admin as catalogue_admin
 from templates_app.admin import ReadOnlyTabularInline, admin_link, state_badge
@@ -25,6 +27,8 @@ from templates_app.models import Template
 from . import channels, selectors, services
 from .channel_followers import channel_followers
 from .models import Channel
+
+HISTORY_SHOWN = 20
 
 
 class TemplateVersionInline(ReadOnlyTabularInline):
@@ -216,10 +220,23 @@ class ChannelAdmin(admin.ModelAdmin):
         "previous_version",
         "moved_at",
         "promote_or_rollback",
+        "history",
         "uuid",
         "created_at",
     )
     readonly_fields = fields
+
+    @admin.display(description="Moves (newest first)")
+    def history(self, channel: Channel) -> str:
+        moves = selectors.channel_history(channel)[:HISTORY_SHOWN]
+        return (
+            format_html_join(
+                mark_safe("<br>"),
+                "{}: {} by {}",
+                ((localtime(m.created_at), m.reason, m.actor_label) for m in moves),
+            )
+            or "—"
+        )
 
     @admin.display(description="Promote / Rollback")
     def promote_or_rollback(self, channel: Channel) -> str:

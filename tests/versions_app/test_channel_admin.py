@@ -131,3 +131,14 @@ def test_admin_vm_pool_follows_a_channel_and_refuses_a_bad_one(
     assert made.status_code == 302, made.content[:2000]
     (vm,) = VmPool.objects.get(name="lab").vms.all()
     assert vm.follow_channel == "canary" and vm.stateless
+
+
+def test_admin_channel_page_shows_its_moves(client, admin_user, lineage, user):
+    from versions_app.channels import channel_promote
+
+    base, _ = lineage
+    channel = channel_promote(template_id=base.pk, name="stable", version_id=base.pk, actor=user)
+    client.force_login(admin_user)
+    page = client.get(reverse("admin:versions_app_channel_change", args=[channel.pk]))
+    assert page.status_code == 200
+    assert "promote: version none -&gt; 1 by alice" in page.content.decode()
