@@ -74,7 +74,6 @@ def channel_followers(lineage_id: int, channel: str) -> list[Follower]:
             zone_id=vm.zone_id,
             zone=vm.zone.name,
             state=vm.state,
-            version_id=vm.template_id,
             moves_now=vm.state == VmState.STOPPED,
         )
         for vm in vms
@@ -88,7 +87,6 @@ def channel_followers(lineage_id: int, channel: str) -> list[Follower]:
             zone_id=pool.zone_id,
             zone=pool.zone.name,
             state="FOLLOWS",
-            version_id=None,
             moves_now=False,
         )
         for pool in pools

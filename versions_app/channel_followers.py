@@ -22,7 +22,6 @@ class Follower:
     zone_id: int
     zone: str
     state: str
-    version_id: int | None  # the version it is on now
     moves_now: bool  # rebuilt at once when the channel moves (else: when it next stops)
 
 
