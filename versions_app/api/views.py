@@ -1,7 +1,7 @@
 """The template endpoints with lineages: the catalogue's viewset plus what versions add."""
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
@@ -22,6 +22,12 @@ from .serializers import (
 )
 
 CHANNEL_PATH = r"channels/(?P<channel_name>[^/.]+)"
+CHANNEL_NAME = OpenApiParameter(
+    "channel_name",
+    str,
+    OpenApiParameter.PATH,
+    description="latest, stable, canary or a channel the owner created",
+)
 
 
 class TemplateViewSet(catalogue_views.TemplateViewSet):
@@ -32,7 +38,7 @@ class TemplateViewSet(catalogue_views.TemplateViewSet):
     """
 
     def get_queryset(self) -> QuerySet[Template]:
-        if self.action != "list":
+        if self.action != "list" or getattr(self, "swagger_fake_view", False):
             return super().get_queryset()
         request = self.request
         return selectors.template_list(
@@ -107,13 +113,17 @@ class TemplateViewSet(catalogue_views.TemplateViewSet):
         rows = selectors.channels_seen_by(lineage=lineage)
         return Response(ChannelSerializer(rows, many=True).data)
 
-    @extend_schema(request=None, responses=ChannelDetailSerializer)
+    @extend_schema(request=None, responses=ChannelDetailSerializer, parameters=[CHANNEL_NAME])
     @action(detail=True, methods=["get"], url_path=CHANNEL_PATH, pagination_class=None)
     def channel(self, request: Request, id=None, channel_name: str = "") -> Response:
         """One channel: where it points, its moves (who, when, from, to), its followers."""
         return self._channel_answer(self._owned_lineage(), channel_name)
 
-    @extend_schema(request=ChannelPromoteSerializer, responses=ChannelDetailSerializer)
+    @extend_schema(
+        request=ChannelPromoteSerializer,
+        responses=ChannelDetailSerializer,
+        parameters=[CHANNEL_NAME],
+    )
     @action(detail=True, methods=["post"], url_path=f"{CHANNEL_PATH}/promote")
     def promote(self, request: Request, id=None, channel_name: str = "") -> Response:
         """Point the channel at a version (ACTIVE, of this lineage, READY where its followers
@@ -130,7 +140,7 @@ class TemplateViewSet(catalogue_views.TemplateViewSet):
         )
         return self._channel_answer(lineage, channel_name)
 
-    @extend_schema(request=None, responses=ChannelDetailSerializer)
+    @extend_schema(request=None, responses=ChannelDetailSerializer, parameters=[CHANNEL_NAME])
     @action(detail=True, methods=["post"], url_path=f"{CHANNEL_PATH}/rollback")
     def rollback(self, request: Request, id=None, channel_name: str = "") -> Response:
         """Move the channel back to where it pointed before its last move (409 if nowhere)."""
