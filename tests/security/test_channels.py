@@ -114,3 +114,17 @@ def test_a_promote_cannot_name_another_accounts_version(
     assert response.status_code == 400
     assert "no version with id" in str(response.data["version"])
     assert not Channel.objects.filter(version=victim_base).exists()
+
+
+def test_channel_moves_are_events_of_the_owner_only(api, other_api, lineage, user):
+    base, _ = lineage
+    channel_promote(template_id=base.pk, name="canary", version_id=base.pk, actor=user)
+
+    def channel_events(client) -> list[dict]:
+        rows = client.get("/api/v1/events/", {"page_size": 200}).data
+        rows = rows["results"] if isinstance(rows, dict) else rows
+        return [row for row in rows if row["object_type"] == "channel"]
+
+    (move,) = channel_events(api)
+    assert (move["from_state"], move["to_state"], move["actor"]) == ("", "1", "alice")
+    assert channel_events(other_api) == []
