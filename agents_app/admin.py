@@ -18,6 +18,9 @@ from templates_app.admin import (
     human_size,
     progress_bar,
 )
+from templates_app.errors import InvalidInput
+from versions_app.channels import checked_channel_name
+from versions_app.selectors import channel_is_known
 
 from . import host_services, pool_copies, selectors, services, vm_pools
 from .certificates import certificate_revoke
@@ -286,7 +289,7 @@ class VirtualMachineAdmin(admin.ModelAdmin):
         "pool",
         "account",
         "stateless",
-        "use_latest_template_version",
+        "follow_channel",
         "root_disk_path",
         "error_text",
         "uuid",
@@ -359,7 +362,20 @@ class PoolVmInline(ReadOnlyTabularInline):
 class VmPoolForm(forms.ModelForm):
     class Meta:
         model = VmPool
-        fields = ("name", "account", "zone", "template", "use_latest_template_version", "size")
+        fields = ("name", "account", "zone", "template", "follow_channel", "size")
+
+    def clean(self):
+        """The channel rules of a deploy, checked before the pool's VMs are made."""
+        data = super().clean()
+        channel, template = data.get("follow_channel"), data.get("template")
+        if channel and template is not None:
+            try:
+                checked_channel_name(channel, field="follow_channel")
+                if not channel_is_known(template.pk, channel):
+                    raise InvalidInput(f"the lineage has no channel '{channel}'")
+            except InvalidInput as error:
+                self.add_error("follow_channel", error.message)
+        return data
 
 
 @admin.register(VmPool)
@@ -368,7 +384,7 @@ class VmPoolAdmin(admin.ModelAdmin):
     from and returned to with the list's actions."""
 
     form = VmPoolForm
-    list_display = ("name", "template", "use_latest_template_version", "size", "zone", "account")
+    list_display = ("name", "template", "follow_channel", "size", "zone", "account")
     list_select_related = ("template", "zone", "account")
     search_fields = ("name", "uuid", "template__name")
     inlines = (PoolVmInline,)
@@ -377,7 +393,7 @@ class VmPoolAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        return ("name", "account", "zone", "template", "use_latest_template_version", "size")
+        return ("name", "account", "zone", "template", "follow_channel", "size")
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -393,7 +409,7 @@ class VmPoolAdmin(admin.ModelAdmin):
             account=data["account"],
             size=data["size"],
             actor=request.user,
-            use_latest_template_version=data["use_latest_template_version"],
+            follow_channel=data["follow_channel"],
         )
         obj.pk = created.pk
 

@@ -4,7 +4,8 @@ from django.apps import AppConfig
 class AgentsAppConfig(AppConfig):
     """Compute: KVM hosts and their agents, primary pools and pool copies, VMs, VM pools,
     snapshots and direct-download certificates. It plugs into the layers below through what
-    they own: the catalogue's reference registry and URL-check hook, and the versions' signal."""
+    they own: the catalogue's reference registry and URL-check hook, and the versions' signals
+    and registry of channel followers."""
 
     name = "agents_app"
     verbose_name = "Agents and VMs"
@@ -12,11 +13,13 @@ class AgentsAppConfig(AppConfig):
     def ready(self) -> None:
         from templates_app.signals import templates_deactivated
         from templates_app.url_checks import register_direct_download_checker
-        from versions_app.signals import version_usable
+        from versions_app.channel_followers import register_follower_source
+        from versions_app.signals import channel_moved, version_usable
 
         from .cloudstack.storage import register_storage_commands
         from .cloudstack.vms import register_vm_commands
-        from .handlers import on_templates_deactivated, on_version_usable
+        from .followers import channel_followers
+        from .handlers import on_channel_moved, on_templates_deactivated, on_version_usable
         from .references import register_compute_references
         from .services import direct_download_check
 
@@ -25,6 +28,8 @@ class AgentsAppConfig(AppConfig):
         register_storage_commands()
         register_direct_download_checker(direct_download_check)
         version_usable.connect(on_version_usable, dispatch_uid="agents.version_usable")
+        channel_moved.connect(on_channel_moved, dispatch_uid="agents.channel_moved")
+        register_follower_source("compute", channel_followers)
         templates_deactivated.connect(
             on_templates_deactivated, dispatch_uid="agents.templates_deactivated"
         )

@@ -23,3 +23,8 @@ class PoolCopyState(models.TextChoices):
     DOWNLOADED = "DOWNLOADED", "Downloaded"
     DOWNLOAD_ERROR = "DOWNLOAD_ERROR", "Download error"
     EVICTING = "EVICTING", "Evicting"
+
+
+# The built-in channel 'latest' (versions_app.models.LATEST): spelled here because the host side,
+# which loads these models, never imports versions_app.
+LATEST_CHANNEL = "latest"

@@ -1,7 +1,7 @@
 """What compute does when a lower layer says something happened (connected in apps.ready)."""
 
 from .agent.pool_copies import pool_copies_cancel
-from .tasks import rebuild_latest_followers_task
+from .tasks import rebuild_channel_followers_task, rebuild_latest_followers_task
 
 
 def on_templates_deactivated(*, template_ids: list[int], **_ignored) -> None:
@@ -12,3 +12,8 @@ def on_templates_deactivated(*, template_ids: list[int], **_ignored) -> None:
 def on_version_usable(*, lineage_id: int, **_ignored) -> None:
     """versions_app says a version is usable: rebuild the lineage's followers in a worker."""
     rebuild_latest_followers_task.delay(base_template_id=lineage_id)
+
+
+def on_channel_moved(*, lineage_id: int, channel: str, **_ignored) -> None:
+    """versions_app says a channel moved (promote, rollback): rebuild its followers in a worker."""
+    rebuild_channel_followers_task.delay(base_template_id=lineage_id, channel=channel)

@@ -12,7 +12,7 @@ from django_fsm import ConcurrentTransitionMixin, FSMField, FSMModelMixin, trans
 from templates_app import leases
 from templates_app.models import Account, Template, Zone
 
-from .choices import HostState, PoolCopyState, VmState
+from .choices import LATEST_CHANNEL, HostState, PoolCopyState, VmState
 
 
 class Host(ConcurrentTransitionMixin, models.Model):
@@ -204,7 +204,12 @@ class VmPool(models.Model):
         related_name="vm_pools",
         help_text="The version its VMs are made from; with 'latest', any member of the lineage.",
     )
-    use_latest_template_version = models.BooleanField(default=False)
+    follow_channel = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="The channel of its lineage its VMs follow ('latest', 'stable', 'canary', "
+        "...); empty: the version it names.",
+    )
     size = models.PositiveSmallIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -213,6 +218,11 @@ class VmPool(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def use_latest_template_version(self) -> bool:
+        """oVirt's flag (seed 002): following 'latest' is following the built-in channel."""
+        return self.follow_channel == LATEST_CHANNEL
 
 
 class VirtualMachine(ConcurrentTransitionMixin, models.Model):
@@ -256,10 +266,13 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
         help_text="Disk changes are discarded when it stops: its root disk is made again from "
         "its template.",
     )
-    use_latest_template_version = models.BooleanField(
-        default=False,
-        help_text="Follows the newest ACTIVE version of its template's lineage (stateless only): "
-        "a new version rebuilds it when it is stopped, or when it next stops.",
+    follow_channel = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="The channel of its template's lineage it follows (stateless only): 'latest' "
+        "(the newest ACTIVE version), 'stable', 'canary' or the owner's own; when the channel "
+        "moves it is rebuilt onto its version if stopped, or when it next stops. Empty: it "
+        "keeps its version.",
     )
     vm_pool = models.ForeignKey(
         VmPool, on_delete=models.PROTECT, related_name="vms", null=True, blank=True
@@ -314,6 +327,11 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def use_latest_template_version(self) -> bool:
+        """oVirt's flag (seed 002): following 'latest' is following the built-in channel."""
+        return self.follow_channel == LATEST_CHANNEL
 
     @transition(field=state, source=VmState.STARTING, target=VmState.RUNNING)
     def mark_running(self) -> None:

@@ -15,7 +15,7 @@ from templates_app.choices import TemplateState
 from templates_app.models import Template
 from templates_app.references import ReferenceProvider, register_reference
 
-from .choices import VmState
+from .choices import LATEST_CHANNEL, VmState
 from .models import TemplatePoolRef, VirtualMachine, VmPool
 
 
@@ -43,7 +43,7 @@ def _outer_is_newest_kept_version() -> Q:
 
 def vm_pools_holding() -> QuerySet[VmPool]:
     follows_outer_lineage = (
-        Q(use_latest_template_version=True)
+        Q(follow_channel=LATEST_CHANNEL)
         & Q(lineage=Coalesce(OuterRef("base_id"), OuterRef("pk")))
         & _outer_is_newest_kept_version()
     )
@@ -95,6 +95,12 @@ def _pinned_rows(template: Template) -> list[dict]:
     ]
 
 
+def _pool_following(pool: VmPool) -> str:
+    if pool.use_latest_template_version:
+        return "LATEST"
+    return f"FOLLOWS_{pool.follow_channel.upper()}" if pool.follow_channel else "PINNED_VERSION"
+
+
 def _vm_pool_rows(template: Template) -> list[dict]:
     holds = Q(template=template)
     newer = Template.objects.filter(
@@ -104,7 +110,7 @@ def _vm_pool_rows(template: Template) -> list[dict]:
         lineage = Template.objects.filter(
             Q(pk=template.lineage_id) | Q(base_id=template.lineage_id)
         )
-        holds |= Q(use_latest_template_version=True, template__in=lineage)
+        holds |= Q(follow_channel=LATEST_CHANNEL, template__in=lineage)
     pools = VmPool.objects.filter(holds).select_related("account", "zone")
     return [
         {
@@ -112,7 +118,7 @@ def _vm_pool_rows(template: Template) -> list[dict]:
             "account_id": pool.account_id,
             "id": pool.uuid,
             "name": pool.name,
-            "state": "LATEST" if pool.use_latest_template_version else "PINNED_VERSION",
+            "state": _pool_following(pool),
             "account": pool.account.name,
             "zone": pool.zone.name,
             "admin_url": reverse("admin:agents_app_vmpool_change", args=[pool.pk]),

@@ -20,7 +20,8 @@ from templates_app.locks import lock_template_shared
 from templates_app.models import Account, Template, Zone
 from templates_app.selectors import template_in_zone
 from templates_app.tasks import gc_sweep_task
-from versions_app.selectors import latest_version
+from versions_app.channels import checked_channel_name
+from versions_app.selectors import channel_is_known, channel_version
 
 from .agent.tasks import (
     url_check_task,
@@ -31,7 +32,7 @@ from .agent.tasks import (
     vm_snapshot_task,
     vm_sync_domain_task,
 )
-from .choices import HostState, VmState
+from .choices import LATEST_CHANNEL, HostState, VmState
 from .models import Host, PrimaryPool, VirtualMachine
 
 
@@ -59,38 +60,74 @@ def _start_deadline(vm: VirtualMachine, action: str) -> None:
 
 
 LATEST_FIELD = "use_latest_template_version"
+FOLLOW_FIELD = "follow.channel"
+
+
+class NothingToFollow(StencilError):
+    """A VM asked to follow a channel that points at no version it may use."""
+
+    status_code = 409
+    code = "nothing_to_follow"
+
+
+def followed_channel(*, use_latest_template_version: bool, follow_channel: str) -> tuple[str, str]:
+    """The channel a new VM follows ('' for none) and the input field that asked for it:
+    oVirt's `use_latest_template_version` is the built-in channel 'latest'."""
+    follow_channel = (follow_channel or "").strip()
+    if use_latest_template_version:
+        if follow_channel and follow_channel != LATEST_CHANNEL:
+            raise InvalidInput(
+                f"follows 'latest' already: it cannot also follow '{follow_channel}'",
+                field=FOLLOW_FIELD,
+            )
+        return LATEST_CHANNEL, LATEST_FIELD
+    return follow_channel, FOLLOW_FIELD
+
+
+def _lock_channel_version(template_id: int, channel: str, *, account: Account) -> Template:
+    """The version channel `channel` of `template_id`'s lineage gives `account`, under its
+    shared row lock, re-read after the lock: a promote (or a newer 'latest') committed between
+    the read and the lock is taken instead, so a deploy gets one version or the other."""
+    template = None
+    for _attempt in range(5):
+        target = channel_version(template_id, channel, account_id=account.pk)
+        if target is None:
+            if channel == LATEST_CHANNEL:
+                raise TemplateNotUsable(Template.objects.get(pk=template_id))
+            raise NothingToFollow(
+                f"channel '{channel}' points at no ACTIVE version this account may use",
+                field=FOLLOW_FIELD,
+            )
+        template = lock_template_shared(target.pk)
+        again = channel_version(template_id, channel, account_id=account.pk)
+        if template.state == TemplateState.ACTIVE and again is not None and again.pk == target.pk:
+            return template
+    raise TemplateNotUsable(template)
 
 
 def _lock_usable_template(
-    template_id: int, zone: Zone, *, account: Account, stateless: bool, use_latest: bool
+    template_id: int, zone: Zone, *, account: Account, stateless: bool, follow: tuple[str, str]
 ) -> Template:
     """The template a new VM gets, under its shared row lock with the ACTIVE check.
 
-    With `use_latest` (stateless VMs only) `template_id` may be any member of a lineage: the VM
-    gets the newest ACTIVE version `account` may use (public, its own, or shared with it),
-    locked and re-checked (a newer one committed between the read and the lock is taken).
+    A follower of a channel (stateless VMs only) names any member of a lineage: it gets the
+    channel's version for `account` ('latest': the newest ACTIVE one it may use: public, its
+    own, or shared with it).
     """
-    if use_latest and not stateless:
-        raise InvalidInput(
-            "only a stateless VM may follow the latest template version", field=LATEST_FIELD
-        )
-    if not use_latest:
+    channel, field = follow
+    if channel and not stateless:
+        if channel == LATEST_CHANNEL:
+            raise InvalidInput(
+                "only a stateless VM may follow the latest template version", field=field
+            )
+        raise InvalidInput("only a stateless VM may follow a channel", field=field)
+    if not channel:
         template = lock_template_shared(template_id)
     else:
-        for _attempt in range(5):
-            latest = latest_version(template_id, account_id=account.pk)
-            if latest is None:
-                raise TemplateNotUsable(Template.objects.get(pk=template_id))
-            template = lock_template_shared(latest.pk)
-            again = latest_version(template_id, account_id=account.pk)
-            if (
-                template.state == TemplateState.ACTIVE
-                and again is not None
-                and again.pk == latest.pk
-            ):
-                break
-        else:
-            raise TemplateNotUsable(template)
+        checked_channel_name(channel, field=field)
+        if not channel_is_known(template_id, channel):
+            raise InvalidInput(f"the template's lineage has no channel '{channel}'", field=field)
+        template = _lock_channel_version(template_id, channel, account=account)
     if template.state != TemplateState.ACTIVE:
         raise TemplateNotUsable(template)
     if not template_in_zone(template, zone):
@@ -110,17 +147,17 @@ def vm_create(
     use_latest_template_version: bool = False,
     memory_mib: int = 256,
     vcpus: int = 1,
+    follow_channel: str = "",
 ) -> VirtualMachine:
     """Create a VM on an ACTIVE template; the state check and the new reference share one lock."""
     name = (name or "").strip()
     if not name:
         raise InvalidInput("a name is required", field="name")
+    follow = followed_channel(
+        use_latest_template_version=use_latest_template_version, follow_channel=follow_channel
+    )
     template = _lock_usable_template(
-        template_id,
-        zone,
-        account=account,
-        stateless=stateless,
-        use_latest=use_latest_template_version,
+        template_id, zone, account=account, stateless=stateless, follow=follow
     )
     vm = VirtualMachine.objects.create(
         name=name,
@@ -128,7 +165,7 @@ def vm_create(
         zone=zone,
         account=account,
         stateless=stateless,
-        use_latest_template_version=use_latest_template_version,
+        follow_channel=follow[0],
         memory_mib=memory_mib,
         vcpus=vcpus,
     )
@@ -196,31 +233,31 @@ def vm_reset(*, vm_id: int, actor) -> VirtualMachine:
     return _transition(vm_id, "reset", actor=actor, reason="reset from ERROR")
 
 
-def _lock_latest_of(template_id: int, *, account_id: int) -> Template | None:
-    """The newest ACTIVE version of `template_id`'s lineage that the VM's account may use,
-    under its shared row lock (taken before any VM lock: account -> template -> VM), or None
-    when the lineage has none."""
-    latest = latest_version(template_id, account_id=account_id)
-    if latest is None:
+def _lock_followed_version(vm: VirtualMachine) -> Template | None:
+    """The version a follower's channel gives its account now, under its shared row lock (taken
+    before any VM lock: account -> template -> VM), or None when there is nothing to follow."""
+    target = channel_version(vm.template_id, vm.follow_channel, account_id=vm.account_id)
+    if target is None:
         return None
-    locked = lock_template_shared(latest.pk)
+    locked = lock_template_shared(target.pk)
     return locked if locked.state == TemplateState.ACTIVE else None
 
 
-def _follow_latest(vm: VirtualMachine, latest: Template | None) -> bool:
-    """Point a locked 'latest' follower at `latest` (locked, ACTIVE); False when it is there."""
-    if latest is None or vm.template_id == latest.pk:
+def _follow(vm: VirtualMachine, target: Template | None) -> bool:
+    """Point a locked follower at `target` (locked, ACTIVE); False when it is there."""
+    if target is None or vm.template_id == target.pk:
         return False
     before = vm.template_id
-    vm.template = latest
+    vm.template = target
     vm.save(update_fields=["template", "updated_at"])
+    channel = vm.follow_channel
     record_event(
         vm,
         from_state=vm.state,
         to_state=vm.state,
-        actor_label="latest-version",
-        reason=f"follows the latest template version: template id {before} -> {latest.pk} "
-        f"(version {latest.version_number})",
+        actor_label="latest-version" if channel == LATEST_CHANNEL else f"channel-{channel}",
+        reason=f"follows channel '{channel}': template id {before} -> {target.pk} "
+        f"(version {target.version_number})",
     )
     return True
 
@@ -228,35 +265,33 @@ def _follow_latest(vm: VirtualMachine, latest: Template | None) -> bool:
 @transaction.atomic
 def vm_stop(*, vm_id: int, actor) -> VirtualMachine:
     """Power off. A stateless VM's disk changes are discarded: after the domain is down its host
-    makes the root disk again from its template, which for a 'latest' follower is first moved
-    to the lineage's newest ACTIVE version."""
+    makes the root disk again from its template, which for a follower of a channel is first
+    moved to the channel's version."""
     vm = VirtualMachine.objects.get(pk=vm_id)
     if not vm.stateless:
         return _transition(vm_id, "stop", actor=actor)
-    latest = (
-        _lock_latest_of(vm.template_id, account_id=vm.account_id)
-        if vm.use_latest_template_version
-        else None
-    )
+    target = _lock_followed_version(vm) if vm.follow_channel else None
     vm = _transition(vm_id, "stop", actor=actor, rebuild=True)
     if vm.host_id is not None and vm.pool_id is not None:  # what vm_rebuild_on_host needs
         _start_deadline(vm, "rebuild")
         vm.save(update_fields=DEADLINE_FIELDS)
-    _follow_latest(vm, latest)
+    _follow(vm, target)
     return vm
 
 
 @transaction.atomic
-def vm_rebuild_onto_latest(*, vm_id: int) -> bool:
-    """A new version exists: move a STOPPED stateless 'latest' follower onto it and have its
-    host rebuild the root disk. Other VMs are left alone (running followers move when they next
-    stop). True when it was moved."""
+def vm_rebuild_onto_followed(*, vm_id: int) -> bool:
+    """Its channel moved (or a new 'latest' exists): move a STOPPED stateless follower onto the
+    channel's version and have its host rebuild the root disk. Other VMs are left alone
+    (running followers move when they next stop). True when it was moved."""
     vm = VirtualMachine.objects.get(pk=vm_id)
-    latest = _lock_latest_of(vm.template_id, account_id=vm.account_id)
-    vm = _lock_vm(vm_id)
-    if not (vm.stateless and vm.use_latest_template_version and vm.state == VmState.STOPPED):
+    if not vm.follow_channel:
         return False
-    if not _follow_latest(vm, latest):
+    target = _lock_followed_version(vm)
+    vm = _lock_vm(vm_id)
+    if not (vm.stateless and vm.follow_channel and vm.state == VmState.STOPPED):
+        return False
+    if not _follow(vm, target):
         return False
     if vm.host_id is not None:
         _start_deadline(vm, "rebuild")
@@ -403,22 +438,23 @@ def vm_deploy(
     vcpus: int = 1,
     stateless: bool = False,
     use_latest_template_version: bool = False,
+    follow_channel: str = "",
 ) -> VirtualMachine:
     """Deploy a VM: the reference is created under the template's lock with the state check,
     and the host's agent makes the disk and starts the domain after commit.
 
-    A stateless VM may follow 'latest' (`use_latest_template_version`): it is deployed from the
-    newest ACTIVE version of `template_id`'s lineage; a stateful one asking for it is a 400.
+    A stateless VM may follow a channel of `template_id`'s lineage (`follow_channel`; 'latest'
+    is also `use_latest_template_version`): it is deployed from the channel's version; a
+    stateful one asking for it is a 400.
     """
     name = (name or "").strip()
     if not name:
         raise InvalidInput("a name is required", field="name")
+    follow = followed_channel(
+        use_latest_template_version=use_latest_template_version, follow_channel=follow_channel
+    )
     template = _lock_usable_template(
-        template_id,
-        zone,
-        account=account,
-        stateless=stateless,
-        use_latest=use_latest_template_version,
+        template_id, zone, account=account, stateless=stateless, follow=follow
     )
     host, pool = _pick_host_and_pool(zone)
     vm = VirtualMachine(
@@ -432,7 +468,7 @@ def vm_deploy(
         memory_mib=memory_mib,
         vcpus=vcpus,
         stateless=stateless,
-        use_latest_template_version=use_latest_template_version,
+        follow_channel=follow[0],
     )
     _start_deadline(vm, "deploy")
     vm.save()

@@ -8,7 +8,7 @@ from celery import shared_task
 from django.conf import settings
 
 from .agent import tasks as host_tasks  # noqa: F401  (registers the host-queue tasks)
-from .followers import rebuild_latest_followers
+from .followers import rebuild_channel_followers, rebuild_latest_followers
 from .host_services import hosts_mark_down
 from .pool_copies import pool_copies_evict
 
@@ -23,6 +23,12 @@ def hosts_mark_down_task() -> int:
 def rebuild_latest_followers_task(base_template_id: int) -> int:
     """A version became usable: rebuild the stopped stateless VMs that follow 'latest'."""
     return rebuild_latest_followers(base_template_id=base_template_id)
+
+
+@shared_task(name="agents_app.tasks.rebuild_channel_followers_task", acks_late=True)
+def rebuild_channel_followers_task(base_template_id: int, channel: str) -> int:
+    """A channel moved: rebuild the stopped stateless VMs that follow it."""
+    return rebuild_channel_followers(base_template_id=base_template_id, channel=channel)
 
 
 @shared_task(name="agents_app.tasks.pool_copies_evict_task")

@@ -1,8 +1,8 @@
 """VM pools (seed 002): stateless VMs of one lineage that users take and return.
 
 A free pool VM is kept down (its deploy ends STOPPED), so a new version reaches it at once through
-`rebuild_latest_followers`; a taken one keeps running its version until it is returned (stopped:
-its disk is made again, on the newest version when the pool follows 'latest').
+`rebuild_channel_followers`; a taken one keeps running its version until it is returned (stopped:
+its disk is made again, on the channel's version when the pool follows one).
 """
 
 from django.db import transaction
@@ -35,10 +35,13 @@ def vm_pool_create(
     size: int,
     actor,
     use_latest_template_version: bool = False,
+    follow_channel: str = "",
     memory_mib: int = 256,
     vcpus: int = 1,
 ) -> VmPool:
-    """Create the pool and deploy its `size` stateless VMs (each ends STOPPED, free)."""
+    """Create the pool and deploy its `size` stateless VMs (each ends STOPPED, free). With a
+    channel (`follow_channel`, or 'latest' through `use_latest_template_version`) they follow
+    it: the channel's checks are `vm_deploy`'s."""
     name = (name or "").strip()
     if not name:
         raise InvalidInput("a name is required", field="name")
@@ -52,7 +55,10 @@ def vm_pool_create(
         zone=zone,
         account=account,
         size=size,
-        use_latest_template_version=use_latest_template_version,
+        follow_channel=services.followed_channel(
+            use_latest_template_version=use_latest_template_version,
+            follow_channel=follow_channel,
+        )[0],
     )
     record_event(vm_pool, from_state="", to_state="created", actor=actor, reason="created")
     for n in range(1, size + 1):
@@ -65,7 +71,7 @@ def vm_pool_create(
             memory_mib=memory_mib,
             vcpus=vcpus,
             stateless=True,
-            use_latest_template_version=use_latest_template_version,
+            follow_channel=vm_pool.follow_channel,
         )
         VirtualMachine.objects.filter(pk=vm.pk).update(vm_pool=vm_pool)
     return vm_pool

@@ -1,12 +1,16 @@
 """Reads about lineages: a base template (version 1) and its versions (2, 3, ...)."""
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.contenttypes.models import ContentType
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce
 
 from templates_app import selectors as catalogue
 from templates_app.choices import TemplateFilter, TemplateState
-from templates_app.models import Template
+from templates_app.models import Event, Template
+
+from .channel_followers import channel_followers
+from .models import BUILT_IN_CHANNELS, LATEST, STORED_BUILT_IN_CHANNELS, Channel
 
 
 def lineage_root_id(template_id: int) -> int | None:
@@ -80,3 +84,107 @@ def latest_version(base_id: int, *, account_id: int | None = None) -> Template |
         .order_by("-version_number")
         .first()
     )
+
+
+# Channels --------------------------------------------------------------------------------------
+
+
+def channel_version(base_id: int, name: str, *, account_id: int) -> Template | None:
+    """What a follower of channel `name` of `base_id`'s lineage runs: for 'latest' the newest
+    ACTIVE version `account_id` may use; for a stored channel its version, when it is ACTIVE and
+    usable by that account. None: nothing to follow now (followers stay where they are)."""
+    if name == LATEST:
+        return latest_version(base_id, account_id=account_id)
+    root_id = lineage_root_id(base_id)
+    if root_id is None:
+        return None
+    return (
+        Template.objects.filter(
+            channel_pointers__lineage_id=root_id,
+            channel_pointers__name=name,
+            state=TemplateState.ACTIVE,
+        )
+        .filter(catalogue.usable_by_account(account_id))
+        .select_related("base", "account")
+        .first()
+    )
+
+
+def channel_is_known(base_id: int, name: str) -> bool:
+    """A built-in channel (every lineage has them) or one the lineage's owner created."""
+    if name in BUILT_IN_CHANNELS:
+        return True
+    root_id = lineage_root_id(base_id)
+    return root_id is not None and Channel.objects.filter(lineage_id=root_id, name=name).exists()
+
+
+def channels_list(*, lineage: Template) -> list[Channel]:
+    """The stored channels of a lineage, built-ins first (stable and canary even before their
+    rows exist: unsaved, pointing at nothing), then the others by name. 'latest' is not here:
+    it is computed per account (`channel_version`)."""
+    rows = {
+        channel.name: channel
+        for channel in Channel.objects.filter(lineage=lineage).select_related(
+            "lineage", "version", "previous_version"
+        )
+    }
+    built_ins = [
+        rows.pop(name, None) or Channel(lineage=lineage, name=name)
+        for name in STORED_BUILT_IN_CHANNELS
+    ]
+    return built_ins + sorted(rows.values(), key=lambda channel: channel.name)
+
+
+def channel_history(channel: Channel) -> QuerySet[Event]:
+    """Every move of the channel, newest first: who, when, from and to (version numbers)."""
+    if channel.pk is None:
+        return Event.objects.none()
+    return Event.objects.filter(
+        content_type=ContentType.objects.get_for_model(Channel), object_id=channel.pk
+    ).order_by("-created_at", "-id")
+
+
+def _channel_row(channel: Channel) -> dict:
+    return {
+        "name": channel.name,
+        "built_in": channel.name in BUILT_IN_CHANNELS,
+        "computed": False,
+        "version": channel.version,
+        "previous_version": channel.previous_version,
+        "moved_at": channel.moved_at,
+    }
+
+
+def _latest_row(lineage: Template) -> dict:
+    return {
+        "name": LATEST,
+        "built_in": True,
+        "computed": True,
+        "version": latest_version(lineage.pk, account_id=lineage.account_id),
+        "previous_version": None,
+        "moved_at": None,
+    }
+
+
+def channels_seen_by(*, lineage: Template) -> list[dict]:
+    """What `channels/` lists (for the lineage's owners and staff): 'latest' as the owner's
+    account sees it, then the stored channels. Two queries, whatever the number of channels."""
+    return [_latest_row(lineage), *(_channel_row(c) for c in channels_list(lineage=lineage))]
+
+
+def channel_seen_by(*, user: AbstractBaseUser, lineage: Template, name: str) -> dict | None:
+    """One channel with its moves and its followers (another account's only to staff); None
+    when the lineage has no such channel."""
+    if name == LATEST:
+        row = _latest_row(lineage)
+        history: QuerySet[Event] | list = []
+    else:
+        channel = next((c for c in channels_list(lineage=lineage) if c.name == name), None)
+        if channel is None:
+            return None
+        row, history = _channel_row(channel), channel_history(channel)
+    followers = channel_followers(lineage_id=lineage.pk, channel=name)
+    if not user.is_staff:
+        own = set(catalogue.account_ids_of(user))
+        followers = [follower for follower in followers if follower.account_id in own]
+    return {**row, "history": history, "followers": followers}

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine, VmPool
@@ -5,6 +6,20 @@ from templates_app.api.serializers import StaffOnlyFieldsMixin, UuidRelatedField
 from templates_app.models import Template, Zone
 
 POOL_TYPES = [("dir", "Directory")]
+
+
+class FollowSerializer(serializers.Serializer):
+    """What a stateless VM or VM pool follows instead of a fixed version."""
+
+    channel = serializers.CharField(
+        max_length=64,
+        help_text="A channel of the template's lineage: 'latest' (the newest ACTIVE version "
+        "you may use), 'stable', 'canary' or one its owner created.",
+    )
+
+
+def follow_of(obj) -> dict | None:
+    return {"channel": obj.follow_channel} if obj.follow_channel else None
 
 
 class VirtualMachineSerializer(StaffOnlyFieldsMixin, serializers.ModelSerializer):
@@ -21,6 +36,9 @@ class VirtualMachineSerializer(StaffOnlyFieldsMixin, serializers.ModelSerializer
         help_text="Follows the newest ACTIVE version of the template's lineage; always false "
         "for a stateful VM."
     )
+    follow = serializers.SerializerMethodField(
+        help_text='The channel it follows, `{"channel": "canary"}`; null: it keeps its version.'
+    )
 
     class Meta:
         model = VirtualMachine
@@ -31,6 +49,7 @@ class VirtualMachineSerializer(StaffOnlyFieldsMixin, serializers.ModelSerializer
             "template_name",
             "stateless",
             "use_latest_template_version",
+            "follow",
             "zone",
             "account",
             "host",
@@ -47,6 +66,10 @@ class VirtualMachineSerializer(StaffOnlyFieldsMixin, serializers.ModelSerializer
 
     def get_use_latest_template_version(self, vm: VirtualMachine) -> bool:
         return vm.stateless and vm.use_latest_template_version
+
+    @extend_schema_field(FollowSerializer(allow_null=True))
+    def get_follow(self, vm: VirtualMachine) -> dict | None:
+        return follow_of(vm) if vm.stateless else None
 
 
 class VirtualMachineCreateSerializer(serializers.Serializer):
@@ -66,7 +89,14 @@ class VirtualMachineCreateSerializer(serializers.Serializer):
     use_latest_template_version = serializers.BooleanField(
         default=False,
         help_text="Stateless VMs only (else 400): deploy from the newest ACTIVE version of the "
-        "template's lineage, and follow new versions (rebuilt when stopped).",
+        "template's lineage, and follow new versions (rebuilt when stopped). The same as "
+        '`"follow": {"channel": "latest"}`.',
+    )
+    follow = FollowSerializer(
+        required=False,
+        allow_null=True,
+        help_text="Stateless VMs only (else 400): deploy from the channel's version and follow "
+        "it (rebuilt when stopped, or when it next stops, each time the channel moves).",
     )
 
 
@@ -251,6 +281,20 @@ class VmPoolSerializer(serializers.ModelSerializer):
     account = serializers.UUIDField(source="account.uuid", read_only=True)
     size = serializers.IntegerField(min_value=1, max_value=100)
     vms = serializers.SlugRelatedField(slug_field="uuid", many=True, read_only=True)
+    use_latest_template_version = serializers.BooleanField(
+        required=False, default=False, help_text='The same as `"follow": {"channel": "latest"}`.'
+    )
+    follow = FollowSerializer(
+        required=False,
+        allow_null=True,
+        help_text="The channel of the lineage its VMs follow; null: the version it names.",
+    )
+
+    def to_representation(self, pool: VmPool) -> dict:
+        data = super().to_representation(pool)
+        data["use_latest_template_version"] = pool.use_latest_template_version
+        data["follow"] = follow_of(pool)
+        return data
 
     class Meta:
         model = VmPool
@@ -259,6 +303,7 @@ class VmPoolSerializer(serializers.ModelSerializer):
             "name",
             "template",
             "use_latest_template_version",
+            "follow",
             "size",
             "zone",
             "account",

@@ -127,6 +127,7 @@ class VirtualMachineViewSet(
             actor=request.user,
             stateless=serializer.validated_data["stateless"],
             use_latest_template_version=serializer.validated_data["use_latest_template_version"],
+            follow_channel=(serializer.validated_data.get("follow") or {}).get("channel", ""),
         )
         return self._answer(vm, status.HTTP_201_CREATED)
 
@@ -367,6 +368,7 @@ class VmPoolViewSet(
             size=data["size"],
             actor=request.user,
             use_latest_template_version=data.get("use_latest_template_version", False),
+            follow_channel=(data.get("follow") or {}).get("channel", ""),
         )
         fresh = self.get_queryset().get(pk=pool.pk)
         return Response(VmPoolSerializer(fresh).data, status=status.HTTP_201_CREATED)

@@ -125,7 +125,7 @@ def test_get_shows_latest_as_false_for_a_stateful_vm(api, lineage, zone, account
     vm = vm_services.vm_create(
         name="r", template_id=base.pk, zone=zone, account=account, actor=user
     )
-    VirtualMachine.objects.filter(pk=vm.pk).update(use_latest_template_version=True)
+    VirtualMachine.objects.filter(pk=vm.pk).update(follow_channel="latest")
     assert api.get(f"/api/v1/vms/{vm.uuid}/").data["use_latest_template_version"] is False
 
 
@@ -337,7 +337,7 @@ def test_pool_admin_creates_the_pool_and_takes_and_returns(
             "account": account.pk,
             "zone": zone.pk,
             "template": base.pk,
-            "use_latest_template_version": "on",
+            "follow_channel": "latest",
             "size": 1,
             "vms-TOTAL_FORMS": 0,
             "vms-INITIAL_FORMS": 0,

@@ -164,7 +164,7 @@ def test_references_lists_live_vms_only(api, register, make_vm, user):
 
     assert response.status_code == 200
     assert [(r["kind"], r["name"]) for r in response.data["references"]] == [("vm", keep.name)]
-    assert response.data["counts"] == {"vm": 1, "pinned_pool_copy": 0, "vm_pool": 0}
+    assert response.data["counts"] == {"vm": 1, "pinned_pool_copy": 0, "vm_pool": 0, "channel": 0}
 
 
 def test_patch_changes_editable_fields_only(api, register):
