@@ -29,10 +29,12 @@ def page_bounds(page: int | None, pagesize: int | None) -> tuple[int, int]:
 
 
 def list_response(entity: str, rows: Sequence[dict], *, count: int | None = None) -> dict:
-    """`{count, <entity>: [...]}`; an empty list is `{}`, as CloudStack answers it."""
-    if not rows and not count:
-        return {}
-    return {"count": len(rows) if count is None else count, entity: list(rows)}
+    """`{count, <entity>: [...]}`; an empty list is `{}` and a page past the end `{count}`, as
+    CloudStack answers them."""
+    total = len(rows) if count is None else count
+    if not rows:
+        return {"count": total} if total else {}
+    return {"count": total, entity: list(rows)}
 
 
 def paged(rows: Sequence[Any], page: int | None, pagesize: int | None) -> list[Any]:

@@ -477,3 +477,32 @@ def test_copy_job_is_finished_by_the_storage_worker_the_cs_client_waits_on(
     assert sorted((c["zone"], c["state"]) for c in copies) == sorted(
         [(str(store.zone.uuid), "READY"), (str(second_zone.uuid), "READY")]
     )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("size", [1, 2, 4, 5, 500])
+def test_pages_of_per_zone_rows_add_up_to_the_whole_listing(user, register, store, size):
+    zone_b = ZoneFactory(name="zone-b")
+    zone_c = ZoneFactory(name="zone-c")
+    for zone in (zone_b, zone_c):
+        ImageStoreFactory(zone=zone, name=f"s-{zone.name}", path=store.path)
+    register(name="everywhere", cross_zones=True, zones=[])
+    register(name="one")
+    register(name="two", zones=[store.zone, zone_b])
+    pair = keys_for(user)
+
+    whole = call(pair, "listTemplates", templatefilter="self")[1]
+    pages, number = [], 1
+    while True:
+        body = call(pair, "listTemplates", templatefilter="self", page=number, pagesize=size)[1]
+        assert body["count"] == 6
+        if "template" not in body:
+            break
+        pages.extend(body["template"])
+        number += 1
+    in_b = call(pair, "listTemplates", templatefilter="self", zoneid=str(zone_b.uuid), pagesize=1)
+
+    key = [(r["id"], r["zonename"]) for r in whole["template"]]
+    assert whole["count"] == len(key) == 6
+    assert [(r["id"], r["zonename"]) for r in pages] == key
+    assert in_b[1]["count"] == 2 and len(in_b[1]["template"]) == 1

@@ -24,7 +24,7 @@ from templates_app.cloudstack.responses import list_response, paged
 from templates_app.models import Template, TemplateStoreRef, Zone
 
 from .. import selectors
-from .responses import template_rows, with_copies
+from .responses import paged_template_rows, template_rows, with_copies
 
 ENTITY = {TemplateKind.TEMPLATE: "template", TemplateKind.ISO: "iso"}
 # Stencil's field names -> the CloudStack parameter a refusal names.
@@ -87,9 +87,18 @@ def _listing(call: Call, kind: str, template_filter: str, params: dict) -> dict:
         zone = _zone(call, "zoneid", params["zoneid"])
         in_zone = Template.zones.through.objects.filter(zone=zone).values("template_id")
         queryset = queryset.filter(Q(cross_zones=True) | Q(pk__in=in_zone))
+    if params.get("isready") is None:
+        page, count = paged_template_rows(
+            queryset,
+            user=call.user,
+            zone=zone,
+            page=params.get("page"),
+            pagesize=params.get("pagesize"),
+        )
+        return list_response(ENTITY[kind], page, count=count)
+    # Readiness is known per row only: filter the rows, then page them.
     rows = template_rows(with_copies(queryset), user=call.user, zone=zone)
-    if params.get("isready") is not None:
-        rows = [row for row in rows if row["isready"] == params["isready"]]
+    rows = [row for row in rows if row["isready"] == params["isready"]]
     page = paged(rows, params.get("page"), params.get("pagesize"))
     return list_response(ENTITY[kind], page, count=len(rows))
 

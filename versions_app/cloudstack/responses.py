@@ -3,12 +3,12 @@ Secrets (URL query strings, header values) follow templates_app.secrets, as in t
 
 from collections.abc import Iterable
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 
 from templates_app import secrets, selectors
 from templates_app.choices import DownloadState, StoreRefState, TemplateKind
 from templates_app.cloudstack.ostypes import os_type_id
-from templates_app.cloudstack.responses import cs_date
+from templates_app.cloudstack.responses import cs_date, page_bounds
 from templates_app.models import Template, TemplateStoreRef, Zone
 
 DOWNLOAD_COMPLETE = "Download Complete"
@@ -117,3 +117,46 @@ def template_rows(templates: Iterable[Template], *, user, zone: Zone | None = No
                     template_row(template, where, member_of=member_of, is_staff=user.is_staff)
                 )
     return rows
+
+
+def paged_template_rows(
+    queryset: QuerySet[Template],
+    *,
+    user,
+    zone: Zone | None,
+    page: int | None,
+    pagesize: int | None,
+) -> tuple[list[dict], int]:
+    """One page of `template_rows` and the total row count, without building the rows of the
+    other pages: the ids, cross-zone flags and zone counts of the listing are read (two light
+    queries), the templates that cover the page are picked, and only those are loaded."""
+    offset, limit = page_bounds(page, pagesize)
+    ordered = list(queryset.values_list("pk", "cross_zones"))
+    if zone is not None:
+        counts = dict.fromkeys((pk for pk, _ in ordered), 1)
+    else:
+        every_zone = selectors.zones_list().count()
+        per_template = dict(
+            # the ids, not the listing again as a subquery: its visibility test is the cost
+            Template.zones.through.objects.filter(template_id__in=[pk for pk, _ in ordered])
+            .values("template_id")
+            .annotate(zones=Count("zone_id"))
+            .values_list("template_id", "zones")
+        )
+        counts = {pk: every_zone if cross else per_template.get(pk, 0) for pk, cross in ordered}
+    total = sum(counts.values())
+    wanted, skip, position = [], 0, 0
+    for pk, _ in ordered:
+        rows_here = counts[pk]
+        if rows_here and position + rows_here > offset and position < offset + limit:
+            if not wanted:
+                skip = offset - position
+            wanted.append(pk)
+        position += rows_here
+        if position >= offset + limit:
+            break
+    if not wanted:
+        return [], total
+    by_id = {t.pk: t for t in with_copies(queryset.filter(pk__in=wanted))}
+    rows = template_rows([by_id[pk] for pk in wanted if pk in by_id], user=user, zone=zone)
+    return rows[max(skip, 0) : max(skip, 0) + limit], total
