@@ -23,12 +23,11 @@ from templates_app.images.downloader import (
     redact_url,
 )
 from templates_app.images.inspection import ImageRejected, inspect_image
-from templates_app.images.metalink import MetalinkRefused, parse_metalink, scheme_of
+from templates_app.images.metalink import MetalinkRefused, fetch_metalink, scheme_of
 from templates_app.images.urlsafety import UnsafeUrl
 
 logger = logging.getLogger(__name__)
 
-METALINK_MAX_BYTES = 1 << 20
 CHECKSUM_ATTEMPTS = 3
 
 
@@ -71,22 +70,16 @@ def _http_fetch(
 def _metalink_fetch(
     url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_dir: str | None, progress
 ) -> DownloadResult:
-    listing = dest.with_name(f".{dest.name}.metalink")
     try:
-        download_to_file(
+        mirrors, metalink_checksum = fetch_metalink(
             url,
-            listing,
+            scratch_dir=Path(settings.DATA_DIR) / "tmp",
             headers=headers,
             ca_dir=ca_dir,
-            max_bytes=METALINK_MAX_BYTES,
-            max_attempts=2,
             backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
         )
-        mirrors, metalink_checksum = parse_metalink(listing.read_bytes())
     except MetalinkRefused as exc:
         raise DirectDownloadFailed(exc.message) from exc
-    finally:
-        listing.unlink(missing_ok=True)
     errors = []
     for mirror in mirrors:
         try:
@@ -209,22 +202,13 @@ def url_check(
                 "checks": [_probe(url, headers, ca_dir)],
                 "checksum": "",
             }
-        listing_dir = Path(settings.DATA_DIR) / "tmp"
-        listing_dir.mkdir(parents=True, exist_ok=True)
-        listing = listing_dir / f".check-{uuid.uuid4().hex}.metalink"
-        try:
-            download_to_file(
-                url,
-                listing,
-                headers=headers,
-                ca_dir=ca_dir,
-                max_bytes=METALINK_MAX_BYTES,
-                max_attempts=2,
-                backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
-            )
-            mirrors, checksum = parse_metalink(listing.read_bytes())
-        finally:
-            listing.unlink(missing_ok=True)
+        mirrors, checksum = fetch_metalink(
+            url,
+            scratch_dir=Path(settings.DATA_DIR) / "tmp",
+            headers=headers,
+            ca_dir=ca_dir,
+            backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
+        )
         checks, errors = [], []
         for mirror in mirrors:
             try:
@@ -240,7 +224,7 @@ def url_check(
             "checksum": checksum,
             "unreachable_mirrors": errors,
         }
-    except (DownloadError, UnsafeUrl, DirectDownloadFailed) as exc:
+    except (DownloadError, UnsafeUrl, DirectDownloadFailed, MetalinkRefused) as exc:
         return {
             "ok": False,
             "error": getattr(exc, "message", str(exc)),
