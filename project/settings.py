@@ -216,6 +216,8 @@ STENCIL_STORE_COPY_MAX_ATTEMPTS = int(os.environ.get("STENCIL_STORE_COPY_MAX_ATT
 
 # Signed uploads: the pre-shared key that signs upload URLs, and how long they stay valid.
 STENCIL_UPLOAD_SECRET = os.environ.get("STENCIL_UPLOAD_SECRET", SECRET_KEY + ":uploads")
+# Largest virtual size a template's image may have (bytes; default 2 TiB).
+STENCIL_MAX_VIRTUAL_SIZE = int(os.environ.get("STENCIL_MAX_VIRTUAL_SIZE", str(2 << 40)))
 STENCIL_UPLOAD_EXPIRY_SECONDS = int(os.environ.get("STENCIL_UPLOAD_EXPIRY_SECONDS", "3600"))
 
 # Outbound URLs: rules for every URL the storage worker and the agents fetch (first request,

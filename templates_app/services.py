@@ -31,6 +31,7 @@ from .events import build_event, record_event, record_events
 from .fsm import bulk_transition
 from .images.checksums import normalize_checksum
 from .images.headers import header_pairs, validate_header_details
+from .images.inspection import ImageRejected, check_virtual_size
 from .images.metalink import fetch_metalink, scheme_of
 from .images.urlsafety import HostNotResolved, validate_url
 from .locks import lock_account, lock_template, lock_templates
@@ -216,6 +217,7 @@ def template_registration_plan(
             headers=dict(header_pairs(detail_pairs)),
             verify=verify,
         )
+        _check_probed_virtual_size(checked)
     return RegistrationPlan(
         name=name,
         zones=target_zones,
@@ -340,6 +342,17 @@ def _metalink_checksum(
             field="checksum",
         )
     return checksum or metalink_hash
+
+
+def _check_probed_virtual_size(checked: dict) -> None:
+    """A virtual size the host's URL check read from the image's header must be within
+    STENCIL_MAX_VIRTUAL_SIZE (inspection checks it again on the bytes)."""
+    probed = [check.get("virtual_size") or 0 for check in checked.get("checks") or []]
+    verified = (checked.get("verified") or {}).get("virtual_size") or 0
+    try:
+        check_virtual_size(max([verified, *probed]))
+    except ImageRejected as exc:
+        raise InvalidInput(exc.reason, field="url") from None
 
 
 def _first_check(checked: dict) -> dict:

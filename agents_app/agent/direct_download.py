@@ -50,7 +50,14 @@ class Fetched:
 
 
 def _http_fetch(
-    url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_dir: str | None, progress
+    url: str,
+    dest: Path,
+    *,
+    checksum: str,
+    headers: dict[str, str],
+    ca_dir: str | None,
+    progress,
+    max_bytes: int | None = None,
 ) -> DownloadResult:
     return download_to_file(
         url,
@@ -59,6 +66,7 @@ def _http_fetch(
         headers=headers,
         ca_dir=ca_dir,
         progress=progress,
+        max_bytes=max_bytes,
         connect_timeout=settings.STENCIL_DOWNLOAD_CONNECT_TIMEOUT,
         read_timeout=settings.STENCIL_DOWNLOAD_READ_TIMEOUT,
         stall_timeout=settings.STENCIL_DOWNLOAD_STALL_TIMEOUT,
@@ -68,7 +76,14 @@ def _http_fetch(
 
 
 def _metalink_fetch(
-    url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_dir: str | None, progress
+    url: str,
+    dest: Path,
+    *,
+    checksum: str,
+    headers: dict[str, str],
+    ca_dir: str | None,
+    progress,
+    max_bytes: int | None = None,
 ) -> DownloadResult:
     try:
         mirrors, metalink_checksum = fetch_metalink(
@@ -90,6 +105,7 @@ def _metalink_fetch(
                 headers=headers,
                 ca_dir=ca_dir,
                 progress=progress,
+                max_bytes=max_bytes,
             )
         except ChecksumMismatch:
             raise
@@ -116,9 +132,13 @@ def fetch_into_pool(
     ca_dir: str | None = None,
     progress=None,
     temp_name: str | None = None,
+    room: int | None = None,
+    room_name: str = "the pool's free space",
 ) -> Fetched:
     """Download into a hidden temporary file of the pool, verify, inspect; the caller renames.
 
+    `room` (the pool's free space before the download; None: unbounded) bounds both the bytes
+    downloaded and what qemu-img measure says the image takes once written out.
     A checksum mismatch downloads again, up to 3 times. Any failure leaves no file behind.
     `temp_name` names the temporary file after the volume it becomes, so the next attempt can
     find and delete what a killed worker left (`remove_leftovers`).
@@ -137,8 +157,9 @@ def fetch_into_pool(
                 headers=headers or {},
                 ca_dir=ca_dir,
                 progress=progress,
+                max_bytes=room,
             )
-            info = inspect_image(temp, image_format)
+            info = inspect_image(temp, image_format, room=room, room_name=room_name)
             return Fetched(
                 path=temp, size=result.size, virtual_size=info.virtual_size, sha256=result.sha256
             )

@@ -158,15 +158,22 @@ def test_qcow2_declared_raw_or_iso_is_rejected(qcow2, no_qemu):
 
 
 def test_qcow2_that_qemu_img_refuses_is_rejected_with_its_message(qcow2):
-    patch(qcow2, 36, struct.pack(">I", 0x7FFFFFFF))  # l1_size
+    patch(qcow2, 56, struct.pack(">I", 0x7FFFFFFF))  # refcount_table_clusters
     reason = rejected(qcow2, "QCOW2")
     assert reason.startswith("qemu-img cannot read the image:")
-    assert "L1 table too large" in reason
+    assert "Reference count table too large" in reason
+
+
+def test_qcow2_l1_table_larger_than_qemu_allows_is_rejected_before_qemu(qcow2, no_qemu):
+    patch(qcow2, 36, struct.pack(">I", 0x7FFFFFFF))  # l1_size
+    assert "L1 table of 2147483647 entries is larger than qemu allows" in rejected(qcow2, "QCOW2")
 
 
 def test_virtual_size_limit_comes_from_settings(qcow2, settings):
     settings.STENCIL_MAX_VIRTUAL_SIZE = 32 * MiB
-    assert rejected(qcow2, "QCOW2") == ("image virtual size 64 MiB exceeds the limit of 32 MiB")
+    assert rejected(qcow2, "QCOW2") == (
+        "image virtual size 64 MiB exceeds the limit of 32 MiB (STENCIL_MAX_VIRTUAL_SIZE)"
+    )
 
 
 # --- raw --------------------------------------------------------------------------------------
@@ -174,7 +181,9 @@ def test_virtual_size_limit_comes_from_settings(qcow2, settings):
 
 def test_raw_is_accepted_as_raw(raw):
     info = inspect_image(raw, "RAW")
-    assert info == ImageInfo(format="RAW", virtual_size=MiB, actual_size=info.actual_size)
+    assert info == ImageInfo(
+        format="RAW", virtual_size=MiB, actual_size=info.actual_size, required_size=MiB
+    )
 
 
 def test_raw_declared_qcow2_is_rejected(raw, no_qemu):
