@@ -18,6 +18,7 @@ from templates_app.errors import (
 from templates_app.events import record_event
 from templates_app.locks import lock_template_shared
 from templates_app.models import Account, Template, Zone
+from templates_app.rescan import ensure_not_quarantined
 from templates_app.selectors import template_in_zone
 from templates_app.tasks import gc_sweep_task
 from versions_app.selectors import latest_version
@@ -93,6 +94,7 @@ def _lock_usable_template(
             raise TemplateNotUsable(template)
     if template.state != TemplateState.ACTIVE:
         raise TemplateNotUsable(template)
+    ensure_not_quarantined(template)
     if not template_in_zone(template, zone):
         raise InvalidInput(f"template '{template}' is not available in zone '{zone}'", field="zone")
     return template
