@@ -18,7 +18,7 @@ from templates_app.errors import (
 from templates_app.events import record_event
 from templates_app.locks import lock_template_shared
 from templates_app.models import Account, Template, Zone
-from templates_app.rescan import ensure_not_quarantined
+from templates_app.rescan import ensure_not_quarantined, has_quarantined_copy
 from templates_app.selectors import template_in_zone
 from templates_app.tasks import gc_sweep_task
 from versions_app.selectors import latest_version
@@ -202,7 +202,9 @@ def _lock_latest_of(template_id: int, *, account_id: int) -> Template | None:
     if latest is None:
         return None
     locked = lock_template_shared(latest.pk)
-    return locked if locked.state == TemplateState.ACTIVE else None
+    if locked.state != TemplateState.ACTIVE or has_quarantined_copy(locked.pk):
+        return None  # a follower stays where it is rather than move onto unusable bytes
+    return locked
 
 
 def _follow_latest(vm: VirtualMachine, latest: Template | None) -> bool:

@@ -133,6 +133,12 @@ class ImageQuarantined(TransitionConflict):
         )
 
 
+def has_quarantined_copy(template_id: int) -> bool:
+    return TemplateStoreRef.objects.filter(
+        template_id=template_id, state=StoreRefState.QUARANTINED
+    ).exists()
+
+
 def ensure_not_quarantined(template: Template, *, action: str = "deploy a VM from") -> None:
     """Refuse a template any of whose store copies is QUARANTINED: the copies hold the same
     bytes, so one failing the inspector condemns the image until an operator decides."""

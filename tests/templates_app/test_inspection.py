@@ -473,3 +473,18 @@ def test_convert_qcow2_to_raw(tmp_path, qcow2):
         f.seek(MiB)
         assert f.read(64 * 1024) == b"\x5a" * 64 * 1024
     assert inspect_image(out, "RAW").virtual_size == 64 * MiB
+
+
+def test_qemu_img_output_is_kept_bounded(tmp_path):
+    """`qemu-img check` of an image with half a million bad clusters prints a line for each:
+    the runner keeps 64 KiB of it, not tens of megabytes."""
+    from templates_app.images.qemu import run_qemu_img
+    from tests import image_bombs
+
+    bomb = image_bombs.claims_past_end(tmp_path / "past-end.qcow2")
+    result = run_qemu_img(
+        ["check", "-f", "qcow2", "--output=json", bomb], ok_returncodes=frozenset({2})
+    )
+    assert result.stderr.count("ERROR") > 100
+    assert len(result.stderr.encode()) <= 64 << 10
+    assert '"corruptions": 524286' in result.stdout
