@@ -15,6 +15,7 @@ from templates_app.errors import InvalidInput, StencilError
 from templates_app.events import record_event
 from templates_app.locks import lock_template
 from templates_app.models import Template
+from templates_app.rescan import ensure_not_quarantined
 from templates_app.selectors import template_in_zone
 
 from .agent.pool_copies import PoolCopyFailed, pool_copy_row
@@ -81,6 +82,7 @@ def template_prepare(
     else:
         raise InvalidInput("give pools or a zone", field="pools")
     template = Template.objects.get(pk=template_id)
+    ensure_not_quarantined(template, action="prepare")
     pools = list(pools.order_by("pk"))
     if not pools:
         raise InvalidInput("no primary pool matches", field=field)

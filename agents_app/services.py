@@ -18,6 +18,7 @@ from templates_app.errors import (
 from templates_app.events import record_event
 from templates_app.locks import lock_template_shared
 from templates_app.models import Account, Template, Zone
+from templates_app.rescan import ensure_not_quarantined, has_quarantined_copy
 from templates_app.selectors import template_in_zone
 from templates_app.tasks import gc_sweep_task
 from versions_app.channels import checked_channel_name
@@ -130,6 +131,7 @@ def _lock_usable_template(
         template = _lock_channel_version(template_id, channel, account=account)
     if template.state != TemplateState.ACTIVE:
         raise TemplateNotUsable(template)
+    ensure_not_quarantined(template)
     if not template_in_zone(template, zone):
         raise InvalidInput(f"template '{template}' is not available in zone '{zone}'", field="zone")
     return template
@@ -240,7 +242,9 @@ def _lock_followed_version(vm: VirtualMachine) -> Template | None:
     if target is None:
         return None
     locked = lock_template_shared(target.pk)
-    return locked if locked.state == TemplateState.ACTIVE else None
+    if locked.state != TemplateState.ACTIVE or has_quarantined_copy(locked.pk):
+        return None  # a follower stays where it is rather than move onto unusable bytes
+    return locked
 
 
 def _follow(vm: VirtualMachine, target: Template | None) -> bool:

@@ -221,6 +221,8 @@ STENCIL_UPLOAD_SECRET = os.environ.get("STENCIL_UPLOAD_SECRET", SECRET_KEY + ":u
 STENCIL_API_KEY_ENCRYPTION_KEY = os.environ.get(
     "STENCIL_API_KEY_ENCRYPTION_KEY", SECRET_KEY + ":api-keys"
 )
+# Largest virtual size a template's image may have (bytes; default 2 TiB).
+STENCIL_MAX_VIRTUAL_SIZE = int(os.environ.get("STENCIL_MAX_VIRTUAL_SIZE", str(2 << 40)))
 STENCIL_UPLOAD_EXPIRY_SECONDS = int(os.environ.get("STENCIL_UPLOAD_EXPIRY_SECONDS", "3600"))
 
 # Outbound URLs: rules for every URL the storage worker and the agents fetch (first request,

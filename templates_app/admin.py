@@ -38,6 +38,7 @@ from .models import (
     Zone,
 )
 from .references import describe_counts, reference_rows
+from .rescan import RescanResult, rescan_images
 
 REFERENCES_SHOWN = 100
 EVENTS_SHOWN = 50
@@ -58,6 +59,12 @@ class ServiceRefused(Exception):
 
 
 # Helpers shared with agents_app.admin ------------------------------------------------------
+
+
+def report_rescan(modeladmin: admin.ModelAdmin, request: HttpRequest, result: RescanResult) -> None:
+    """One message with the rescan's counts; a warning when something was quarantined."""
+    level = messages.WARNING if result.quarantined else messages.SUCCESS
+    modeladmin.message_user(request, f"Rescan of stored images: {result}.", level)
 
 
 def call_for_each(
@@ -311,7 +318,13 @@ class TemplateAdmin(admin.ModelAdmin):
     list_select_related = ("account",)
     search_fields = ("name", "display_text", "unique_name", "uuid")
     inlines = (TemplateStoreRefInline, TemplateDetailInline)
-    actions = ("deactivate_selected", "reactivate_selected", "sweep_selected", "sweep_dry_run")
+    actions = (
+        "deactivate_selected",
+        "reactivate_selected",
+        "sweep_selected",
+        "sweep_dry_run",
+        "rescan_selected",
+    )
     add_fieldsets = (
         (None, {"fields": ("name", "display_text", "kind", "format", "url", "checksum")}),
         ("Placement", {"fields": ("account", "zones", "cross_zones", "os_type")}),
@@ -657,6 +670,11 @@ class TemplateAdmin(admin.ModelAdmin):
         ids = list(queryset.values_list("pk", flat=True))
         self._sweep(request, dry_run=True, template_ids=ids)
 
+    @admin.action(description="Rescan images of selected templates", permissions=["change"])
+    def rescan_selected(self, request, queryset):
+        copies = TemplateStoreRef.objects.filter(template__in=queryset)
+        report_rescan(self, request, rescan_images(copies=copies, actor=request.user))
+
 
 # Configuration -----------------------------------------------------------------------------
 
@@ -791,7 +809,7 @@ class TemplateStoreRefAdmin(RetryDownloadMixin, ReadOnlyAdmin):
         "state",
         "store",
     )
-    actions = ("retry_selected",)
+    actions = ("retry_selected", "rescan_selected")
     list_select_related = ("template", "store__zone")
     search_fields = ("template__name", "install_path", "error_text")
 
@@ -806,6 +824,12 @@ class TemplateStoreRefAdmin(RetryDownloadMixin, ReadOnlyAdmin):
     @admin.display(description="Physical size", ordering="physical_size")
     def physical(self, ref: TemplateStoreRef) -> str:
         return human_size(ref.physical_size)
+
+    @admin.action(
+        description="Rescan selected copies (quarantine failures)", permissions=["change"]
+    )
+    def rescan_selected(self, request, queryset):
+        report_rescan(self, request, rescan_images(copies=queryset, actor=request.user))
 
     def has_change_permission(self, request, obj=None):
         # The list's action needs the change permission; a copy's own page stays read-only:

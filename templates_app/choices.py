@@ -55,6 +55,7 @@ class StoreRefState(models.TextChoices):
     ALLOCATED = "ALLOCATED", "Allocated"
     CREATING = "CREATING", "Creating"
     READY = "READY", "Ready"
+    QUARANTINED = "QUARANTINED", "Quarantined (failed a re-inspection; bytes kept, not used)"
     DESTROYING = "DESTROYING", "Destroying"
     DESTROYED = "DESTROYED", "Destroyed"
 

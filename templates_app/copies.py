@@ -83,6 +83,9 @@ class QuotaExceeded(Exception):
         super().__init__(self.message)
 
 
+QUOTA_NAME = "the account's max_secondary_bytes"
+
+
 def _secondary_room(account_id: int) -> int | None:
     """Bytes the account may still store (None: no limit); a download stops past them."""
     account = Account.objects.get(pk=account_id)
@@ -236,7 +239,7 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
             backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
         )
         with leases.LeaseKeeper(TemplateStoreRef, ref.pk, owner, lease_length()):
-            info = inspect_image(temp, template.format)
+            info = inspect_image(temp, template.format, room=room, room_name=QUOTA_NAME)
         finished = _finish(
             ref.pk,
             owner,
@@ -294,7 +297,8 @@ def store_copy_from_local(*, ref_id: int, write: Callable[[Path], None]) -> Temp
         with leases.LeaseKeeper(TemplateStoreRef, ref.pk, owner, lease_length()):
             write(temp)
             sha256 = _sha256_of(temp)
-            info = inspect_image(temp, template.format)
+            room = _secondary_room(template.account_id)
+            info = inspect_image(temp, template.format, room=room, room_name=QUOTA_NAME)
         finished = _finish(
             ref.pk,
             owner,

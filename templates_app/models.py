@@ -408,9 +408,19 @@ class TemplateStoreRef(FSMModelMixin, models.Model):
     def release(self) -> None:
         """Creation failed; the row waits for a retry."""
 
+    @transition(field=state, source=StoreRefState.READY, target=StoreRefState.QUARANTINED)
+    def quarantine(self) -> None:
+        """A re-inspection (rescan_images) refused the stored bytes: they stay on the store for
+        an operator to look at, and nothing deploys from them."""
+
     @transition(
         field=state,
-        source=[StoreRefState.ALLOCATED, StoreRefState.CREATING, StoreRefState.READY],
+        source=[
+            StoreRefState.ALLOCATED,
+            StoreRefState.CREATING,
+            StoreRefState.READY,
+            StoreRefState.QUARANTINED,
+        ],
         target=StoreRefState.DESTROYING,
     )
     def start_destroying(self) -> None:

@@ -32,7 +32,8 @@ from .events import build_event, record_event, record_events
 from .fsm import bulk_transition
 from .images.checksums import normalize_checksum
 from .images.headers import header_pairs, validate_header_details
-from .images.metalink import scheme_of
+from .images.inspection import ImageRejected, check_virtual_size
+from .images.metalink import fetch_metalink, scheme_of
 from .images.urlsafety import HostNotResolved, validate_url
 from .locks import lock_account, lock_template, lock_templates
 from .models import Account, ImageStore, Template, TemplateDetail, TemplateStoreRef, Zone
@@ -213,6 +214,10 @@ def template_registration_plan(
     target_zones = list(Zone.objects.all()) if cross_zones else list(zones or [])
     stores = [] if direct_download else stores_for(target_zones, is_public=is_public)
     validate_header_details(detail_pairs)
+    if scheme_of(url) == "metalink":
+        checksum = _metalink_checksum(
+            url, checksum, direct_download=direct_download, headers=dict(header_pairs(detail_pairs))
+        )
     checked = {}
     if direct_download:
         checked = _check_direct_download(
@@ -223,6 +228,7 @@ def template_registration_plan(
             headers=dict(header_pairs(detail_pairs)),
             verify=verify,
         )
+        _check_probed_virtual_size(checked)
     return RegistrationPlan(
         name=name,
         zones=target_zones,
@@ -330,6 +336,43 @@ def template_register(*, account: Account, actor, **params: Any) -> Template:
         return template_create_planned(plan, account_id=account.pk, actor=actor)
 
 
+def _metalink_checksum(
+    url: str, checksum: str, *, direct_download: bool, headers: dict[str, str]
+) -> str:
+    """A metalink is fetched and parsed at registration (400 naming `url` when it cannot be),
+    and its strongest hash becomes the template's checksum when the template gives none, so
+    every download is checked against what was registered. No hash at all is refused."""
+    if not direct_download:
+        raise InvalidInput(
+            "a metalink URL needs direct_download=true: image stores download plain http/https",
+            field="url",
+        )
+    _mirrors, metalink_hash = fetch_metalink(
+        url,
+        scratch_dir=Path(settings.DATA_DIR) / "tmp",
+        headers=headers,
+        backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
+    )
+    if not checksum and not metalink_hash:
+        raise InvalidInput(
+            "the metalink lists no file hash (sha-256, sha-512, sha-1 or md5) and the template "
+            "has no checksum: give one ({ALGO}hex)",
+            field="checksum",
+        )
+    return checksum or metalink_hash
+
+
+def _check_probed_virtual_size(checked: dict) -> None:
+    """A virtual size the host's URL check read from the image's header must be within
+    STENCIL_MAX_VIRTUAL_SIZE (inspection checks it again on the bytes)."""
+    probed = [check.get("virtual_size") or 0 for check in checked.get("checks") or []]
+    verified = (checked.get("verified") or {}).get("virtual_size") or 0
+    try:
+        check_virtual_size(max([verified, *probed]))
+    except ImageRejected as exc:
+        raise InvalidInput(exc.reason, field="url") from None
+
+
 def _first_check(checked: dict) -> dict:
     checks = checked.get("checks") or [{}]
     return checks[0]
@@ -344,10 +387,10 @@ def _check_direct_download(
     headers: dict[str, str],
     verify: bool,
 ) -> dict:
-    """Seed 003: a checksum is required unless a metalink supplies the hashes, and a random Up
-    host of the zone must reach the URL before registration succeeds (the compute layer
-    registers who asks the host: templates_app.url_checks)."""
-    if not checksum and scheme_of(url) != "metalink":
+    """Seed 003: a checksum is required (a metalink's hash was made the checksum already), and
+    a random Up host of the zone must reach the URL before registration succeeds (the compute
+    layer registers who asks the host: templates_app.url_checks)."""
+    if not checksum:
         raise InvalidInput(
             "a checksum ({ALGO}hex) is required for direct download, unless the URL is a "
             "metalink that lists hashes",

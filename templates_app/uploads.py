@@ -304,16 +304,26 @@ def _fail_upload(ref_id: int, owner: str, reason: str) -> None:
     )
 
 
+QUOTA_NAME = "the account's max_secondary_bytes"
+
+
+def _secondary_room_of(ref: TemplateStoreRef) -> int | None:
+    """What the account may still store, this copy's own charge included (None: no limit)."""
+    account = Account.objects.get(pk=ref.template.account_id)
+    if account.max_secondary_bytes is None:
+        return None
+    return max(account.max_secondary_bytes - account.used_secondary_bytes + ref.charged_bytes, 0)
+
+
 def _upload_limit(ref: TemplateStoreRef, *, signed_size: int) -> tuple[int, str] | None:
     """The most bytes this upload may write: the size it was signed for (0: not given), and
     what the account may still store (its copy's charge included)."""
     limits = []
     if signed_size > 0:
         limits.append((signed_size, "the size the upload URL was signed for"))
-    account = Account.objects.get(pk=ref.template.account_id)
-    if account.max_secondary_bytes is not None:
-        room = account.max_secondary_bytes - account.used_secondary_bytes + ref.charged_bytes
-        limits.append((max(room, 0), "the account's max_secondary_bytes"))
+    room = _secondary_room_of(ref)
+    if room is not None:
+        limits.append((room, QUOTA_NAME))
     return min(limits) if limits else None
 
 
@@ -357,7 +367,9 @@ def template_upload_receive(
             raise ImageRejected(
                 f"checksum mismatch: expected {template.checksum}, got {algorithm_label}{digest}"
             )
-        info = inspect_image(temp, template.format)
+        info = inspect_image(
+            temp, template.format, room=_secondary_room_of(ref), room_name=QUOTA_NAME
+        )
         temp.replace(image)
         storepaths.write_properties(
             image.parent,

@@ -23,12 +23,11 @@ from templates_app.images.downloader import (
     redact_url,
 )
 from templates_app.images.inspection import ImageRejected, inspect_image
-from templates_app.images.metalink import MetalinkRefused, parse_metalink, scheme_of
+from templates_app.images.metalink import MetalinkRefused, fetch_metalink, scheme_of
 from templates_app.images.urlsafety import UnsafeUrl
 
 logger = logging.getLogger(__name__)
 
-METALINK_MAX_BYTES = 1 << 20
 CHECKSUM_ATTEMPTS = 3
 
 
@@ -51,7 +50,14 @@ class Fetched:
 
 
 def _http_fetch(
-    url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_dir: str | None, progress
+    url: str,
+    dest: Path,
+    *,
+    checksum: str,
+    headers: dict[str, str],
+    ca_dir: str | None,
+    progress,
+    max_bytes: int | None = None,
 ) -> DownloadResult:
     return download_to_file(
         url,
@@ -60,6 +66,7 @@ def _http_fetch(
         headers=headers,
         ca_dir=ca_dir,
         progress=progress,
+        max_bytes=max_bytes,
         connect_timeout=settings.STENCIL_DOWNLOAD_CONNECT_TIMEOUT,
         read_timeout=settings.STENCIL_DOWNLOAD_READ_TIMEOUT,
         stall_timeout=settings.STENCIL_DOWNLOAD_STALL_TIMEOUT,
@@ -69,24 +76,25 @@ def _http_fetch(
 
 
 def _metalink_fetch(
-    url: str, dest: Path, *, checksum: str, headers: dict[str, str], ca_dir: str | None, progress
+    url: str,
+    dest: Path,
+    *,
+    checksum: str,
+    headers: dict[str, str],
+    ca_dir: str | None,
+    progress,
+    max_bytes: int | None = None,
 ) -> DownloadResult:
-    listing = dest.with_name(f".{dest.name}.metalink")
     try:
-        download_to_file(
+        mirrors, metalink_checksum = fetch_metalink(
             url,
-            listing,
+            scratch_dir=Path(settings.DATA_DIR) / "tmp",
             headers=headers,
             ca_dir=ca_dir,
-            max_bytes=METALINK_MAX_BYTES,
-            max_attempts=2,
             backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
         )
-        mirrors, metalink_checksum = parse_metalink(listing.read_bytes())
     except MetalinkRefused as exc:
         raise DirectDownloadFailed(exc.message) from exc
-    finally:
-        listing.unlink(missing_ok=True)
     errors = []
     for mirror in mirrors:
         try:
@@ -97,6 +105,7 @@ def _metalink_fetch(
                 headers=headers,
                 ca_dir=ca_dir,
                 progress=progress,
+                max_bytes=max_bytes,
             )
         except ChecksumMismatch:
             raise
@@ -123,9 +132,13 @@ def fetch_into_pool(
     ca_dir: str | None = None,
     progress=None,
     temp_name: str | None = None,
+    room: int | None = None,
+    room_name: str = "the pool's free space",
 ) -> Fetched:
     """Download into a hidden temporary file of the pool, verify, inspect; the caller renames.
 
+    `room` (the pool's free space before the download; None: unbounded) bounds both the bytes
+    downloaded and what qemu-img measure says the image takes once written out.
     A checksum mismatch downloads again, up to 3 times. Any failure leaves no file behind.
     `temp_name` names the temporary file after the volume it becomes, so the next attempt can
     find and delete what a killed worker left (`remove_leftovers`).
@@ -144,8 +157,9 @@ def fetch_into_pool(
                 headers=headers or {},
                 ca_dir=ca_dir,
                 progress=progress,
+                max_bytes=room,
             )
-            info = inspect_image(temp, image_format)
+            info = inspect_image(temp, image_format, room=room, room_name=room_name)
             return Fetched(
                 path=temp, size=result.size, virtual_size=info.virtual_size, sha256=result.sha256
             )
@@ -209,22 +223,13 @@ def url_check(
                 "checks": [_probe(url, headers, ca_dir)],
                 "checksum": "",
             }
-        listing_dir = Path(settings.DATA_DIR) / "tmp"
-        listing_dir.mkdir(parents=True, exist_ok=True)
-        listing = listing_dir / f".check-{uuid.uuid4().hex}.metalink"
-        try:
-            download_to_file(
-                url,
-                listing,
-                headers=headers,
-                ca_dir=ca_dir,
-                max_bytes=METALINK_MAX_BYTES,
-                max_attempts=2,
-                backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
-            )
-            mirrors, checksum = parse_metalink(listing.read_bytes())
-        finally:
-            listing.unlink(missing_ok=True)
+        mirrors, checksum = fetch_metalink(
+            url,
+            scratch_dir=Path(settings.DATA_DIR) / "tmp",
+            headers=headers,
+            ca_dir=ca_dir,
+            backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
+        )
         checks, errors = [], []
         for mirror in mirrors:
             try:
@@ -240,7 +245,7 @@ def url_check(
             "checksum": checksum,
             "unreachable_mirrors": errors,
         }
-    except (DownloadError, UnsafeUrl, DirectDownloadFailed) as exc:
+    except (DownloadError, UnsafeUrl, DirectDownloadFailed, MetalinkRefused) as exc:
         return {
             "ok": False,
             "error": getattr(exc, "message", str(exc)),

@@ -23,6 +23,7 @@ from templates_app import leases
 from templates_app.choices import StoreRefState, TemplateState
 from templates_app.errors import StencilError
 from templates_app.events import record_event
+from templates_app.images.inspection import ImageRejected
 from templates_app.images.qemu import QemuImgError
 from templates_app.leases import LeaseKeeper
 from templates_app.locks import lock_template_shared
@@ -38,7 +39,14 @@ from .failures import describe
 logger = logging.getLogger(__name__)
 
 # Failures a copy expects and reports in their own words (anything else: "<Type>: <message>").
-EXPECTED = (virt.VirtError, QemuImgError, StencilError, DirectDownloadFailed, OSError)
+EXPECTED = (
+    virt.VirtError,
+    QemuImgError,
+    StencilError,
+    DirectDownloadFailed,
+    ImageRejected,
+    OSError,
+)
 
 # Seconds past a copy's lease end before a waiter's re-check looks at it (clock slack).
 RECHECK_MARGIN_SECONDS = 2
@@ -353,8 +361,10 @@ def _download_into_pool(
     from .direct_download import fetch_into_pool, remove_leftovers
 
     template = ref.template
-    pool_dir = Path(virt.pool_info(conn, pool.libvirt_pool_name).path)
-    remove_leftovers(pool_dir, ref.volume_name)
+    remove_leftovers(Path(virt.pool_info(conn, pool.libvirt_pool_name).path), ref.volume_name)
+    # Free space once our own leftovers are gone: what the download and the image may take.
+    info = virt.pool_info(conn, pool.libvirt_pool_name)
+    pool_dir = Path(info.path)
     fetched = fetch_into_pool(
         url=template.url,
         pool_dir=pool_dir,
@@ -364,6 +374,8 @@ def _download_into_pool(
         ca_dir=_trust_dir(host_name),
         progress=_pool_progress(ref.pk, ref.lease_owner),
         temp_name=ref.volume_name,
+        room=info.available,
+        room_name=f"the free space of pool '{pool.name}'",
     )
     try:
         path = virt.create_volume(

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import libvirt
 
+from templates_app.images.inspection import inspect_image
 from templates_app.images.qemu import (
     qemu_format,
     qemu_img_convert,
@@ -392,12 +393,23 @@ def write_full_copy(
     """Create a volume of format fmt holding a full copy of source_path; return its path.
 
     The copy has no backing file. capacity is what libvirt records until the refresh (the copy
-    keeps the source's virtual size); 0 or None reads it from the source. On any failure the
-    volume and any partial file are removed and the error (VirtError, QemuImgError, OSError)
+    keeps the source's virtual size); 0 or None reads it from the source. The source is
+    inspected again first (ImageRejected, nothing written, when it fails or when qemu-img
+    measure says the copy would not fit in the pool's free space). On any failure the volume
+    and any partial file are removed and the error (VirtError, QemuImgError, OSError)
     propagates.
     """
-    if not capacity:
-        capacity = _virtual_size(source_path, source_format)
+    # The source passed inspection when it was stored, perhaps by an older inspector: before a
+    # byte is written it must still pass, and what it expands to must fit in the pool.
+    free = pool_info(conn, pool_name).available
+    inspected = inspect_image(
+        Path(source_path),
+        source_format,
+        room=free,
+        room_name=f"the free space of pool '{pool_name}'",
+        output_format=fmt,
+    )
+    capacity = capacity or inspected.virtual_size
     path = create_volume(conn, pool_name, vol_name, capacity=capacity, fmt=fmt)
     try:
         qemu_img_convert(Path(source_path), source_format, Path(path), fmt)

@@ -23,9 +23,9 @@ from typing import BinaryIO
 
 from django.conf import settings
 
-from .qemu import QEMU_FORMATS, QemuImgError, qemu_img_info
+from .qemu import QEMU_FORMATS, QemuImgError, qemu_img_check, qemu_img_info, qemu_img_measure
 
-DEFAULT_MAX_VIRTUAL_SIZE = 64 << 40  # 64 TiB, overridden by settings.STENCIL_MAX_VIRTUAL_SIZE
+DEFAULT_MAX_VIRTUAL_SIZE = 2 << 40  # 2 TiB, overridden by settings.STENCIL_MAX_VIRTUAL_SIZE
 
 # How much of the file the magic checks look at: the ISO 9660 primary volume descriptor
 # starts at 0x8000, and its "CD001" identifier at 0x8001.
@@ -50,6 +50,8 @@ _QCOW2_INCOMPAT_KNOWN = (
     | _QCOW2_INCOMPAT_EXTL2
 )
 _QCOW2_EXT_END = 0x00000000
+_QCOW2_OFFSET_MASK = 0x00FFFFFFFFFFFE00  # bits 9-55 of an L1 or L2 entry
+_QCOW2_MAX_L1_BYTES = 32 << 20  # QCOW_MAX_L1_SIZE in qemu
 _QCOW2_EXT_BACKING_FORMAT = 0xE2792ACA
 _QCOW2_EXT_DATA_FILE = 0x44415441
 
@@ -100,15 +102,18 @@ class ImageRejected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.message = f"image rejected: {reason}"
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What inspection learned: our format name and sizes in bytes."""
+    """What inspection learned: our format name and sizes in bytes. `required_size` is what
+    qemu-img measure says writing the image out takes (None when not measured)."""
 
     format: str
     virtual_size: int
     actual_size: int | None
+    required_size: int | None = None
 
 
 def _shown(name: str | bytes, limit: int = 200) -> str:
@@ -209,6 +214,7 @@ def _check_qcow2(f: BinaryIO, size: int) -> None:
     if not 9 <= cluster_bits <= 21:
         raise ImageRejected(f"qcow2 cluster size 2^{cluster_bits} is invalid")
     cluster_size = 1 << cluster_bits
+    _check_qcow2_l1(f, header, size, cluster_size)
 
     if version == 3:
         if len(header) < _QCOW2_V3_MIN_HEADER_LENGTH:
@@ -276,6 +282,40 @@ def _check_qcow2(f: BinaryIO, size: int) -> None:
     if crypt_method != 0:
         # An encrypted template cannot boot without a secret the cloud does not have.
         raise ImageRejected("qcow2 image is encrypted; templates must not be encrypted")
+
+
+def _check_qcow2_l1(f: BinaryIO, header: bytes, size: int, cluster_size: int) -> None:
+    """Refuse an active L1 table that lies outside the file, points at L2 tables outside it, or
+    points two entries at one L2 table. Such a table lets a small file claim terabytes of
+    allocated data (every L1 entry on one L2 table whose entries all name one cluster), and
+    `qemu-img check` would spend minutes and gigabytes of stderr walking it; this costs one
+    read of the L1 table."""
+    l1_size, l1_offset = struct.unpack_from(">IQ", header, 36)
+    if l1_size == 0:
+        return
+    if l1_size * 8 > _QCOW2_MAX_L1_BYTES:
+        raise ImageRejected(f"qcow2 L1 table of {l1_size} entries is larger than qemu allows")
+    if l1_offset % cluster_size or l1_offset + l1_size * 8 > size:
+        raise ImageRejected("qcow2 L1 table lies outside the file")
+    entries = struct.unpack(f">{l1_size}Q", _read_at(f, l1_offset, l1_size * 8))
+    seen: dict[int, int] = {}
+    for entry in entries:
+        l2_offset = entry & _QCOW2_OFFSET_MASK
+        if not l2_offset:
+            continue
+        if l2_offset + cluster_size > size:
+            raise ImageRejected(
+                f"qcow2 L2 table at offset {l2_offset} lies past the end of the "
+                f"{_human(size)} file: the metadata claims more data than the file can hold"
+            )
+        seen[l2_offset] = seen.get(l2_offset, 0) + 1
+    shared = {offset: count for offset, count in seen.items() if count > 1}
+    if shared:
+        offset, count = max(shared.items(), key=lambda item: item[1])
+        raise ImageRejected(
+            f"qcow2 clusters are shared: {count} L1 entries point at the L2 table at offset "
+            f"{offset}, so the metadata claims more allocated data than the file can hold"
+        )
 
 
 # --- VMDK -------------------------------------------------------------------------------------
@@ -436,12 +476,84 @@ def _human(size: int) -> str:
     return f"{size} B"  # pragma: no cover - the loop always returns
 
 
-def inspect_image(path: Path, declared_format: str) -> ImageInfo:
+def check_consistency(path: Path, declared_format: str) -> None:
+    """qcow2: `qemu-img check` (read-only, under limits) must find no corruption, no leak and
+    no error. A refcount that disagrees with the references (a cluster shared by several L2
+    entries, or one nothing uses) is how a crafted image claims more than the file holds."""
+    declared = _normalize_format(declared_format)
+    if declared != "QCOW2":
+        return
+    try:
+        report = qemu_img_check(Path(path), declared)
+    except QemuImgError as exc:
+        raise ImageRejected(f"qemu-img check cannot finish on the image: {exc.message}") from None
+    problems = []
+    corruptions = int(report.get("corruptions") or 0)
+    leaks = int(report.get("leaks") or 0)
+    errors = int(report.get("check-errors") or 0)
+    if corruptions:
+        problems.append(
+            f"{corruptions} corruption(s): refcounts that disagree with the references "
+            "(clusters shared by several L2 entries, or references past the end of the file)"
+        )
+    if leaks:
+        problems.append(f"{leaks} leaked cluster(s): refcounts on clusters nothing references")
+    if errors:
+        problems.append(f"{errors} check error(s): metadata qemu-img could not read")
+    if problems:
+        first = report.get("first-error") or ""
+        detail = f" (first: {_shown(first)})" if first else ""
+        raise ImageRejected("qemu-img check found " + "; ".join(problems) + detail)
+
+
+def measure_format(output_format: str) -> str:
+    """The qemu driver `qemu-img measure` is asked about: raw for raw output, else qcow2 (the
+    only other driver that can measure; it counts the allocated data)."""
+    return "raw" if output_format.lower() in ("raw", "iso") else "qcow2"
+
+
+def check_required_size(
+    path: Path,
+    declared_format: str,
+    *,
+    room: int | None,
+    room_name: str,
+    output_format: str | None = None,
+) -> int:
+    """Return the bytes `qemu-img measure` says writing path out as output_format (default:
+    its own format) takes; raise ImageRejected when that is more than `room` (None: no bound),
+    naming `room_name`. Compressed clusters and the like make this far larger than the file."""
+    declared = _normalize_format(declared_format)
+    target = measure_format(output_format or declared)
+    try:
+        report = qemu_img_measure(Path(path), declared, target)
+    except QemuImgError as exc:
+        raise ImageRejected(f"qemu-img measure cannot size the image: {exc.message}") from None
+    required = report.get("required")
+    if not isinstance(required, int) or required < 0:
+        raise ImageRejected("qemu-img measure gives no required size for the image")
+    if room is not None and required > room:
+        raise ImageRejected(
+            f"writing the image needs {_human(required)} ({required} bytes, qemu-img measure), "
+            f"more than the {max(room, 0)} bytes {room_name} leaves"
+        )
+    return required
+
+
+def inspect_image(
+    path: Path,
+    declared_format: str,
+    *,
+    room: int | None = None,
+    room_name: str = "the storage",
+    output_format: str | None = None,
+) -> ImageInfo:
     """Check path as an image of declared_format and return its sizes, or raise ImageRejected.
 
     Runs `check_header` first, then `qemu-img info -f <format>` under limits, then checks that
     qemu-img agrees: same format, no backing file, no data file, and a virtual size within
-    settings.STENCIL_MAX_VIRTUAL_SIZE.
+    settings.STENCIL_MAX_VIRTUAL_SIZE; then `check_consistency` (qemu-img check) and
+    `check_required_size` (qemu-img measure within `room` bytes, named `room_name`).
     """
     declared = _normalize_format(declared_format)
     check_header(path, declared)
@@ -480,14 +592,29 @@ def inspect_image(path: Path, declared_format: str) -> ImageInfo:
     virtual_size = info.get("virtual-size")
     if not isinstance(virtual_size, int) or virtual_size <= 0:
         raise ImageRejected("image has no usable virtual size")
-    limit = getattr(settings, "STENCIL_MAX_VIRTUAL_SIZE", DEFAULT_MAX_VIRTUAL_SIZE)
-    if virtual_size > limit:
-        raise ImageRejected(
-            f"image virtual size {_human(virtual_size)} exceeds the limit of {_human(limit)}"
-        )
+    check_virtual_size(virtual_size)
+    check_consistency(path, declared)
+    required = check_required_size(
+        path, declared, room=room, room_name=room_name, output_format=output_format
+    )
     actual_size = info.get("actual-size")
     return ImageInfo(
         format=declared,
         virtual_size=virtual_size,
         actual_size=actual_size if isinstance(actual_size, int) else None,
+        required_size=required,
     )
+
+
+def max_virtual_size() -> int:
+    """The largest virtual size a template may have (settings.STENCIL_MAX_VIRTUAL_SIZE)."""
+    return int(getattr(settings, "STENCIL_MAX_VIRTUAL_SIZE", DEFAULT_MAX_VIRTUAL_SIZE))
+
+
+def check_virtual_size(virtual_size: int) -> None:
+    limit = max_virtual_size()
+    if virtual_size > limit:
+        raise ImageRejected(
+            f"image virtual size {_human(virtual_size)} exceeds the limit of {_human(limit)} "
+            "(STENCIL_MAX_VIRTUAL_SIZE)"
+        )

@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +37,13 @@ DEFAULT_ADDRESS_SPACE = 1 << 30
 # stack and malloc arena count against the address space, so 1 GiB made busy machines abort
 # with "qemu_thread_create: Resource temporarily unavailable".
 CONVERT_ADDRESS_SPACE = 4 << 30
-_STDERR_LIMIT = 2000
+_STDERR_LIMIT = 2000  # of an error message
+_STDERR_KEEP = 64 << 10  # of what qemu-img prints on stderr
+_STDOUT_LIMIT = 16 << 20
+# `check` and `measure` walk the metadata: proportional to the file (a crafted image that makes
+# them run longer is killed and rejected).
+CHECK_TIMEOUT = 300
+CHECK_CPU_SECONDS = 60
 
 
 class QemuImgError(Exception):
@@ -98,17 +105,37 @@ def _trim(stderr: str) -> str:
     return text
 
 
+def _bounded_reader(stream, limit: int, sink: list[bytes]) -> threading.Thread:
+    """Read a child's stream to its end, keeping only its first `limit` bytes: a crafted image
+    makes `qemu-img check` print one line per bad cluster (millions), which must cost this
+    process nothing."""
+
+    def read() -> None:
+        kept = 0
+        while chunk := stream.read(1 << 16):
+            if kept < limit:
+                sink.append(chunk[: limit - kept])
+                kept += len(sink[-1])
+        stream.close()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
 def run_qemu_img(
     args: Sequence[str | os.PathLike[str]],
     *,
     timeout: float = 120,
     cpu_seconds: int = 30,
     address_space: int = DEFAULT_ADDRESS_SPACE,
+    ok_returncodes: frozenset[int] = frozenset({0}),
 ) -> subprocess.CompletedProcess[str]:
     """Run `qemu-img *args` (no shell) under limits; return the completed process.
 
-    Raises QemuImgError on a non-zero exit (with qemu-img's stderr), on a timeout, when the
-    binary is missing, and before running anything when an argument is a `json:` name.
+    Raises QemuImgError on an exit status outside `ok_returncodes` (with qemu-img's stderr),
+    on a timeout, when the binary is missing, and before running anything when an argument is
+    a `json:` name. Of stdout only the first 16 MiB and of stderr the first 64 KiB are kept.
     Callers should pass absolute paths: qemu-img reads `proto:rest` before any `/` as a
     protocol, and an absolute path can never be one.
     """
@@ -118,39 +145,60 @@ def run_qemu_img(
     env = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     # Two malloc arenas, not one per thread (64 MiB of address space each on 64-bit).
     env["MALLOC_ARENA_MAX"] = "2"
+    what = f"qemu-img {command[1]}" if len(command) > 1 else "qemu-img"
     try:
-        result = subprocess.run(
+        process = subprocess.Popen(
             command,
             env=env,
             preexec_fn=_limits(cpu_seconds, address_space),
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             close_fds=True,
         )
-    except subprocess.TimeoutExpired:
-        what = f"qemu-img {command[1]}" if len(command) > 1 else "qemu-img"
-        raise QemuImgError(f"{what} timed out after {timeout:g} s") from None
     except FileNotFoundError:
         raise QemuImgError(f"{QEMU_IMG} is not installed") from None
-    if result.returncode != 0:
+    out: list[bytes] = []
+    err: list[bytes] = []
+    readers = [
+        _bounded_reader(process.stdout, _STDOUT_LIMIT, out),
+        _bounded_reader(process.stderr, _STDERR_KEEP, err),
+    ]
+    try:
+        returncode = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise QemuImgError(f"{what} timed out after {timeout:g} s") from None
+    finally:
+        for reader in readers:
+            reader.join()
+    result = subprocess.CompletedProcess(
+        command,
+        returncode,
+        b"".join(out).decode("utf-8", "replace"),
+        b"".join(err).decode("utf-8", "replace"),
+    )
+    if returncode not in ok_returncodes:
         message = _trim(result.stderr)
-        if result.returncode < 0:
+        if returncode < 0:
             # Killed by a signal: the CPU limit (SIGXCPU/SIGKILL) or an abort when the
             # address-space limit made an allocation fail.
             try:
-                name = signal.Signals(-result.returncode).name
+                name = signal.Signals(-returncode).name
             except ValueError:
-                name = f"signal {-result.returncode}"
+                name = f"signal {-returncode}"
             detail = f"killed by {name}"
             message = f"{message} ({detail})" if message else detail
-        raise QemuImgError(
-            message or f"qemu-img exited with status {result.returncode}", result.returncode
-        )
+        raise QemuImgError(message or f"qemu-img exited with status {returncode}", returncode)
     return result
+
+
+def _json_of(result: subprocess.CompletedProcess[str], what: str) -> dict:
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError as exc:
+        raise QemuImgError(f"qemu-img {what} printed invalid JSON: {exc}") from None
 
 
 def qemu_img_info(path: Path, image_format: str) -> dict:
@@ -163,10 +211,48 @@ def qemu_img_info(path: Path, image_format: str) -> dict:
     result = run_qemu_img(
         ["info", "-f", qemu_format(image_format), "--output=json", Path(path).absolute()]
     )
-    try:
-        return json.loads(result.stdout)
-    except json.JSONDecodeError as exc:
-        raise QemuImgError(f"qemu-img info printed invalid JSON: {exc}") from None
+    return _json_of(result, "info")
+
+
+# `qemu-img check` exits 0 when clean, 1 when the check could not complete, 2 with
+# corruptions, 3 with leaks; each of them still prints its JSON report.
+_CHECK_REPORTED = frozenset({0, 1, 2, 3})
+
+
+def qemu_img_check(path: Path, image_format: str) -> dict:
+    """Return `qemu-img check --output=json` for path (read-only: no `-r`), under the same
+    limits as `info` but more CPU time, as the check walks every L2 table. The report has
+    `corruptions`, `leaks` and `check-errors` when there are any."""
+    result = run_qemu_img(
+        ["check", "-f", qemu_format(image_format), "--output=json", Path(path).absolute()],
+        timeout=CHECK_TIMEOUT,
+        cpu_seconds=CHECK_CPU_SECONDS,
+        ok_returncodes=_CHECK_REPORTED,
+    )
+    report = _json_of(result, "check")
+    report["first-error"] = next(
+        (line.strip() for line in result.stderr.splitlines() if line.startswith("ERROR")), ""
+    )
+    return report
+
+
+def qemu_img_measure(path: Path, image_format: str, output_format: str) -> dict:
+    """Return `qemu-img measure --output=json` (`required`, `fully-allocated`, in bytes) of
+    path converted to output_format (qcow2 or raw: the drivers that can measure)."""
+    result = run_qemu_img(
+        [
+            "measure",
+            "-f",
+            qemu_format(image_format),
+            "-O",
+            output_format,
+            "--output=json",
+            Path(path).absolute(),
+        ],
+        timeout=CHECK_TIMEOUT,
+        cpu_seconds=CHECK_CPU_SECONDS,
+    )
+    return _json_of(result, "measure")
 
 
 def qemu_img_create_overlay(

@@ -282,6 +282,17 @@ def test_direct_download_registration_is_checked_by_a_host_and_verified(
     assert response.status_code == 400
     assert f"{agent.name}: HTTP 404" in str(response.data["url"])
 
+    # The virtual size the host read from the image's header is held to the limit at once.
+    settings.STENCIL_MAX_VIRTUAL_SIZE = 256 * 1024 * 1024
+    response = api.post(
+        "/api/v1/templates/",
+        {**body, "url": httpserver.url_for("/big.qcow2"), "checksum": template.checksum},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "exceeds the limit of 256 MiB (STENCIL_MAX_VIRTUAL_SIZE)" in str(response.data["url"])
+    settings.STENCIL_MAX_VIRTUAL_SIZE = 2 << 40
+
     response = api.post(
         "/api/v1/templates/",
         {

@@ -154,14 +154,17 @@ def test_metalink_with_a_dead_first_mirror_uses_the_next_and_its_hash(
 def test_metalink_listing_only_file_and_denied_addresses_fails_cleanly(
     httpserver, register, host_pool, zone, account, user, settings
 ):
+    """Registration saw a usable metalink; by deploy time it lists only refused mirrors."""
     settings.STENCIL_URL_DENIED_NETWORKS = ["169.254.0.0/16", "10.9.9.9/32"]
+    usable = metalink((httpserver.url_for("/dd.qcow2"), 1), hash_hex="ab" * 32)
+    httpserver.expect_ordered_request("/dd.metalink").respond_with_data(usable)
+    template = register(url=httpserver.url_for("/dd.metalink"), direct_download=True)
     body = metalink(
         ("file:///etc/passwd", 1),
         ("http://169.254.169.254/latest", 2),
         ("http://10.9.9.9/x.qcow2", 3),
     )
     httpserver.expect_request("/dd.metalink").respond_with_data(body)
-    template = register(url=httpserver.url_for("/dd.metalink"), direct_download=True)
 
     vm = deploy(template, zone, account, user)
 

@@ -175,6 +175,28 @@ def test_a_stopped_follower_is_rebuilt_onto_the_new_version(pool, lineage, zone,
     assert virt.domain_state(conn, vms.domain_name(rebuilt)) == "running"
 
 
+def test_a_stopped_follower_is_not_moved_onto_a_quarantined_version(
+    pool, lineage, zone, account, user, tmp_path
+):
+    from templates_app import storepaths
+    from templates_app.rescan import rescan_images
+    from tests import image_bombs
+
+    base, add_version = lineage
+    vm = stop(
+        deploy(base, zone, account, user, stateless=True, use_latest_template_version=True), user
+    )
+    v2 = add_version("v2")
+    copy = TemplateStoreRef.objects.get(template=v2)
+    bomb = image_bombs.shared_cluster(tmp_path / "bomb.qcow2").read_bytes()
+    storepaths.absolute(copy.store, copy.install_path).write_bytes(bomb)
+    assert rescan_images().quarantined == 1
+
+    assert rebuild_latest_followers(base_template_id=base.pk) == 0
+    vm.refresh_from_db()
+    assert vm.template_id == base.pk
+
+
 def test_a_running_follower_is_rebuilt_when_it_next_stops(pool, lineage, zone, account, user):
     base, add_version = lineage
     vm = deploy(base, zone, account, user, stateless=True, use_latest_template_version=True)

@@ -17,6 +17,7 @@ import libvirt
 import pytest
 
 from agents_app.agent import virt
+from templates_app.images.inspection import ImageRejected
 from templates_app.images.qemu import QemuImgError, qemu_img_info, run_qemu_img
 from tests import libvirt_backends
 from tests.libvirt_backends import LibvirtBackend
@@ -209,7 +210,7 @@ def test_write_full_copy_failure_leaves_nothing(libvirt_backend, tmp_path):
     pool_name, pool_dir = libvirt_backend.pool_name, libvirt_backend.pool_dir
     missing = tmp_path / "no-such-template.qcow2"
 
-    with pytest.raises(QemuImgError):
+    with pytest.raises(ImageRejected, match="cannot be read"):
         virt.write_full_copy(
             conn,
             pool_name,

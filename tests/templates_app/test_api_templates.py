@@ -269,13 +269,21 @@ def test_registration_applies_the_outbound_url_rules(api, zone, store, url, rule
     assert Template.objects.count() == 0
 
 
-def test_direct_download_needs_a_checksum_unless_metalink(api, zone, store):
+def test_direct_download_needs_a_checksum_unless_metalink(api, zone, store, httpserver, settings):
+    settings.STENCIL_URL_ALLOW_LOOPBACK = True
     body = payload(zone, direct_download=True, checksum="")
     response = api.post(LIST, body, format="json")
     assert response.status_code == 400
     assert "required for direct download" in str(response.data["checksum"])
-    response = api.post(LIST, {**body, "url": "https://mirror.example/x.meta4"}, format="json")
+    listing = (
+        '<metalink xmlns="urn:ietf:params:xml:ns:metalink"><file name="x">'
+        f'<hash type="sha-256">{"ab" * 32}</hash>'
+        f"<url>{httpserver.url_for('/x.qcow2')}</url></file></metalink>"
+    )
+    httpserver.expect_request("/x.meta4").respond_with_data(listing)
+    response = api.post(LIST, {**body, "url": httpserver.url_for("/x.meta4")}, format="json")
     assert response.status_code == 201, response.data
+    assert response.data["checksum"] == "{SHA-256}" + "ab" * 32
 
 
 @pytest.mark.parametrize(

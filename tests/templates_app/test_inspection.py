@@ -158,15 +158,22 @@ def test_qcow2_declared_raw_or_iso_is_rejected(qcow2, no_qemu):
 
 
 def test_qcow2_that_qemu_img_refuses_is_rejected_with_its_message(qcow2):
-    patch(qcow2, 36, struct.pack(">I", 0x7FFFFFFF))  # l1_size
+    patch(qcow2, 56, struct.pack(">I", 0x7FFFFFFF))  # refcount_table_clusters
     reason = rejected(qcow2, "QCOW2")
     assert reason.startswith("qemu-img cannot read the image:")
-    assert "L1 table too large" in reason
+    assert "Reference count table too large" in reason
+
+
+def test_qcow2_l1_table_larger_than_qemu_allows_is_rejected_before_qemu(qcow2, no_qemu):
+    patch(qcow2, 36, struct.pack(">I", 0x7FFFFFFF))  # l1_size
+    assert "L1 table of 2147483647 entries is larger than qemu allows" in rejected(qcow2, "QCOW2")
 
 
 def test_virtual_size_limit_comes_from_settings(qcow2, settings):
     settings.STENCIL_MAX_VIRTUAL_SIZE = 32 * MiB
-    assert rejected(qcow2, "QCOW2") == ("image virtual size 64 MiB exceeds the limit of 32 MiB")
+    assert rejected(qcow2, "QCOW2") == (
+        "image virtual size 64 MiB exceeds the limit of 32 MiB (STENCIL_MAX_VIRTUAL_SIZE)"
+    )
 
 
 # --- raw --------------------------------------------------------------------------------------
@@ -174,7 +181,9 @@ def test_virtual_size_limit_comes_from_settings(qcow2, settings):
 
 def test_raw_is_accepted_as_raw(raw):
     info = inspect_image(raw, "RAW")
-    assert info == ImageInfo(format="RAW", virtual_size=MiB, actual_size=info.actual_size)
+    assert info == ImageInfo(
+        format="RAW", virtual_size=MiB, actual_size=info.actual_size, required_size=MiB
+    )
 
 
 def test_raw_declared_qcow2_is_rejected(raw, no_qemu):
@@ -464,3 +473,18 @@ def test_convert_qcow2_to_raw(tmp_path, qcow2):
         f.seek(MiB)
         assert f.read(64 * 1024) == b"\x5a" * 64 * 1024
     assert inspect_image(out, "RAW").virtual_size == 64 * MiB
+
+
+def test_qemu_img_output_is_kept_bounded(tmp_path):
+    """`qemu-img check` of an image with half a million bad clusters prints a line for each:
+    the runner keeps 64 KiB of it, not tens of megabytes."""
+    from templates_app.images.qemu import run_qemu_img
+    from tests import image_bombs
+
+    bomb = image_bombs.claims_past_end(tmp_path / "past-end.qcow2")
+    result = run_qemu_img(
+        ["check", "-f", "qcow2", "--output=json", bomb], ok_returncodes=frozenset({2})
+    )
+    assert result.stderr.count("ERROR") > 100
+    assert len(result.stderr.encode()) <= 64 << 10
+    assert '"corruptions": 524286' in result.stdout

@@ -37,7 +37,7 @@ def test_an_unexpected_exception_ends_in_download_error_with_its_text(
     httpserver.expect_request("/d.qcow2").respond_with_data(qcow2_bytes)
     template = register(url=httpserver.url_for("/d.qcow2"), checksum=sha256(qcow2_bytes))
 
-    def broken_inspection(path, image_format):
+    def broken_inspection(path, image_format, **bounds):
         raise UnicodeEncodeError("latin-1", "é", 0, 1, "ordinal not in range(256)")
 
     monkeypatch.setattr(copies, "inspect_image", broken_inspection)
