@@ -11,6 +11,7 @@ from django_fsm import can_proceed
 from templates_app.choices import TemplateState
 from templates_app.errors import (
     InvalidInput,
+    LimitExceeded,
     StencilError,
     TemplateNotUsable,
     TransitionConflict,
@@ -137,6 +138,23 @@ def _lock_usable_template(
     return template
 
 
+def _reserve_vm_slot(account: Account) -> None:
+    """Refuse a new VM past the account's `max_vms`; the account row lock (taken first: account
+    -> template -> VM) makes concurrent creates count one another."""
+    locked = Account.objects.select_for_update().get(pk=account.pk)
+    if locked.max_vms is None:
+        return
+    in_use = (
+        VirtualMachine.objects.filter(account_id=account.pk).exclude(state=VmState.EXPUNGED).count()
+    )
+    if in_use >= locked.max_vms:
+        raise LimitExceeded(
+            f"account '{locked}' already has {in_use} of {locked.max_vms} VMs allowed "
+            "(destroyed VMs count until they are expunged)",
+            field="max_vms",
+        )
+
+
 @transaction.atomic
 def vm_create(
     *,
@@ -158,6 +176,7 @@ def vm_create(
     follow = followed_channel(
         use_latest_template_version=use_latest_template_version, follow_channel=follow_channel
     )
+    _reserve_vm_slot(account)
     template = _lock_usable_template(
         template_id, zone, account=account, stateless=stateless, follow=follow
     )
@@ -457,6 +476,7 @@ def vm_deploy(
     follow = followed_channel(
         use_latest_template_version=use_latest_template_version, follow_channel=follow_channel
     )
+    _reserve_vm_slot(account)
     template = _lock_usable_template(
         template_id, zone, account=account, stateless=stateless, follow=follow
     )

@@ -727,6 +727,7 @@ class AccountAdmin(admin.ModelAdmin):
         "members",
         ("used_templates", "max_templates"),
         ("used_secondary_bytes", "max_secondary_bytes"),
+        "max_vms",
         "uuid",
         "created_at",
     )

@@ -12,6 +12,7 @@ FIELD_ALIASES = {
     "version.version_name": "version_name",
     "max_templates": "account",
     "max_secondary_bytes": "account",
+    "max_vms": "account",
 }
 
 

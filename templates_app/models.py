@@ -32,6 +32,8 @@ class Account(models.Model):
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="accounts", blank=True)
     max_templates = models.PositiveIntegerField(null=True, blank=True)
     max_secondary_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    # VMs that are not expunged count: a destroyed VM can still be recovered.
+    max_vms = models.PositiveIntegerField(null=True, blank=True)
     used_templates = models.PositiveIntegerField(default=0)
     used_secondary_bytes = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)

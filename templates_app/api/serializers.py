@@ -82,6 +82,7 @@ class AccountSerializer(serializers.ModelSerializer):
             "name",
             "max_templates",
             "max_secondary_bytes",
+            "max_vms",
             "used_templates",
             "used_secondary_bytes",
             "created_at",
