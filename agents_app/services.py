@@ -139,8 +139,9 @@ def _lock_usable_template(
 
 
 def _reserve_vm_slot(account: Account) -> None:
-    """Refuse a new VM past the account's `max_vms`; the account row lock (taken first: account
-    -> template -> VM) makes concurrent creates count one another."""
+    """Refuse a new VM past the account's `max_vms`; the account row lock makes concurrent
+    creates count one another. Taken after the template's lock, in the order a deactivation
+    takes them (template, then the account it releases), so the two never deadlock."""
     locked = Account.objects.select_for_update().get(pk=account.pk)
     if locked.max_vms is None:
         return
@@ -176,10 +177,10 @@ def vm_create(
     follow = followed_channel(
         use_latest_template_version=use_latest_template_version, follow_channel=follow_channel
     )
-    _reserve_vm_slot(account)
     template = _lock_usable_template(
         template_id, zone, account=account, stateless=stateless, follow=follow
     )
+    _reserve_vm_slot(account)
     vm = VirtualMachine.objects.create(
         name=name,
         template=template,
@@ -476,10 +477,10 @@ def vm_deploy(
     follow = followed_channel(
         use_latest_template_version=use_latest_template_version, follow_channel=follow_channel
     )
-    _reserve_vm_slot(account)
     template = _lock_usable_template(
         template_id, zone, account=account, stateless=stateless, follow=follow
     )
+    _reserve_vm_slot(account)
     host, pool = _pick_host_and_pool(zone)
     vm = VirtualMachine(
         name=name,
