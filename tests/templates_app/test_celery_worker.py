@@ -7,6 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
+import kombu
 import pytest
 from django.db import connection
 
@@ -28,6 +29,16 @@ def database_url() -> str:
 
 @pytest.fixture
 def worker(private_celery_queue):
+    """A real worker on this test process's queue, started empty.
+
+    Earlier transactional tests leave tasks on the queue that nothing consumed (downloads from
+    servers long gone, deploys to hosts that no longer exist); a solo worker would work through
+    them first and miss the test's deadline, so the queue is purged before it starts.
+    """
+    with app.connection_for_write() as conn:
+        queue = kombu.Queue(private_celery_queue, channel=conn.default_channel)
+        queue.declare()  # RabbitMQ refuses to purge a queue it has never seen
+        queue.purge()
     name = f"stencil-test-{uuid.uuid4().hex[:8]}@localhost"
     env = {
         **os.environ,
@@ -63,7 +74,11 @@ def worker(private_celery_queue):
         yield process
     finally:
         process.terminate()
-        process.wait(timeout=20)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def wait_for_state(template: Template, state: str, timeout: float = 20) -> None:
