@@ -16,6 +16,7 @@ class AgentsAppConfig(AppConfig):
         from versions_app.channel_followers import register_follower_source
         from versions_app.signals import channel_moved, version_usable
 
+        from .cloudstack.infrastructure import register_infrastructure_commands
         from .cloudstack.storage import register_storage_commands
         from .cloudstack.vms import register_vm_commands
         from .followers import channel_followers
@@ -26,6 +27,7 @@ class AgentsAppConfig(AppConfig):
         register_compute_references()
         register_vm_commands()
         register_storage_commands()
+        register_infrastructure_commands()
         register_direct_download_checker(direct_download_check)
         version_usable.connect(on_version_usable, dispatch_uid="agents.version_usable")
         channel_moved.connect(on_channel_moved, dispatch_uid="agents.channel_moved")

@@ -3,8 +3,8 @@
 
 from templates_app import selectors as catalogue
 from templates_app.cloudstack.errors import CloudStackError
-from templates_app.cloudstack.registry import Call, Command, Param, register
-from templates_app.cloudstack.responses import cs_date, list_response
+from templates_app.cloudstack.registry import LIST_PARAMS, Call, Command, Param, register
+from templates_app.cloudstack.responses import cs_date, list_response, paged
 from templates_app.models import Zone
 from versions_app.cloudstack.responses import template_rows, with_copies
 
@@ -80,6 +80,28 @@ def revoke_certificate(call: Call, hypervisor, id=None, name=None, zoneid=None) 
     return list_response("directdownloadcertificatehoststatus", certificate_row(fresh)["hostsmap"])
 
 
+def list_certificates(
+    call: Call, id=None, zoneid=None, hypervisor=None, listhosts=False, page=None, pagesize=None
+) -> dict:
+    """listTemplateDirectDownloadCertificates: the live (not revoked) certificates, as the
+    REST list; per-host states only with `listhosts`."""
+    if hypervisor is not None:
+        _kvm_only(call, hypervisor)
+    certs = certificates.certificates_list().filter(revoked_at__isnull=True).order_by("alias")
+    if id is not None:
+        certs = certs.filter(uuid=id)
+    if zoneid is not None:
+        certs = certs.filter(zone=_zone(call, zoneid))
+    count = certs.count()
+    rows = []
+    for cert in paged(certs, page, pagesize):
+        row = certificate_row(cert)
+        if not listhosts:
+            del row["hostsmap"]
+        rows.append(row)
+    return list_response("directdownloadcertificate", rows, count=count)
+
+
 def prepare_template(call: Call, templateid, zoneid, storageid=None) -> dict:
     """Pin the template on the zone's pools (or the one pool `storageid`), copied now."""
     template = catalogue.template_detail_queryset(user=call.user).filter(uuid=templateid).first()
@@ -130,6 +152,21 @@ def register_storage_commands() -> None:
                 Param("zoneid", "uuid", description="The certificate's zone (with name)"),
             ),
             "Revoke a direct download certificate from the hosts of its zone",
+            staff_only=True,
+            fields=FIELDS,
+        ),
+        Command(
+            "listTemplateDirectDownloadCertificates",
+            list_certificates,
+            (
+                Param("id", "uuid", description="The certificate's id"),
+                Param("zoneid", "uuid", description="The zone"),
+                Param("hypervisor", description="Hypervisor type (KVM)"),
+                Param("listhosts", "boolean", description="With the state on each host"),
+                *LIST_PARAMS,
+            ),
+            "List the uploaded certificates for direct download templates",
+            entity="directdownloadcertificate",
             staff_only=True,
             fields=FIELDS,
         ),

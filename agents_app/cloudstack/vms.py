@@ -5,12 +5,13 @@ power actions move the row at once (the host follows), so their jobs are done wh
 
 import uuid as uuid_lib
 
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 
 from templates_app import selectors as catalogue
 from templates_app.cloudstack.jobs import AsyncStart, JobOutcome, register_resolver
 from templates_app.cloudstack.registry import LIST_PARAMS, Call, Command, Param, register
 from templates_app.cloudstack.responses import cs_date, list_response, paged
+from templates_app.models import TemplateStoreRef
 
 from .. import selectors, services
 from ..choices import VmState
@@ -27,6 +28,14 @@ CS_STATE = {
 }
 STATE_OF_CS = {name.lower(): state for state, name in CS_STATE.items()}
 FIELDS = {"zone": "zoneid", "template": "templateid", "name": "name"}
+NIC_NAMESPACE = uuid_lib.UUID("5b0c2f9e-3d41-4f7a-9c8e-2a6d1e4b7f03")
+
+
+def _nic(vm: VirtualMachine) -> dict:
+    """Stencil has no guest networking, but every CloudStack VM has a default NIC and clients
+    index it (Terraform's provider reads `nic[0].ipaddress` after a deploy and panics on an
+    empty list): one NIC without network or address. libcloud skips a NIC without address."""
+    return {"id": str(uuid_lib.uuid5(NIC_NAMESPACE, str(vm.uuid))), "isdefault": True}
 
 
 def vm_row(vm: VirtualMachine, *, is_staff: bool) -> dict:
@@ -54,7 +63,7 @@ def vm_row(vm: VirtualMachine, *, is_staff: bool) -> dict:
         "haenable": False,
         "passwordenabled": False,
         "isdynamicallyscalable": False,
-        "nic": [],
+        "nic": [_nic(vm)],
         "securitygroup": [],
         "affinitygroup": [],
         "tags": [],
@@ -212,6 +221,74 @@ def list_service_offerings(call: Call, id=None, name=None, keyword=None, page=No
     return list_response("serviceoffering", paged(rows, page, pagesize), count=len(rows))
 
 
+def _disk_size(vm: VirtualMachine) -> int:
+    """The template's virtual size: from the cached copy the disk is an overlay on, else from
+    the template's copy on secondary storage (`image_size`); 0 when no copy knows it yet."""
+    if vm.pool_copy is not None and vm.pool_copy.size:
+        return vm.pool_copy.size
+    return vm.image_size or 0
+
+
+def volume_row(vm: VirtualMachine, *, is_staff: bool) -> dict:
+    """CloudStack's VolumeResponse of a VM's root disk (a VM has exactly one disk here; the
+    volume's id is the VM's). Its size is the template's virtual size when the disk is an
+    overlay on a cached copy. The pool is infrastructure: for staff only."""
+    row = {
+        "id": str(vm.uuid),
+        "name": f"ROOT-{vm.name}",
+        "type": "ROOT",
+        "deviceid": 0,
+        "virtualmachineid": str(vm.uuid),
+        "vmname": vm.name,
+        "vmdisplayname": vm.name,
+        "vmstate": CS_STATE[vm.state],
+        "state": "Destroy" if vm.state == VmState.DESTROYED else "Ready",
+        "destroyed": vm.state == VmState.DESTROYED,
+        "zoneid": str(vm.zone.uuid),
+        "zonename": vm.zone.name,
+        "templateid": str(vm.template.uuid),
+        "templatename": vm.template.name,
+        "account": vm.account.name,
+        "domain": "ROOT",
+        "hypervisor": vm.template.hypervisor,
+        "storagetype": "shared",
+        "created": cs_date(vm.created_at),
+        "size": _disk_size(vm),
+    }
+    if is_staff and vm.pool is not None:
+        row["storageid"], row["storage"] = str(vm.pool.uuid), vm.pool.name
+    return row
+
+
+def list_volumes(call: Call, **params) -> dict:
+    """The root disks of the caller's VMs (libcloud's list_volumes; Terraform's instance reads
+    `listVolumes type=ROOT virtualmachineid=`). No data disks: another `type` is empty."""
+    if params.get("type") and params["type"].upper() != "ROOT":
+        return {}
+    image_sizes = TemplateStoreRef.objects.filter(
+        template_id=OuterRef("template_id"), size__isnull=False
+    ).order_by("-size")
+    vms = (
+        selectors.vms_visible_to(call.user)
+        .select_related("pool_copy")
+        .annotate(image_size=Subquery(image_sizes.values("size")[:1]))
+        .exclude(state=VmState.EXPUNGED)
+    )
+    for name in ("id", "virtualmachineid"):
+        if params.get(name):
+            vms = vms.filter(uuid=params[name])
+    if params.get("zoneid"):
+        vms = vms.filter(zone__uuid=params["zoneid"])
+    if params.get("keyword"):
+        vms = vms.filter(name__icontains=params["keyword"])
+    count = vms.count()
+    rows = [
+        volume_row(vm, is_staff=call.user.is_staff)
+        for vm in paged(vms, params.get("page"), params.get("pagesize"))
+    ]
+    return list_response("volume", rows, count=count)
+
+
 def nothing(call: Call, **params) -> dict:
     """Stencil has no guest networking: the listings libcloud's list_nodes asks for are empty."""
     return {}
@@ -281,8 +358,22 @@ def register_vm_commands() -> None:
             "Lists all available service offerings",
             entity="serviceoffering",
         ),
+        Command(
+            "listVolumes",
+            list_volumes,
+            (
+                Param("id", "uuid", description="The ID of the volume"),
+                Param("virtualmachineid", "uuid", description="The VM it belongs to"),
+                Param("type", description="ROOT (the only type here)"),
+                Param("zoneid", "uuid", description="The zone"),
+                *LIST_PARAMS,
+            ),
+            "Lists the root volumes of the account's VMs",
+            entity="volume",
+        ),
     )
     empty = (
+        ("listDiskOfferings", "Lists disk offerings (none: a VM has its root disk only)"),
         ("listNetworks", "Lists all available networks (none: no guest networking)"),
         ("listPublicIpAddresses", "Lists public IP addresses (none)"),
         ("listPortForwardingRules", "Lists port forwarding rules (none)"),

@@ -8,7 +8,7 @@ from .jobs import job_refresh, job_response
 from .models import AsyncJob
 from .ostypes import os_type_rows
 from .registry import LIST_PARAMS, Call, Command, Param, all_commands, register
-from .responses import list_response, paged
+from .responses import CLOUDSTACK_VERSION, list_response, page_bounds, paged
 
 
 def list_apis(call: Call, name: str | None = None) -> dict:
@@ -55,6 +55,45 @@ def query_async_job_result(call: Call, jobid) -> dict:
     return job_response(job_refresh(job))
 
 
+def list_async_jobs(call: Call, keyword=None, page=None, pagesize=None) -> dict:
+    """The caller's jobs (staff: everyone's), newest first; a pending one is brought up to date
+    as queryAsyncJobResult would (only those of the page: a finished job is read as stored)."""
+    jobs = AsyncJob.objects.select_related("content_type")
+    if not call.user.is_staff:
+        jobs = jobs.filter(user=call.user)
+    if keyword:
+        jobs = jobs.filter(command__icontains=keyword)
+    offset, limit = page_bounds(page, pagesize)
+    count = jobs.count()
+    rows = [job_response(job_refresh(job)) for job in jobs[offset : offset + limit]]
+    return list_response("asyncjobs", rows, count=count)
+
+
+def list_capabilities(call: Call) -> dict:
+    """CloudStack's CapabilitiesResponse, as clients read it (cloudmonkey, the UI): what a
+    user may do here. No security groups, projects or data disks."""
+    return {
+        "capability": {
+            "cloudstackversion": CLOUDSTACK_VERSION,
+            "securitygroupsenabled": False,
+            "dynamicrolesenabled": False,
+            "userpublictemplateenabled": True,
+            "supportELB": "false",
+            "projectinviterequired": False,
+            "allowusercreateprojects": False,
+            "customdiskofferingminsize": 0,
+            "customdiskofferingmaxsize": 0,
+            "regionsecondaryenabled": False,
+            "kvmsnapshotenabled": False,
+            "allowuserviewdestroyedvm": True,
+            "allowuserexpungerecovervm": True,
+            "apilimitinterval": 0,
+            "apilimitmax": 0,
+            "defaultuipagesize": DEFAULT_UI_PAGE_SIZE,
+        }
+    }
+
+
 def zone_row(zone) -> dict:
     return {
         "id": str(zone.uuid),
@@ -98,8 +137,24 @@ def list_os_types(call: Call, id=None, description=None, keyword=None, page=None
     return list_response("ostype", paged(rows, page, pagesize), count=len(rows))
 
 
+DEFAULT_UI_PAGE_SIZE = 20
+
+
 def register_transport_commands() -> None:
     for command in (
+        Command(
+            "listCapabilities",
+            list_capabilities,
+            (),
+            "Lists capabilities",
+        ),
+        Command(
+            "listAsyncJobs",
+            list_async_jobs,
+            LIST_PARAMS,
+            "Lists all pending and finished asynchronous jobs of the caller",
+            entity="asyncjobs",
+        ),
         Command(
             "listApis",
             list_apis,

@@ -57,15 +57,17 @@ def missing_parameter(command: str, name: str) -> CloudStackError:
 
 def invalid_parameter(command: str, name: str, value: str, rule: str = "") -> CloudStackError:
     """A malformed value, and an id that does not exist or that the caller may not see: the
-    same text, so another account's id cannot be told from a wrong one."""
+    same text, so another account's id cannot be told from a wrong one. It is CloudStack's own
+    text (ParamProcessWorker's, cserrorcode 9999): clients match it to tell "gone" from a
+    failure (Terraform's provider and cloudstack-go look for "incorrect long value format, or
+    entity does not exist")."""
     why = rule or (
-        "incorrect value format, or entity does not exist or due to incorrect parameter "
+        "incorrect long value format, or entity does not exist or due to incorrect parameter "
         "annotation for the field in api cmd class"
     )
     return CloudStackError(
         f"Unable to execute API command {command.lower()} due to invalid value. "
-        f"Invalid parameter {name} value={value} due to {why}.",
-        cs_code=INVALID_PARAMETER_VALUE_EXCEPTION,
+        f"Invalid parameter {name} value={value} due to {why}."
     )
 
 

@@ -3,9 +3,12 @@
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from xml.etree import ElementTree
 
 from .errors import CloudStackError
 
+# The CloudStack release whose API the facade follows (listCapabilities, the XML root).
+CLOUDSTACK_VERSION = "4.19.0.0"
 DEFAULT_PAGE_SIZE = 500  # CloudStack's default.page.size
 MAX_PAGE_SIZE = 500
 
@@ -40,3 +43,45 @@ def list_response(entity: str, rows: Sequence[dict], *, count: int | None = None
 def paged(rows: Sequence[Any], page: int | None, pagesize: int | None) -> list[Any]:
     offset, limit = page_bounds(page, pagesize)
     return list(rows[offset : offset + limit])
+
+
+def without_nulls(value: Any) -> Any:
+    """CloudStack's serializer leaves out fields that are null (Gson's default): clients test
+    for a field's presence (libcloud's `img.get("size")`), so a None is omitted, never sent."""
+    if isinstance(value, dict):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [without_nulls(item) for item in value if item is not None]
+    return value
+
+
+def _xml_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _xml_fill(parent: ElementTree.Element, key: str, value: Any) -> None:
+    """One field as CloudStack's XML serializer writes it: a list is the element repeated,
+    an object nested elements, anything else text."""
+    if isinstance(value, list):
+        for item in value:
+            _xml_fill(parent, key, item)
+        return
+    element = ElementTree.SubElement(parent, key)
+    if isinstance(value, dict):
+        for inner_key, inner in value.items():
+            _xml_fill(element, inner_key, inner)
+    else:
+        element.text = _xml_text(value)
+
+
+def xml_document(envelope: str, body: dict) -> bytes:
+    """`response=xml` (CloudStack's default): `<listzonesresponse cloud-stack-version=...>
+    <count>1</count><zone>...</zone></listzonesresponse>`."""
+    root = ElementTree.Element(envelope, {"cloud-stack-version": CLOUDSTACK_VERSION})
+    for key, value in body.items():
+        if key == "uuidList" and not value:
+            continue
+        _xml_fill(root, key, value)
+    return ElementTree.tostring(root, encoding="UTF-8", xml_declaration=True)

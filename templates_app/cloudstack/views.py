@@ -4,7 +4,7 @@ and answer in CloudStack's envelope (`{"<command>response": {...}}`, HTTP status
 import logging
 
 from django.db import transaction
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -12,6 +12,7 @@ from templates_app.errors import StencilError
 
 from . import errors, keys, registry
 from .jobs import AsyncStart, job_create, job_refresh
+from .responses import without_nulls, xml_document
 from .signing import check_signature
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _run(request: HttpRequest, params: dict[str, str], name: str) -> dict:
 
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
-def client_api(request: HttpRequest) -> JsonResponse:
+def client_api(request: HttpRequest) -> HttpResponse:
     params = _params_of(request)
     name = params.get("command", "")
     envelope = f"{name.lower()}response" if name else "errorresponse"
@@ -76,7 +77,16 @@ def client_api(request: HttpRequest) -> JsonResponse:
             code=errors.INTERNAL_ERROR,
         )
         body, status = failure.body(), failure.code
-    response = JsonResponse({envelope: body}, status=status)
+    body = without_nulls(body)
+    # XML unless JSON is asked for, as CloudStack answers (every client sends response=json).
+    if params.get("response", "xml").lower() == "json":
+        response: HttpResponse = JsonResponse({envelope: body}, status=status)
+    else:
+        response = HttpResponse(
+            xml_document(envelope, body),
+            status=status,
+            content_type="text/xml; charset=UTF-8",
+        )
     if status in errors.REASONS:  # HTTP's own phrase for 431 would say "header fields"
         response.reason_phrase = errors.REASONS[status]
     return response

@@ -85,7 +85,10 @@ def test_register_then_list_matches_the_rest_api(live_server, user, store, image
 
 
 @pytest.mark.django_db
-def test_a_template_in_every_zone_is_one_row_per_zone(user, store):
+@pytest.mark.parametrize("zones", [{"zoneid": "-1"}, {"zoneids": "-1"}, {}])
+def test_a_template_in_every_zone_is_one_row_per_zone(user, store, zones):
+    """zoneid=-1, and no zone at all (CloudStack's getZoneIds() is null then: Terraform's
+    cloudstack_template without `zone` registers so), is every zone."""
     other_zone = ZoneFactory(name="zone-b")
     ImageStoreFactory(zone=other_zone, name="store-b", path=store.path)
     pair = keys_for(user)
@@ -97,7 +100,7 @@ def test_a_template_in_every_zone_is_one_row_per_zone(user, store):
         format="QCOW2",
         hypervisor="KVM",
         url="https://mirror.example/e.qcow2",
-        zoneid="-1",
+        **zones,
     )
     only_b = call(pair, "listTemplates", templatefilter="self", zoneid=str(other_zone.uuid))[1]
 
@@ -118,7 +121,6 @@ def test_a_template_in_every_zone_is_one_row_per_zone(user, store):
         ({"hypervisor": "XenServer"}, 431, "hypervisor: unknown hypervisor 'XENSERVER'"),
         ({"zoneid": "00000000-0000-0000-0000-000000000000"}, 431, "Invalid parameter zoneid"),
         ({"zoneid": "zone-a"}, 431, "Invalid parameter zoneid value=zone-a"),
-        ({"zoneid": None}, 431, "missing parameter zoneid"),
         ({"ostypeid": "00000000-0000-0000-0000-000000000000"}, 431, "Invalid parameter ostypeid"),
         ({"checksum": "{MD5}abc"}, 431, "checksum: MD5 checksum must have 32 hex digits"),
         ({"url": "file:///etc/passwd"}, 431, "url: unsupported URL scheme 'file'"),
@@ -252,10 +254,19 @@ def test_list_templates_costs_a_constant_number_of_queries(
 
 @pytest.mark.django_db(transaction=True)
 def test_the_cs_client_sees_a_bad_delete_as_431(live_server, user):
+    """CloudStack's own text and code: Terraform's provider treats a delete answered with
+    "Invalid parameter id value=ID due to incorrect long value format, or entity does not
+    exist" as already gone."""
+    missing = "00000000-0000-0000-0000-000000000000"
     client = cs_client(live_server.url, keys_for(user), method="post")
     with pytest.raises(CloudStackApiException) as refused:
-        client.deleteTemplate(id="00000000-0000-0000-0000-000000000000")
+        client.deleteTemplate(id=missing)
     assert refused.value.response.status_code == 431
+    assert refused.value.error["cserrorcode"] == 9999
+    assert (
+        f"Invalid parameter id value={missing} due to incorrect long value format, "
+        "or entity does not exist"
+    ) in refused.value.error["errortext"]
     assert AsyncJob.objects.count() == 0
 
 

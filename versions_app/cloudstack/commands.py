@@ -129,14 +129,11 @@ def _detail_pairs(groups: list[dict[str, str]] | None) -> list[dict[str, str]]:
 
 
 def _registration_zones(call: Call, zoneid: str | None, zoneids: list | None):
-    """(zones, cross_zones): `zoneid` or `zoneids`; -1 is every zone."""
+    """(zones, cross_zones): `zoneid` or `zoneids`; -1 is every zone, and so is neither
+    (RegisterTemplateCmd.getZoneIds answers null, all zones, then: Terraform's provider
+    registers so when its `zone` is not set)."""
     wanted = list(zoneids or []) or ([zoneid] if zoneid else [])
-    if not wanted:
-        raise CloudStackError(
-            f"Unable to execute API command {call.command.lower()} due to missing parameter "
-            "zoneid (or zoneids)"
-        )
-    if "-1" in [str(value) for value in wanted]:
+    if not wanted or "-1" in [str(value) for value in wanted]:
         return [], True
     zones = []
     for value in wanted:
@@ -391,7 +388,7 @@ REGISTRATION_PARAMS = (
     Param("name", required=True, description="The name of the template"),
     Param("displaytext", length=4096, description="The display text of the template"),
     Param("url", required=True, length=2048, description="The URL of where the image is"),
-    Param("zoneid", description="The zone ID; -1 for all zones"),
+    Param("zoneid", description="The zone ID; -1 (or no zoneid nor zoneids) for all zones"),
     Param("zoneids", "list", description="Zone IDs; -1 for all zones"),
     Param("ostypeid", "uuid", description="The OS type (listOsTypes)"),
     Param("checksum", length=160, description="{ALGORITHM}hex digest of the image"),
