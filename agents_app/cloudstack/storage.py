@@ -81,7 +81,14 @@ def revoke_certificate(call: Call, hypervisor, id=None, name=None, zoneid=None) 
 
 
 def list_certificates(
-    call: Call, id=None, zoneid=None, hypervisor=None, listhosts=False, page=None, pagesize=None
+    call: Call,
+    id=None,
+    zoneid=None,
+    hypervisor=None,
+    listhosts=False,
+    keyword=None,
+    page=None,
+    pagesize=None,
 ) -> dict:
     """listTemplateDirectDownloadCertificates: the live (not revoked) certificates, as the
     REST list; per-host states only with `listhosts`."""
@@ -92,6 +99,8 @@ def list_certificates(
         certs = certs.filter(uuid=id)
     if zoneid is not None:
         certs = certs.filter(zone=_zone(call, zoneid))
+    if keyword:
+        certs = certs.filter(alias__icontains=keyword)
     count = certs.count()
     rows = []
     for cert in paged(certs, page, pagesize):

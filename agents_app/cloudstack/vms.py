@@ -378,6 +378,12 @@ def register_vm_commands() -> None:
         ("listPublicIpAddresses", "Lists public IP addresses (none)"),
         ("listPortForwardingRules", "Lists port forwarding rules (none)"),
         ("listIpForwardingRules", "Lists IP forwarding rules (none)"),
+        # What libcloud's list_key_pairs / ex_list_* and cloudmonkey ask for: none exist here.
+        ("listSSHKeyPairs", "Lists SSH key pairs (none: VMs get no keys)"),
+        ("listSecurityGroups", "Lists security groups (none)"),
+        ("listAffinityGroups", "Lists affinity groups (none)"),
+        ("listProjects", "Lists projects (none: no projects)"),
+        ("listTags", "Lists resource tags (none: no tags)"),
     )
     for command in commands:
         register(command)
