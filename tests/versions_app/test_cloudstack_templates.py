@@ -517,3 +517,28 @@ def test_pages_of_per_zone_rows_add_up_to_the_whole_listing(user, register, stor
     assert whole["count"] == len(key) == 6
     assert [(r["id"], r["zonename"]) for r in pages] == key
     assert in_b[1]["count"] == 2 and len(in_b[1]["template"]) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_terraforms_registration_without_a_zone_is_every_zone(live_server, user, store):
+    """cloudstack_template with no `zone`: registerTemplate by POST without zoneid, the OS
+    type found by `listOsTypes description=`, then read back with `listTemplates
+    templatefilter=executable id= showunique=true` (an undeclared parameter, ignored)."""
+    ImageStoreFactory(zone=ZoneFactory(name="zone-b"), name="store-b", path=store.path)
+    client = cs_client(live_server.url, keys_for(user), method="post")
+    [os_type] = client.listOsTypes(description=DEBIAN)["ostype"]
+
+    registered = client.registerTemplate(
+        name="tf",
+        displaytext="tf",
+        format="QCOW2",
+        hypervisor="KVM",
+        url="https://mirror.example/tf.qcow2",
+        ostypeid=os_type["id"],
+    )
+    template_id = registered["template"][0]["id"]
+    read = client.listTemplates(templatefilter="executable", id=template_id, showunique="true")
+
+    assert Template.objects.get(uuid=template_id).cross_zones is True
+    assert read["count"] == 2 and {r["zonename"] for r in read["template"]} == {"zone-a", "zone-b"}
+    assert {r["ostypeid"] for r in read["template"]} == {os_type["id"]}
