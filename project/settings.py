@@ -204,6 +204,7 @@ STENCIL_STORAGE_QUEUE = os.environ.get("STENCIL_STORAGE_QUEUE", "storage")
 CELERY_TASK_ROUTES = {
     "templates_app.tasks.store_copy_download_task": {"queue": STENCIL_STORAGE_QUEUE},
     "templates_app.tasks.template_sync_task": {"queue": STENCIL_STORAGE_QUEUE},
+    "templates_app.tasks.image_store_fill_task": {"queue": STENCIL_STORAGE_QUEUE},
 }
 # A copy (store or pool) in progress whose lease ran out, or that made no progress for this long,
 # is listed as stuck (`?status=stuck`, the admin's "Stuck" filter).
