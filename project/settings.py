@@ -249,6 +249,9 @@ STENCIL_PUBLIC_URL = os.environ.get("STENCIL_PUBLIC_URL", "http://127.0.0.1:8000
 STENCIL_HEARTBEAT_SECONDS = int(os.environ.get("STENCIL_HEARTBEAT_SECONDS", "20"))
 STENCIL_HOST_DOWN_AFTER_SECONDS = int(os.environ.get("STENCIL_HOST_DOWN_AFTER_SECONDS", "90"))
 STENCIL_POOL_COPY_LEASE_SECONDS = int(os.environ.get("STENCIL_POOL_COPY_LEASE_SECONDS", "60"))
+# CloudStack's template.delete.from.primary.storage: a removed template's unused pool copies are
+# deleted when the sweep removes it (false: left to the eviction runs).
+STENCIL_DELETE_FROM_PRIMARY_STORAGE = env_bool("STENCIL_DELETE_FROM_PRIMARY_STORAGE", True)
 STENCIL_POOL_COPY_MIN_AGE_SECONDS = int(os.environ.get("STENCIL_POOL_COPY_MIN_AGE_SECONDS", "3600"))
 # A host task's claim on its VM (renewed every third of it while the task runs): a duplicate
 # delivery meeting a live claim leaves; one that finds it run out (the holder died) takes over.
