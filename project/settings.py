@@ -224,6 +224,8 @@ STENCIL_API_KEY_ENCRYPTION_KEY = os.environ.get(
 )
 # Largest virtual size a template's image may have (bytes; default 2 TiB).
 STENCIL_MAX_VIRTUAL_SIZE = int(os.environ.get("STENCIL_MAX_VIRTUAL_SIZE", str(2 << 40)))
+# How long a signed extract (download) URL stays valid.
+STENCIL_EXTRACT_EXPIRY_SECONDS = int(os.environ.get("STENCIL_EXTRACT_EXPIRY_SECONDS", "3600"))
 STENCIL_UPLOAD_EXPIRY_SECONDS = int(os.environ.get("STENCIL_UPLOAD_EXPIRY_SECONDS", "3600"))
 
 # Outbound URLs: rules for every URL the storage worker and the agents fetch (first request,
