@@ -152,9 +152,10 @@ def _extract_pending(template_id: int, *, actor, zone: Zone | None) -> Extract:
         )
     if not template.direct_download:
         raise TransitionConflict(template, "extract", reason="it has no copy on an image store")
-    zones = [zone] if zone is not None else _zones_of(template)
+    zones = [z for z in _zones_of(template) if zone is None or z.pk == zone.pk]
     if not zones:
-        raise InvalidInput("the template is in no zone with an image store", field="zone")
+        where = f"zone '{zone.name}' has" if zone is not None else "the template's zones have"
+        raise InvalidInput(f"{where} no image store that is up", field="zone")
     [store] = stores_for(zones[:1], is_public=False)
     ref = TemplateStoreRef.objects.create(template=template, store=store)
     record_event(

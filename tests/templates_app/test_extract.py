@@ -204,3 +204,17 @@ def test_a_second_zone_store_is_used_when_asked(api, ready_template, tmp_path):
 
     assert pending.status_code == 202 and pending.data["zone_name"] == "zone-b"
     assert ready.status_code == 200 and ready.data["copy"]["id"] == copy.pk
+
+
+@pytest.mark.django_db
+def test_a_direct_download_template_with_no_store_up_is_400_naming_zone(api, register, store):
+    template = register(direct_download=True, checksum="{MD5}" + "0" * 32)
+    from templates_app.models import ImageStore
+
+    ImageStore.objects.filter(pk=store.pk).update(state="DISABLED")
+
+    response = api.post(extract_url(template), {"zone": str(store.zone.uuid)}, format="json")
+
+    assert response.status_code == 400
+    assert "no image store that is up" in str(response.data["zone"])
+    assert not TemplateStoreRef.objects.filter(template=template, store__isnull=False).exists()
