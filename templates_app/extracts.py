@@ -89,6 +89,7 @@ def _copies(template_id: int, zone: Zone | None):
     queryset = (
         TemplateStoreRef.objects.filter(template_id=template_id, store__isnull=False)
         .exclude(store__state=ImageStoreState.DISABLED)
+        .exclude(state=StoreRefState.READY, install_path="")  # READY with no file: unusable
         .select_related("store__zone", "template")
         .order_by("pk")
     )
@@ -231,7 +232,7 @@ def extract_open(
         .exclude(template__state=TemplateState.REMOVED)
         .first()
     )
-    if ref is None or ref.store is None:
+    if ref is None or ref.store is None or not ref.install_path:
         raise ExtractGone("the template's copy is no longer on the image store")
     path = storepaths.absolute(ref.store, ref.install_path)
     if not path.is_file():
