@@ -11,7 +11,7 @@ class AgentsAppConfig(AppConfig):
     verbose_name = "Agents and VMs"
 
     def ready(self) -> None:
-        from templates_app.signals import templates_deactivated
+        from templates_app.signals import template_removed, templates_deactivated
         from templates_app.url_checks import register_direct_download_checker
         from versions_app.channel_followers import register_follower_source
         from versions_app.signals import channel_moved, version_usable
@@ -20,7 +20,12 @@ class AgentsAppConfig(AppConfig):
         from .cloudstack.storage import register_storage_commands
         from .cloudstack.vms import register_vm_commands
         from .followers import channel_followers
-        from .handlers import on_channel_moved, on_templates_deactivated, on_version_usable
+        from .handlers import (
+            on_channel_moved,
+            on_template_removed,
+            on_templates_deactivated,
+            on_version_usable,
+        )
         from .references import register_compute_references
         from .services import direct_download_check
 
@@ -35,3 +40,4 @@ class AgentsAppConfig(AppConfig):
         templates_deactivated.connect(
             on_templates_deactivated, dispatch_uid="agents.templates_deactivated"
         )
+        template_removed.connect(on_template_removed, dispatch_uid="agents.template_removed")

@@ -1,12 +1,18 @@
 """What compute does when a lower layer says something happened (connected in apps.ready)."""
 
 from .agent.pool_copies import pool_copies_cancel
+from .pool_copies import pool_copies_evict_removed
 from .tasks import rebuild_channel_followers_task, rebuild_latest_followers_task
 
 
 def on_templates_deactivated(*, template_ids: list[int], **_ignored) -> None:
     """Deleted templates: their direct downloads into pools that no deploy needs stop."""
     pool_copies_cancel(template_ids=template_ids)
+
+
+def on_template_removed(*, template_ids: list[int], **_ignored) -> None:
+    """The sweep removed templates: their unused pool copies go now, not at LRU eviction."""
+    pool_copies_evict_removed(template_ids=template_ids)
 
 
 def on_version_usable(*, lineage_id: int, **_ignored) -> None:

@@ -274,6 +274,52 @@ def pool_copies_evict(*, now=None) -> dict[str, int]:
     return {"marked": marked, "evicting": evicting}
 
 
+def pool_copies_evict_removed(*, template_ids: list[int]) -> int:
+    """CloudStack's `template.delete.from.primary.storage` (PR #11782): when the sweep removes
+    templates, their unpinned copies that no VM disk can be on are evicted at once (EVICTING,
+    then the agent's normal evict path deletes the volume and the row), not left for a later
+    sweep's two passes. STENCIL_DELETE_FROM_PRIMARY_STORAGE=false leaves them to that. A
+    pinned copy keeps its template from removal in the first place. The number of copies
+    now EVICTING."""
+    if not settings.STENCIL_DELETE_FROM_PRIMARY_STORAGE or not template_ids:
+        return 0
+    ids = list(
+        _unused_copies()
+        .filter(template_id__in=template_ids, template__state=TemplateState.REMOVED)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    return sum(1 for ref_id in ids if _evict_removed_copy(ref_id))
+
+
+@transaction.atomic
+def _evict_removed_copy(ref_id: int) -> bool:
+    """Under the copy's lock: still unused -> EVICTING, and its host told after commit."""
+    from .agent.tasks import pool_copy_evict_task
+
+    ref = TemplatePoolRef.objects.select_for_update().select_related("pool").filter(pk=ref_id)
+    ref = ref.first()
+    if ref is None or not _unused_copies().filter(pk=ref_id).exists():
+        return False
+    before = ref.state
+    ref.start_eviction()
+    ref.save()
+    record_event(
+        ref,
+        from_state=before,
+        to_state=ref.state,
+        actor_label="gc-sweep",
+        reason="template removed: deleted from primary storage",
+    )
+    host = _host_reaching(ref.pool)
+    if host is not None:  # else the next eviction run sends it to a host that is up by then
+        args = {"ref_id": ref.pk, "libvirt_uri": host.libvirt_uri}
+        transaction.on_commit(
+            lambda: pool_copy_evict_task.apply_async(kwargs=args, queue=host.queue)
+        )
+    return True
+
+
 def _enqueue_reconcilers() -> None:
     """Each sweep also has one Up host per pool check the pool against the database."""
     from .agent.tasks import pool_reconcile_task

@@ -12,6 +12,7 @@ from agents_app.api.views import (
     VmPoolViewSet,
 )
 from templates_app.api.copy_views import StoreCopyViewSet
+from templates_app.api.extract_views import extract_download
 from templates_app.api.sweep_views import GcSweepRunViewSet, GcSweepView
 from templates_app.api.upload_views import upload_template_bytes
 from templates_app.api.views import (
@@ -44,5 +45,10 @@ router.register(
 urlpatterns = [
     path("gc/sweep/", GcSweepView.as_view(), name="gc-sweep"),
     path("uploads/<uuid:template_id>/", upload_template_bytes, name="template-upload"),
+    path(
+        "extracts/<uuid:template_id>/<int:ref_id>/<str:filename>",
+        extract_download,
+        name="template-extract-download",
+    ),
     *router.urls,
 ]

@@ -204,6 +204,7 @@ STENCIL_STORAGE_QUEUE = os.environ.get("STENCIL_STORAGE_QUEUE", "storage")
 CELERY_TASK_ROUTES = {
     "templates_app.tasks.store_copy_download_task": {"queue": STENCIL_STORAGE_QUEUE},
     "templates_app.tasks.template_sync_task": {"queue": STENCIL_STORAGE_QUEUE},
+    "templates_app.tasks.image_store_fill_task": {"queue": STENCIL_STORAGE_QUEUE},
 }
 # A copy (store or pool) in progress whose lease ran out, or that made no progress for this long,
 # is listed as stuck (`?status=stuck`, the admin's "Stuck" filter).
@@ -223,6 +224,8 @@ STENCIL_API_KEY_ENCRYPTION_KEY = os.environ.get(
 )
 # Largest virtual size a template's image may have (bytes; default 2 TiB).
 STENCIL_MAX_VIRTUAL_SIZE = int(os.environ.get("STENCIL_MAX_VIRTUAL_SIZE", str(2 << 40)))
+# How long a signed extract (download) URL stays valid.
+STENCIL_EXTRACT_EXPIRY_SECONDS = int(os.environ.get("STENCIL_EXTRACT_EXPIRY_SECONDS", "3600"))
 STENCIL_UPLOAD_EXPIRY_SECONDS = int(os.environ.get("STENCIL_UPLOAD_EXPIRY_SECONDS", "3600"))
 
 # Outbound URLs: rules for every URL the storage worker and the agents fetch (first request,
@@ -248,6 +251,9 @@ STENCIL_PUBLIC_URL = os.environ.get("STENCIL_PUBLIC_URL", "http://127.0.0.1:8000
 STENCIL_HEARTBEAT_SECONDS = int(os.environ.get("STENCIL_HEARTBEAT_SECONDS", "20"))
 STENCIL_HOST_DOWN_AFTER_SECONDS = int(os.environ.get("STENCIL_HOST_DOWN_AFTER_SECONDS", "90"))
 STENCIL_POOL_COPY_LEASE_SECONDS = int(os.environ.get("STENCIL_POOL_COPY_LEASE_SECONDS", "60"))
+# CloudStack's template.delete.from.primary.storage: a removed template's unused pool copies are
+# deleted when the sweep removes it (false: left to the eviction runs).
+STENCIL_DELETE_FROM_PRIMARY_STORAGE = env_bool("STENCIL_DELETE_FROM_PRIMARY_STORAGE", True)
 STENCIL_POOL_COPY_MIN_AGE_SECONDS = int(os.environ.get("STENCIL_POOL_COPY_MIN_AGE_SECONDS", "3600"))
 # A host task's claim on its VM (renewed every third of it while the task runs): a duplicate
 # delivery meeting a live claim leaves; one that finds it run out (the holder died) takes over.

@@ -1,7 +1,8 @@
 """Django admin of the catalogue. Every state change goes through `services`; the admin calls them.
 
 Template pages: registration through `template_register`, edits through `template_update`,
-Deactivate/Reactivate buttons and actions, the GC sweep (button, actions, dry run), the copies,
+Deactivate/Reactivate buttons and actions, the GC sweep (button, actions, dry run), Extract
+(button) and Copy to zones (action) through the catalogue services, the copies,
 live references and events of a template (versions_app.admin adds versions to these pages).
 Zones, image stores and accounts are plain configuration; events and store copies are read-only.
 """
@@ -14,6 +15,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.formats import date_format
 from django.utils.html import format_html
@@ -21,8 +23,8 @@ from django.utils.timezone import localtime
 from django.views.decorators.http import require_POST
 from django_fsm import can_proceed
 
-from . import selectors, services, sweeps
-from .admin_forms import TemplateChangeForm, TemplateRegisterForm
+from . import extracts, selectors, services, sweeps
+from .admin_forms import CopyToZonesForm, TemplateChangeForm, TemplateRegisterForm
 from .choices import TemplateState
 from .copies import store_copy_retry
 from .copy_status import CopyStatus
@@ -286,6 +288,18 @@ def state_badge(template: Template) -> str:
     )
 
 
+def extract_message(extract: extracts.Extract) -> str:
+    if extract.ready:
+        until = date_format(localtime(extract.expires_at), "DATETIME_FORMAT")
+        return format_html(
+            'Download URL, valid until {}: <a href="{}">{}</a>', until, extract.url, extract.url
+        )
+    return (
+        f"Copying the template into an image store of zone {extract.copy.store.zone} "
+        f"({extract.copy.download_percent}%): press Extract again once it is READY."
+    )
+
+
 # Buttons of the change page: action -> (service, label, the state it is offered in).
 TRANSITIONS = {
     "deactivate": (services.template_deactivate, "Deactivate (delete)", TemplateState.ACTIVE),
@@ -324,6 +338,7 @@ class TemplateAdmin(admin.ModelAdmin):
         "sweep_selected",
         "sweep_dry_run",
         "rescan_selected",
+        "copy_to_zones",
     )
     add_fieldsets = (
         (None, {"fields": ("name", "display_text", "kind", "format", "url", "checksum")}),
@@ -551,11 +566,18 @@ class TemplateAdmin(admin.ModelAdmin):
     def _transition_buttons(self, request, template: Template) -> list[dict]:
         if not self.has_change_permission(request, template):
             return []
-        return [
+        buttons = [
             {"label": label, "url": self._url(action, template.pk), "action": action}
             for action, (_service, label, source) in TRANSITIONS.items()
             if template.state == source
         ]
+        if template.state != TemplateState.REMOVED and selectors.may_change_template(
+            request.user, template
+        ):
+            buttons.append(
+                {"label": "Extract", "url": self._url("extract", template.pk), "action": "extract"}
+            )
+        return buttons
 
     def _events_of(self, request, template: Template):
         content_type = ContentType.objects.get_for_model(Template)
@@ -599,6 +621,13 @@ class TemplateAdmin(admin.ModelAdmin):
             )
             for action in TRANSITIONS
         ]
+        own.append(
+            path(
+                "<path:object_id>/extract/",
+                wrap(require_POST(self.extract_view)),
+                name=f"{prefix}_extract",
+            )
+        )
         # Before the admin's own patterns: `<path:object_id>/` would swallow these.
         return own + super().get_urls()
 
@@ -619,6 +648,26 @@ class TemplateAdmin(admin.ModelAdmin):
         else:
             done = f"{label}: template “{template}” is now {template.state}."
             self.message_user(request, done, messages.SUCCESS)
+        return HttpResponseRedirect(self._url("change", template.pk))
+
+    def extract_view(self, request, object_id: str) -> HttpResponse:
+        """The Extract button: the signed download URL in a message (templates_app.extracts),
+        or the progress of the store copy being made first."""
+        template = self.get_object(request, unquote(object_id))
+        if template is None:
+            raise Http404(f"no template with id {object_id!r}")
+        if not selectors.may_change_template(request.user, template):
+            raise PermissionDenied
+        try:
+            extract = extracts.template_extract(
+                template_id=template.pk,
+                actor=request.user,
+                base_url=request.build_absolute_uri("/"),
+            )
+        except StencilError as error:
+            self.message_user(request, error.message, messages.ERROR)
+        else:
+            self.message_user(request, extract_message(extract), messages.SUCCESS)
         return HttpResponseRedirect(self._url("change", template.pk))
 
     def sweep_view(self, request) -> HttpResponse:
@@ -669,6 +718,34 @@ class TemplateAdmin(admin.ModelAdmin):
     def sweep_dry_run(self, request, queryset):
         ids = list(queryset.values_list("pk", flat=True))
         self._sweep(request, dry_run=True, template_ids=ids)
+
+    @admin.action(description="Copy selected templates to zones", permissions=["change"])
+    def copy_to_zones(self, request, queryset):
+        """Ask for the zones, then `template_zones_add` per template (store to store when a
+        READY copy exists, else from the URL)."""
+        form = CopyToZonesForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            zones = list(form.cleaned_data["zones"])
+            ids = queryset.order_by("pk").values_list("pk", flat=True)
+            call_for_each(
+                self,
+                request,
+                ids,
+                lambda pk: services.template_zones_add(
+                    template_id=pk, zones=zones, actor=request.user
+                ),
+                f"Copies to {', '.join(zone.name for zone in zones)} queued",
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Copy templates to zones",
+            "opts": self.opts,
+            "form": form,
+            "templates": queryset.order_by("name"),
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/templates_app/template/copy_to_zones.html", context)
 
     @admin.action(description="Rescan images of selected templates", permissions=["change"])
     def rescan_selected(self, request, queryset):

@@ -4,7 +4,7 @@ from django import forms
 from django.db import models
 
 from .errors import StencilError
-from .models import Template
+from .models import Template, Zone
 
 # Service error fields that have another name (or no field of their own) on the admin forms.
 FIELD_ALIASES = {
@@ -127,3 +127,11 @@ class TemplateChangeForm(ServiceErrorFormMixin, forms.ModelForm):
         changed_name = "version_name" in self.changed_data
         data["version_name"] = self.cleaned_data["version_name"] if changed_name else ""
         return data
+
+
+class CopyToZonesForm(forms.Form):
+    """The admin action "Copy to zones": which zones the selected templates are copied to."""
+
+    zones = forms.ModelMultipleChoiceField(
+        queryset=Zone.objects.order_by("name"), widget=forms.CheckboxSelectMultiple
+    )

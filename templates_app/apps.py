@@ -8,6 +8,13 @@ class TemplatesAppConfig(AppConfig):
     verbose_name = "Templates"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_save
+
         from .cloudstack.commands import register_transport_commands
+        from .models import ImageStore
+        from .store_fill import on_image_store_saved
 
         register_transport_commands()
+        post_save.connect(
+            on_image_store_saved, sender=ImageStore, dispatch_uid="templates.image_store_fill"
+        )

@@ -3,10 +3,14 @@
 The storage worker (Celery queue `storage`) runs `store_copy_download`. It claims the copy under
 a row lock with a lease, works outside any transaction, and finishes under the lock again. A
 worker that dies leaves a lease that runs out; the next attempt takes the copy over.
+
+The bytes come from a READY copy on another store when there is one (same zone first, then
+another zone: a file copy, no re-download), else from the template's URL (`_fetch`).
 """
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +25,7 @@ from . import leases, storepaths
 from .choices import DownloadState, StoreRefState, TemplateState
 from .errors import StencilError
 from .events import record_copy_event, record_event
-from .images.downloader import DownloadError, download_to_file
+from .images.downloader import DownloadError, DownloadResult, download_to_file
 from .images.headers import header_pairs
 from .images.inspection import ImageRejected, inspect_image
 from .images.qemu import QemuImgError
@@ -31,6 +35,7 @@ from .models import Account, Template, TemplateStoreRef
 from .signals import send_store_copy_ready_on_commit
 
 logger = logging.getLogger(__name__)
+COPY_CHUNK = 1 << 20
 
 
 def lease_length() -> timedelta:
@@ -205,7 +210,8 @@ def _remove_stale_temps(image: Path) -> None:
 
 
 def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
-    """Download a template's bytes into its image store; READY only when verified and inspected.
+    """Fill a copy on its image store (from another store's READY copy, else the URL); READY
+    only when verified and inspected.
 
     Idempotent: a copy that is READY, taken by a live worker, or whose template is no longer
     ACTIVE is left as it is. The bytes go to this attempt's own temporary file, renamed into
@@ -225,19 +231,7 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
     try:
         if room is not None and room <= 0:
             raise QuotaExceeded(template.account_id, room)
-        result = download_to_file(
-            template.url,
-            temp,
-            checksum=template.checksum,
-            headers=http_headers_of(template),
-            max_bytes=room,
-            progress=_progress_saver(ref.pk, owner),
-            connect_timeout=settings.STENCIL_DOWNLOAD_CONNECT_TIMEOUT,
-            read_timeout=settings.STENCIL_DOWNLOAD_READ_TIMEOUT,
-            stall_timeout=settings.STENCIL_DOWNLOAD_STALL_TIMEOUT,
-            max_attempts=settings.STENCIL_DOWNLOAD_MAX_ATTEMPTS,
-            backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
-        )
+        result = _fetch(ref, temp, owner=owner, room=room)
         with leases.LeaseKeeper(TemplateStoreRef, ref.pk, owner, lease_length()):
             info = inspect_image(temp, template.format, room=room, room_name=QUOTA_NAME)
         finished = _finish(
@@ -262,6 +256,94 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
     if not finished:
         _remove_quietly(temp)
     return TemplateStoreRef.objects.get(pk=ref_id)
+
+
+def copy_sources(ref: TemplateStoreRef) -> list[TemplateStoreRef]:
+    """READY copies of the same template on other stores that are not DISABLED, the copy's own
+    zone first (a local file copy beats a download), then the other zones, oldest first."""
+    from .choices import ImageStoreState
+
+    others = (
+        TemplateStoreRef.objects.filter(
+            template_id=ref.template_id, state=StoreRefState.READY, store__isnull=False
+        )
+        .exclude(pk=ref.pk)
+        .exclude(store__state=ImageStoreState.DISABLED)
+        .exclude(install_path="")
+        .select_related("store")
+        .order_by("pk")
+    )
+    zone_id = ref.store.zone_id if ref.store else None
+    return sorted(others, key=lambda other: other.store.zone_id != zone_id)
+
+
+def _copy_from_store(
+    source: TemplateStoreRef, temp: Path, *, owner: str, ref_id: int, room: int | None
+) -> DownloadResult:
+    """Store to store: read the source copy's file in chunks into `temp`, hashing as it goes
+    and saving progress like a download; the hash must be the one the source was verified
+    with, so a file that rotted on the source store is never spread."""
+    path = storepaths.absolute(source.store, source.install_path)
+    total = path.stat().st_size
+    if room is not None and total > room:
+        raise DownloadError(f"the copy needs {total} bytes, over the limit of {room} bytes")
+    digest = hashlib.sha256()
+    save = _progress_saver(ref_id, owner)
+    done = 0
+    last_save = 0.0
+    with path.open("rb") as reader, temp.open("wb") as writer:
+        while chunk := reader.read(COPY_CHUNK):
+            writer.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            now = time.monotonic()
+            if now - last_save >= 1:
+                save(done, total)
+                last_save = now
+    save(done, total)
+    sha256 = digest.hexdigest()
+    if source.sha256 and sha256 != source.sha256:
+        raise DownloadError(
+            f"the copy on store '{source.store}' does not match its recorded sha256 "
+            f"({sha256} != {source.sha256})"
+        )
+    return DownloadResult(
+        path=temp, size=done, sha256=sha256, digest=sha256, content_type="", final_url=""
+    )
+
+
+def _fetch(ref: TemplateStoreRef, temp: Path, *, owner: str, room: int | None) -> DownloadResult:
+    """Fill `temp` with the template's bytes: from a READY copy on another store when there is
+    one (same zone first, then cross-zone; no re-download), else from the template's URL.
+    A source store that fails (file gone, hash wrong) is skipped for the next one."""
+    template = ref.template
+    failures = []
+    for source in copy_sources(ref):
+        try:
+            result = _copy_from_store(source, temp, owner=owner, ref_id=ref.pk, room=room)
+        except (OSError, DownloadError, ValueError) as exc:
+            _remove_quietly(temp)
+            failures.append(f"store '{source.store}': {exc}")
+            logger.warning("copy %s: source %s failed: %s", ref.pk, source.pk, exc)
+            continue
+        logger.info("copy %s: copied from store copy %s", ref.pk, source.pk)
+        return result
+    if not template.url:
+        reasons = "; ".join(failures) or "no READY copy on any store"
+        raise DownloadError(f"nothing to copy from: the template has no URL and {reasons}")
+    return download_to_file(
+        template.url,
+        temp,
+        checksum=template.checksum,
+        headers=http_headers_of(template),
+        max_bytes=room,
+        progress=_progress_saver(ref.pk, owner),
+        connect_timeout=settings.STENCIL_DOWNLOAD_CONNECT_TIMEOUT,
+        read_timeout=settings.STENCIL_DOWNLOAD_READ_TIMEOUT,
+        stall_timeout=settings.STENCIL_DOWNLOAD_STALL_TIMEOUT,
+        max_attempts=settings.STENCIL_DOWNLOAD_MAX_ATTEMPTS,
+        backoff_base=settings.STENCIL_DOWNLOAD_BACKOFF_BASE,
+    )
 
 
 def _reason(exc: Exception) -> str:

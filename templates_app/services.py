@@ -444,17 +444,25 @@ def template_update(*, template_id: int, actor, changes: dict[str, Any]) -> Temp
 
 @transaction.atomic
 def template_zones_add(*, template_id: int, zones: list[Zone], actor) -> list[TemplateStoreRef]:
-    """CloudStack's copyTemplate: make an ACTIVE template available in more zones. Each new
-    zone gets copies on its stores (the same store rule as a registration) that the storage
-    workers download from the template's URL after commit; a direct-download template only
-    gains the zones (its hosts fetch the URL themselves). Bytes are charged as they land."""
+    """Copy a template to more zones (POST /templates/{id}/copy/, CloudStack's copyTemplate,
+    the admin's "Copy to zones"): an ACTIVE template gains `zones`. Each new zone gets copies
+    on its stores (the same store rule as a registration) that the storage workers fill after
+    commit, store to store from a READY copy when one exists anywhere (no re-download), else
+    from the template's URL (templates_app.copies); a direct-download template only gains the
+    zones (its hosts fetch the URL themselves). Bytes are charged as they land."""
     template = lock_template(template_id)
     if template.state != TemplateState.ACTIVE:
         raise TransitionConflict(template, "copy")
     if template.cross_zones:
         raise InvalidInput("the template is already in every zone", field="zones")
-    if not template.url:
-        raise InvalidInput("an uploaded template has no URL to copy it from", field="zones")
+    ready = TemplateStoreRef.objects.filter(
+        template=template, state=StoreRefState.READY, store__isnull=False
+    )
+    if not template.url and not ready.exists():
+        raise InvalidInput(
+            "the template has no URL and no READY copy on any store to copy it from",
+            field="zones",
+        )
     present = set(template.zones.values_list("pk", flat=True))
     new_zones = [zone for zone in zones if zone.pk not in present]
     if not new_zones:

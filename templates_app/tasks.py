@@ -44,6 +44,15 @@ def lease_wait_seconds(ref) -> float | None:
     return max(left, 0) + 1 if left > 0 else None
 
 
+@shared_task(name="templates_app.tasks.image_store_fill_task", acks_late=True)
+def image_store_fill_task(store_id: int) -> int:
+    """Storage worker: a new image store gets copies of the templates that belong on it; a
+    repeat queues nothing twice."""
+    from .store_fill import image_store_fill
+
+    return len(image_store_fill(store_id=store_id))
+
+
 @shared_task(name="templates_app.tasks.template_sync_task")
 def template_sync_task(dry_run: bool = False) -> dict:
     """Template sync (also sent when a storage worker starts)."""

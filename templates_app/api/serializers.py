@@ -504,6 +504,40 @@ class TemplateCopySerializer(serializers.Serializer):
     zones = UuidRelatedField(queryset=Zone.objects.all(), many=True, allow_empty=False)
 
 
+class TemplateExtractRequestSerializer(serializers.Serializer):
+    """POST /templates/{id}/extract/: CloudStack's extractTemplate (mode HTTP_DOWNLOAD)."""
+
+    zone = UuidRelatedField(
+        queryset=Zone.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="Extract from a store of this zone (default: any zone of the template).",
+    )
+
+
+class ExtractCopySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    state = serializers.CharField()
+    download_state = serializers.CharField()
+    download_percent = serializers.IntegerField()
+    error_text = serializers.CharField()
+
+
+class TemplateExtractSerializer(serializers.Serializer):
+    """The answer: `url` (signed, until `expires_at`) once a store copy is READY (200); while
+    the copy is being made, state COPYING_TO_STORE, `url` null and the copy's progress (202)."""
+
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    state = serializers.ChoiceField(choices=["DOWNLOAD_URL_CREATED", "COPYING_TO_STORE"])
+    url = serializers.URLField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    zone = serializers.UUIDField()
+    zone_name = serializers.CharField()
+    extract_mode = serializers.CharField()
+    copy = ExtractCopySerializer()
+
+
 class TemplatePermissionsSerializer(serializers.Serializer):
     """POST /templates/{id}/permissions/: CloudStack's updateTemplatePermissions."""
 

@@ -8,7 +8,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from templates_app import deletes, launch_permissions, selectors, services, uploads
+from templates_app import deletes, extracts, launch_permissions, selectors, services, uploads
 from templates_app.choices import TemplateFilter
 from templates_app.filtersets import EventFilterSet, TemplateFilterSet
 from templates_app.models import Template
@@ -24,6 +24,8 @@ from .serializers import (
     TemplateCreateSerializer,
     TemplateDeleteResultSerializer,
     TemplateDetailViewSerializer,
+    TemplateExtractRequestSerializer,
+    TemplateExtractSerializer,
     TemplatePermissionsSerializer,
     TemplatePermissionsViewSerializer,
     TemplateSerializer,
@@ -144,6 +146,28 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             template_id=template.pk, zones=serializer.validated_data["zones"], actor=request.user
         )
         return Response(self._detail(template.pk), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request=TemplateExtractRequestSerializer,
+        responses={200: TemplateExtractSerializer, 202: TemplateExtractSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def extract(self, request: Request, id=None) -> Response:
+        """CloudStack's extractTemplate: a signed, time-limited URL to download the template
+        from an image store (200). A template with no READY store copy yet (direct download)
+        is first copied into a store: 202 with the copy's progress; POST again for the URL.
+        Owner or staff."""
+        template = self._owned_template()
+        serializer = TemplateExtractRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        extract = extracts.template_extract(
+            template_id=template.pk,
+            actor=request.user,
+            zone=serializer.validated_data.get("zone"),
+            base_url=request.build_absolute_uri("/"),
+        )
+        code = status.HTTP_200_OK if extract.ready else status.HTTP_202_ACCEPTED
+        return Response(extract.as_dict(), status=code)
 
     @extend_schema(request=None, responses=TemplateDetailViewSerializer)
     @action(detail=True, methods=["post"], permission_classes=[IsStaff])

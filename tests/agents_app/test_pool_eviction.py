@@ -134,3 +134,45 @@ def test_reconciler_flags_vanished_copies_and_reports_unknown_files(register, po
     assert TemplatePoolRef.objects.get(pk=gone.pk).state == "DOWNLOAD_ERROR"
     assert TemplatePoolRef.objects.get(pk=kept.pk).state == "DOWNLOADED"
     assert (Path(pool.path) / "stray.qcow2").exists(), "unknown files are only reported"
+
+
+def test_removing_a_template_deletes_its_unused_pool_copies_at_once(
+    register, pool, user, django_capture_on_commit_callbacks
+):
+    """CloudStack's template.delete.from.primary.storage: no min age, no second pass."""
+    from pathlib import Path
+
+    template = register()
+    keep = register(name="still-active")
+    young = cached_copy(template, pool, age_seconds=5)
+    other = cached_copy(keep, pool, age_seconds=5)
+    services.template_deactivate(template_id=template.pk, actor=user)
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        result = services.gc_sweep()
+
+    assert result.removed_count == 1
+    evicting = TemplatePoolRef.objects.get(pk=young.pk)
+    assert evicting.state == "EVICTING", "deleted when the sweep removed its template"
+    assert evicting.marked_for_eviction_at is None, "not through the LRU's two passes"
+    assert TemplatePoolRef.objects.get(pk=other.pk).state == "DOWNLOADED"
+    assert len(callbacks) >= 2, "the removal's signal, then the host's evict task after commit"
+    host = pool.hosts.get()
+    assert pool_copy_delete_on_host(ref_id=young.pk, libvirt_uri=host.libvirt_uri)
+    assert not TemplatePoolRef.objects.filter(pk=young.pk).exists()
+    assert [p.name for p in Path(pool.path).iterdir()] == [Path(other.install_path).name]
+
+
+def test_delete_from_primary_storage_off_leaves_copies_to_eviction(
+    register, pool, user, settings, django_capture_on_commit_callbacks
+):
+    settings.STENCIL_DELETE_FROM_PRIMARY_STORAGE = False
+    template = register()
+    ref = cached_copy(template, pool)
+    services.template_deactivate(template_id=template.pk, actor=user)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.gc_sweep()
+
+    assert TemplatePoolRef.objects.get(pk=ref.pk).state == "DOWNLOADED"
+    assert pool_copies_evict() == {"marked": 1, "evicting": 0}

@@ -1,5 +1,7 @@
 """The Django admin: what an operator sees and does. Every change goes through the services."""
 
+from pathlib import Path
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -468,3 +470,61 @@ def test_vm_page_is_read_only(staff, register, make_vm):
     assert response.status_code == 200
     assert not response.context["adminform"].form.fields
     assert staff.get(reverse("admin:agents_app_virtualmachine_add")).status_code == 403
+
+
+# Catalogue operations --------------------------------------------------------------------
+
+
+def test_extract_button_gives_the_download_url(staff, register, store):
+    from templates_app.choices import StoreRefState
+    from templates_app.models import ImageStore
+
+    template = register()
+    ref = TemplateStoreRef.objects.get(template=template)
+    image = Path(ImageStore.objects.get(pk=store.pk).path) / "template/tmpl/x/disk.qcow2"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"bytes")
+    ref.install_path = "template/tmpl/x/disk.qcow2"
+    TemplateStoreRef.objects.filter(pk=ref.pk).update(
+        state=StoreRefState.READY, download_state="DOWNLOADED", install_path=ref.install_path
+    )
+
+    page = staff.get(url("change", template.pk))
+    response = staff.post(url("extract", template.pk), follow=True)
+
+    assert b'name="extract"' in page.content
+    [message] = messages_of(response)
+    assert message.startswith("Download URL, valid until")
+    assert f"/api/v1/extracts/{template.uuid}/{ref.pk}/disk.qcow2?expires=" in message
+
+
+def test_extract_button_of_a_template_without_a_copy_says_why(staff, register):
+    template = register()  # its copy is not downloaded yet
+
+    response = staff.post(url("extract", template.pk), follow=True)
+
+    assert messages_of(response)[0].startswith("Copying the template into an image store")
+
+
+def test_copy_to_zones_action_asks_for_zones_then_queues_copies(staff, register, store):
+    from .factories import ImageStoreFactory, ZoneFactory
+
+    templates = [register(name=f"c-{n}") for n in range(2)]
+    zone_b = ZoneFactory(name="zone-b")
+    ImageStoreFactory(zone=zone_b, name="store-b", path=store.path)
+
+    asked = run_action(staff, "copy_to_zones", templates)
+    done = staff.post(
+        reverse("admin:templates_app_template_changelist"),
+        {
+            "action": "copy_to_zones",
+            "_selected_action": [t.pk for t in templates],
+            "zones": [zone_b.pk],
+            "apply": "Copy",
+        },
+        follow=True,
+    )
+
+    assert b"Copy templates to zones" in asked.content and b"zone-b" in asked.content
+    assert "Copies to zone-b queued: 2." in messages_of(done)
+    assert TemplateStoreRef.objects.filter(store__zone=zone_b).count() == 2

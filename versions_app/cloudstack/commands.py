@@ -7,7 +7,7 @@ import uuid as uuid_lib
 from django.db import transaction
 from django.db.models import Q
 
-from templates_app import launch_permissions, services, uploads
+from templates_app import extracts, launch_permissions, services, uploads
 from templates_app import selectors as catalogue
 from templates_app.choices import (
     DownloadState,
@@ -20,7 +20,7 @@ from templates_app.cloudstack.errors import CloudStackError
 from templates_app.cloudstack.jobs import AsyncStart, JobOutcome, register_resolver
 from templates_app.cloudstack.ostypes import os_type_named
 from templates_app.cloudstack.registry import LIST_PARAMS, Call, Command, Param, register
-from templates_app.cloudstack.responses import list_response, paged
+from templates_app.cloudstack.responses import cs_date, list_response, paged
 from templates_app.models import Template, TemplateStoreRef, Zone
 
 from .. import selectors
@@ -295,6 +295,63 @@ def copied(job, template: Template) -> JobOutcome | None:
     return JobOutcome.success({ENTITY[template.kind]: rows[0] if rows else {}})
 
 
+def _extract(call: Call, kind: str, params: dict) -> AsyncStart:
+    """extractTemplate / extractIso (mode HTTP_DOWNLOAD): POST /templates/{id}/extract/. The
+    job succeeds with the signed URL once a store copy is READY (at once when one is; a
+    direct-download template is copied into a store first)."""
+    template = owned_template(call, params["id"], kind)
+    if str(params["mode"]).upper() != extracts.EXTRACT_MODE:
+        raise call.invalid("mode", params["mode"], "only HTTP_DOWNLOAD being supported")
+    zone = _zone(call, "zoneid", params["zoneid"]) if params.get("zoneid") else None
+    extract = extracts.template_extract(
+        template_id=template.pk, actor=call.user, base_url=call.base_url, zone=zone
+    )
+    context = {"ref": extract.copy.pk, "base_url": call.base_url}
+    return AsyncStart(template, "Template" if kind == TemplateKind.TEMPLATE else "Iso", context)
+
+
+def extract_template(call: Call, **params) -> AsyncStart:
+    return _extract(call, TemplateKind.TEMPLATE, params)
+
+
+def extract_iso(call: Call, **params) -> AsyncStart:
+    return _extract(call, TemplateKind.ISO, params)
+
+
+def extract_response(extract: extracts.Extract) -> dict:
+    """CloudStack's ExtractResponse."""
+    zone = extract.copy.store.zone
+    percent = 100 if extract.ready else extract.copy.download_percent
+    return {
+        "id": str(extract.template.uuid),
+        "name": extract.template.name,
+        "extractId": str(extract.copy.pk),
+        "accountid": str(extract.template.account.uuid),
+        "url": extract.url,
+        "state": extract.state,
+        "status": extract.state,
+        "zoneid": str(zone.uuid),
+        "zonename": zone.name,
+        "extractMode": extracts.EXTRACT_MODE,
+        "uploadpercentage": percent,
+        "created": cs_date(extract.copy.created_at),
+    }
+
+
+def extracted(job, template: Template) -> JobOutcome | None:
+    """Done when the chosen store copy is READY (the URL is signed then); failed when its
+    download failed or the template went; pending while it is being copied."""
+    ref = TemplateStoreRef.objects.filter(pk=job.context["ref"]).first()
+    if ref is None or template.state == TemplateState.REMOVED:
+        return JobOutcome.failure("the template's store copy is gone")
+    if ref.download_state in FAILED_COPY:
+        return JobOutcome.failure(ref.error_text or ref.download_state)
+    extract = extracts.extract_of_copy(ref, base_url=job.context["base_url"])
+    if not extract.ready:
+        return None
+    return JobOutcome.success({ENTITY[template.kind]: extract_response(extract)})
+
+
 def _update_permissions(call: Call, kind: str, params: dict) -> dict:
     """POST /templates/{id}/permissions/ (op, accounts by name) and the PATCH of `is_public` /
     `is_featured`, in one transaction: a refusal of either writes neither."""
@@ -407,6 +464,12 @@ COPY_PARAMS = (
     Param("destzoneid", "uuid", description="The zone it is copied to"),
     Param("destzoneids", "list", description="Zones it is copied to"),
     Param("sourcezoneid", "uuid", description="A zone it is in (optional)"),
+)
+EXTRACT_PARAMS = (
+    Param("id", "uuid", required=True, description="The ID of the template"),
+    Param("mode", required=True, description="HTTP_DOWNLOAD (FTP_UPLOAD is not supported)"),
+    Param("zoneid", "uuid", description="The zone to extract from"),
+    Param("url", length=2048, description="Ignored (FTP_UPLOAD only)"),
 )
 PERMISSION_PARAMS = (
     Param("id", "uuid", required=True, description="The ID of the template"),
@@ -531,6 +594,22 @@ def register_template_commands() -> None:
             fields={**FIELDS, "zones": "destzoneid"},
         ),
         Command(
+            "extractTemplate",
+            extract_template,
+            EXTRACT_PARAMS,
+            "Extracts a template: a signed, time-limited URL to download it from",
+            is_async=True,
+            fields={**FIELDS, "zone": "zoneid"},
+        ),
+        Command(
+            "extractIso",
+            extract_iso,
+            EXTRACT_PARAMS,
+            "Extracts an ISO: a signed, time-limited URL to download it from",
+            is_async=True,
+            fields={**FIELDS, "zone": "zoneid"},
+        ),
+        Command(
             "getUploadParamsForTemplate",
             get_upload_params,
             (
@@ -553,3 +632,5 @@ def register_template_commands() -> None:
     register_resolver("deleteIso", deleted)
     register_resolver("copyTemplate", copied)
     register_resolver("copyIso", copied)
+    register_resolver("extractTemplate", extracted)
+    register_resolver("extractIso", extracted)
