@@ -14,6 +14,7 @@ from templates_app.filtersets import EventFilterSet, TemplateFilterSet
 from templates_app.models import Template
 from templates_app.references import references_seen_by
 
+from .pagination import TemplateListPagination
 from .permissions import IsStaff, IsStaffOrReadOnly
 from .serializers import (
     AccountSerializer,
@@ -48,6 +49,7 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     lookup_field = "uuid"
     lookup_url_kwarg = "id"
+    pagination_class = TemplateListPagination
     filterset_class = TemplateFilterSet
     search_fields = ["name", "display_text"]
     ordering_fields = ["name", "created_at", "updated_at", "format", "kind"]
