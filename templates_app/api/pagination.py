@@ -9,14 +9,12 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core import signing
-from django.core.paginator import InvalidPage, Paginator
 from django.db import connection
-from django.db.models import Q, QuerySet
-from django.utils.functional import cached_property
-from rest_framework.exceptions import ValidationError
+from django.db.models import IntegerField, Q, QuerySet, Subquery
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
-from rest_framework.utils.urls import replace_query_param
+from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 CURSOR_SALT = "stencil.templates.cursor"
 
@@ -43,99 +41,85 @@ def estimated_rows(queryset: QuerySet) -> int | None:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-class CappedCountPaginator(Paginator):
-    """Counts exactly up to STENCIL_LISTING_EXACT_COUNT_LIMIT rows (a COUNT over a LIMIT, so it
-    visits at most that many rows); beyond, the planner's estimate. `count_is_estimate` says
-    which. With an estimate any page number is accepted: a page past the real end is a 404."""
+class _CappedCount(Subquery):
+    """COUNT(*) of an uncorrelated, LIMITed queryset: PostgreSQL runs it once per statement
+    (an InitPlan), so the count rides along with the page instead of costing a query."""
 
-    @cached_property
-    def count(self) -> int:
-        limit = settings.STENCIL_LISTING_EXACT_COUNT_LIMIT
-        self.count_is_estimate = False
-        capped = self.object_list.order_by()[: limit + 1].count()
-        if capped <= limit:
-            return capped
-        estimate = estimated_rows(self.object_list)
-        if estimate is None:  # SQLite (the demo): small catalogues, an exact count is fine
-            return self.object_list.count()
-        self.count_is_estimate = True
-        return max(estimate, limit + 1)
-
-    def validate_number(self, number):
-        if self.count and getattr(self, "count_is_estimate", False):
-            try:
-                number = int(number)
-            except (TypeError, ValueError):
-                raise InvalidPage("That page number is not an integer") from None
-            if number < 1:
-                raise InvalidPage("That page number is less than 1")
-            return number
-        return super().validate_number(number)
-
-    def page(self, number):
-        number = self.validate_number(number)
-        if not getattr(self, "count_is_estimate", False):
-            return super().page(number)
-        # Paginator.page would cut the last page at the (estimated) count.
-        bottom = (number - 1) * self.per_page
-        page = self._get_page(self.object_list[bottom : bottom + self.per_page], number, self)
-        if number != 1 and not page.object_list:
-            raise InvalidPage("That page contains no results")
-        return page
+    template = "(SELECT COUNT(*) FROM (%(subquery)s) _capped)"
+    output_field = IntegerField()
 
 
 class TemplateListPagination(StencilPagination):
     """Page numbers with a capped count, plus an opaque keyset `cursor` (`next_cursor`).
 
-    The cursor holds the last row's (created_at, id), signed: a page after it costs the same
-    at any depth (an index range scan), and rows inserted meanwhile (newer, so before it)
-    neither repeat nor skip rows. It follows the default ordering (newest first) only.
+    The count is exact up to STENCIL_LISTING_EXACT_COUNT_LIMIT rows (a COUNT over a LIMIT in
+    the page's own statement, visiting at most that many rows); beyond, the planner's estimate
+    (one EXPLAIN) with `count_is_estimate` true; then any page number is accepted and a page
+    past the real end is a 404. The cursor holds the last row's (created_at, id), signed: a
+    page after it costs the same at any depth (an index range scan), and rows inserted
+    meanwhile (newer, so before it) neither repeat nor skip rows. It follows the default
+    ordering (newest first) only.
     """
 
-    django_paginator_class = CappedCountPaginator
     cursor_query_param = "cursor"
+    display_page_controls = False
 
     def paginate_queryset(self, queryset, request, view=None):
         self.request = request
         self.cursor_mode = self.cursor_query_param in request.query_params
-        if not self.cursor_mode:
-            self.count_is_estimate = False
-            rows = super().paginate_queryset(queryset, request, view)
-            self.count_is_estimate = getattr(self.page.paginator, "count_is_estimate", False)
-            full = len(rows) == self.page.paginator.per_page
-            more = self.count_is_estimate or self.page.has_next()
-            self._set_next_cursor(rows, full=full and more)
-            return rows
-        if request.query_params.get("ordering") or request.query_params.get(self.page_query_param):
-            raise ValidationError(
-                {"cursor": ["cursor cannot be combined with ordering or page (newest first)"]}
-            )
+        params = request.query_params
         page_size = self.get_page_size(request)
-        paginator = CappedCountPaginator(queryset, page_size)
-        self.total = paginator.count
-        self.count_is_estimate = paginator.count_is_estimate
-        raw = request.query_params[self.cursor_query_param]
-        if raw:
-            created_at, pk = self._decode(raw)
-            queryset = queryset.filter(
-                # The first bound lets the index range scan start at the cursor.
-                Q(created_at__lte=created_at),
-                Q(created_at__lt=created_at) | Q(created_at=created_at, pk__lt=pk),
-            )
-        rows = list(queryset.order_by("-created_at", "-pk")[: page_size + 1])
-        has_next = len(rows) > page_size
+        if self.cursor_mode:
+            if params.get("ordering") or params.get(self.page_query_param):
+                raise ValidationError(
+                    {"cursor": ["cursor cannot be combined with ordering or page (newest first)"]}
+                )
+            number, offset = None, 0
+            rows_queryset = queryset.order_by("-created_at", "-pk")
+            raw = params[self.cursor_query_param]
+            if raw:
+                created_at, pk = self._decode(raw)
+                rows_queryset = rows_queryset.filter(
+                    # The first bound lets the index range scan start at the cursor.
+                    Q(created_at__lte=created_at),
+                    Q(created_at__lt=created_at) | Q(created_at=created_at, pk__lt=pk),
+                )
+        else:
+            try:
+                number = int(params.get(self.page_query_param, 1))
+                if number < 1:
+                    raise ValueError(number)
+            except (TypeError, ValueError):
+                raise NotFound("Invalid page.") from None
+            offset = (number - 1) * page_size
+            rows_queryset = queryset
+        limit = settings.STENCIL_LISTING_EXACT_COUNT_LIMIT
+        visible = queryset.order_by().values("pk")[: limit + 1]
+        counted = rows_queryset.annotate(_listing_count=_CappedCount(visible))
+        rows = list(counted[offset : offset + page_size + 1])
+        capped = rows[0]._listing_count if rows else visible.count()
+        more = len(rows) > page_size
         rows = rows[:page_size]
-        self._set_next_cursor(rows, full=has_next)
-        return rows
-
-    def _set_next_cursor(self, rows, *, full: bool) -> None:
-        ordering = self.request.query_params.get("ordering")
+        self.count_is_estimate = capped > limit
+        if self.count_is_estimate:
+            estimate = estimated_rows(queryset)
+            if estimate is None:  # SQLite (the demo): small catalogues, an exact count is fine
+                self.count_is_estimate = False
+                self.count = queryset.count()
+            else:
+                self.count = max(estimate, limit + 1, offset + len(rows) + int(more))
+        else:
+            self.count = capped
+        if number is not None and number > 1 and not rows:
+            raise NotFound("Invalid page.")
+        self.number, self.has_next = number, more
         self.next_cursor = None
-        if rows and full and not ordering:
+        if rows and more and not params.get("ordering"):
             last = rows[-1]
             self.next_cursor = signing.dumps(
                 [last.created_at.isoformat(), last.pk], salt=CURSOR_SALT, compress=True
             )
+        return rows
 
     def _decode(self, raw: str) -> tuple[datetime, int]:
         try:
@@ -147,21 +131,29 @@ class TemplateListPagination(StencilPagination):
             ) from exc
 
     def get_paginated_response(self, data):
+        url = self.request.build_absolute_uri()
         if self.cursor_mode:
-            url = self.request.build_absolute_uri()
             next_url = (
                 replace_query_param(url, self.cursor_query_param, self.next_cursor)
                 if self.next_cursor
                 else None
             )
-            count = self.total
             previous = None
         else:
-            next_url, previous = self.get_next_link(), self.get_previous_link()
-            count = self.page.paginator.count
+            next_url = (
+                replace_query_param(url, self.page_query_param, self.number + 1)
+                if self.has_next
+                else None
+            )
+            if self.number <= 1:
+                previous = None
+            elif self.number == 2:
+                previous = remove_query_param(url, self.page_query_param)
+            else:
+                previous = replace_query_param(url, self.page_query_param, self.number - 1)
         return Response(
             {
-                "count": count,
+                "count": self.count,
                 "count_is_estimate": self.count_is_estimate,
                 "next": next_url,
                 "previous": previous,
@@ -170,17 +162,21 @@ class TemplateListPagination(StencilPagination):
             }
         )
 
-    def get_next_link(self):
-        if self.count_is_estimate:
-            # The page count is not known: a full page has a next one (maybe empty: 404).
-            if len(self.page.object_list) < self.page.paginator.per_page:
-                return None
-            url = self.request.build_absolute_uri()
-            return replace_query_param(url, self.page_query_param, self.page.number + 1)
-        return super().get_next_link()
-
     def get_paginated_response_schema(self, schema):
         answer = super().get_paginated_response_schema(schema)
         answer["properties"]["count_is_estimate"] = {"type": "boolean"}
         answer["properties"]["next_cursor"] = {"type": "string", "nullable": True}
         return answer
+
+    def get_schema_operation_parameters(self, view):
+        return [
+            *super().get_schema_operation_parameters(view),
+            {
+                "name": self.cursor_query_param,
+                "required": False,
+                "in": "query",
+                "description": "Opaque keyset cursor: a next_cursor of this listing ('' for "
+                "the first page). Not with page or ordering.",
+                "schema": {"type": "string"},
+            },
+        ]

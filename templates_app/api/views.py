@@ -72,6 +72,13 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def get_serializer_class(self):
         return TemplateSerializer if self.action == "list" else TemplateDetailViewSerializer
 
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        """A page of templates: zones and details as plain rows, not a prefetch (the hot path)."""
+        queryset = self.filter_queryset(self.get_queryset()).prefetch_related(None)
+        page = self.paginate_queryset(queryset)
+        selectors.attach_listing_relations(page)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
     def _owned_template(self) -> Template:
         """Writes belong to the owning account or staff; others get 404, not a hint."""
         template = self.get_object()
