@@ -33,6 +33,7 @@ BENCHES = [
     ("direct_download_1g", ["direct_download.py", "--size", "1"], 240),
     ("direct_download_4g", ["direct_download.py", "--size", "4"], 240),
     ("deploy_storm", ["deploy_storm.py"], 300),
+    ("deploy_latency", ["deploy_latency.py"], 300),
 ]
 
 
