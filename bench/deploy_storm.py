@@ -41,8 +41,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from agents_app.agent import heartbeat
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _common  # noqa: E402
@@ -131,6 +129,8 @@ def check_connections_headroom() -> None:
 
 def make_fixture(workdir: Path) -> dict:
     """Zone, store, account, an Up host on the test driver and its pool."""
+    # Imported here: it imports models, which need django.setup() first.
+    from agents_app.agent import heartbeat
     from agents_app.agent.virt import write_test_node_xml
     from agents_app.models import PrimaryPool
     from templates_app.models import Account, ImageStore, Zone
