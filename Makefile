@@ -51,12 +51,9 @@ test: $(STAMP) system-packages services libvirtd
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) \
 	  $(BIN)/pytest -n 2 --dist loadgroup -p no:cacheprovider
 
+# Every benchmark in bench/, then one table of figures, ratios and targets (< 20 min on 2 cores).
 bench: $(STAMP) services
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/gc_sweep.py
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/list_templates.py
-	$(BIN)/python bench/download.py
-	$(BIN)/python bench/direct_download.py
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/deploy_storm.py
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/run_all.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports

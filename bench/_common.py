@@ -15,7 +15,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BENCH_DB_NAME = "stencil_bench"
+# STENCIL_BENCH_DB lets parallel checkouts keep their own scratch database.
+BENCH_DB_NAME = os.environ.get("STENCIL_BENCH_DB", "stencil_bench")
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/stencil"
 # A fixed instant, so that reruns load identical rows.
 FIXTURE_NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -244,3 +245,72 @@ def vm_row(pk: int, *, template_id: int, account_id: int, zone_id: int, state: s
         "destroyed_at": FIXTURE_NOW if gone else None,
         "expunged_at": FIXTURE_NOW if state == "EXPUNGED" else None,
     }
+
+
+def insert_select(model, exprs: dict[str, str], from_sql: str, params: Sequence = ()) -> int:
+    """INSERT INTO model's table SELECT … FROM from_sql: the whole fixture stays in the server.
+
+    `exprs` maps attnames to SQL expressions (over from_sql's columns, e.g. generate_series);
+    every other column takes the model field's default as a constant (auto_now ones
+    FIXTURE_NOW, UUIDs gen_random_uuid()), so fixtures survive new columns. Millions of rows
+    load in seconds this way, where COPY from Python rows takes minutes.
+    """
+    from django.db import connection, models
+
+    columns, selects, values = [], [], []
+    for field in model._meta.concrete_fields:
+        columns.append(field.column)
+        if field.attname in exprs:
+            selects.append(exprs[field.attname].replace("%", "%%"))  # literal SQL
+            continue
+        if field.primary_key:
+            columns.pop()
+            continue
+        if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+            value = FIXTURE_NOW
+        elif isinstance(field, models.UUIDField) and callable(field.default):
+            selects.append("gen_random_uuid()")
+            continue
+        else:
+            value = field.get_default()
+        selects.append("%s")
+        values.append(field.get_db_prep_save(value, connection))
+    sql = (
+        f"INSERT INTO {model._meta.db_table} ({', '.join(columns)}) "
+        f"SELECT {', '.join(selects)} FROM {from_sql}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, *params])
+        return cursor.rowcount
+
+
+RESULT_PREFIX = "BENCH_RESULT "
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, printed beside every figure (the cores are shared)."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def report(bench: str, rows: list[dict]) -> None:
+    """Print one machine-readable line for bench/run_all.py, and a readable table.
+
+    Each row: figure (what), value, unit, reference (what the value is compared with, same
+    run) and reference_value, ratio, target (text), met (bool or None when informative).
+    """
+    import json
+
+    load = load_average()
+    print(f"\n{bench}: results (load average {load})")
+    for row in rows:
+        met = row.get("met")
+        verdict = "met" if met else ("missed" if met is not None else "-")
+        ratio = row.get("ratio")
+        print(
+            f"  {row['figure']:<48} {row['value']:>10.4g} {row.get('unit', ''):<6}"
+            f" ref {row.get('reference', '-')}"
+            f"{'' if ratio is None else f' ratio {ratio:.2f}'}  target {row.get('target', '-')}"
+            f"  {verdict}"
+        )
+    print(RESULT_PREFIX + json.dumps({"bench": bench, "load": load, "rows": rows}))

@@ -176,6 +176,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Template life cycle.
 STENCIL_GC_INTERVAL_SECONDS = int(os.environ.get("STENCIL_GC_INTERVAL_SECONDS", "300"))
 STENCIL_GC_BATCH_SIZE = int(os.environ.get("STENCIL_GC_BATCH_SIZE", "1000"))
+# The template listing counts exactly up to this many rows (a COUNT over a LIMIT: ~1 ms at
+# 1000); beyond, the planner's estimate with count_is_estimate true (docs/api.md).
+STENCIL_LISTING_EXACT_COUNT_LIMIT = int(os.environ.get("STENCIL_LISTING_EXACT_COUNT_LIMIT", "1000"))
 # Delayed delete: an unreferenced INACTIVE template is removed only this long after its delete,
 # so a mistaken delete can be reactivated; 0 removes it at the next sweep (at once).
 STENCIL_GC_GRACE_SECONDS = int(os.environ.get("STENCIL_GC_GRACE_SECONDS", "3600"))

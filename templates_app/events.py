@@ -3,7 +3,18 @@
 from collections.abc import Iterable
 
 from django.contrib.contenttypes.models import ContentType
-from django.db import models
+from django.db import connection, models
+from django.db.models import (
+    BigIntegerField,
+    DateTimeField,
+    Expression,
+    F,
+    QuerySet,
+    UUIDField,
+    Value,
+)
+from django.db.models.functions import Substr
+from django.utils import timezone
 
 from .models import Event
 
@@ -49,6 +60,55 @@ def record_event(obj: models.Model, **kwargs) -> Event:
 
 def record_events(events: Iterable[Event]) -> None:
     Event.objects.bulk_create(list(events), batch_size=1000)
+
+
+def record_events_from(
+    queryset: QuerySet,
+    *,
+    object_repr: Expression,
+    from_state: str,
+    to_state: str,
+    actor=None,
+    actor_label: str = "system",
+    reason: str = "",
+    field: str = "state",
+) -> int:
+    """One event per row of `queryset`, written by one INSERT … SELECT in the database.
+
+    For set-based transitions (the sweep): no model instance per event. `object_repr` is the
+    SQL expression of the row's str() (the model's __str__ is Python, so the caller spells it).
+    Returns the events written.
+    """
+    model = queryset.model
+    has = {f.attname for f in model._meta.concrete_fields}
+    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    columns = {
+        "content_type_id": Value(ContentType.objects.get_for_model(model).pk),
+        "object_id": F("pk"),
+        "object_uuid": F("uuid") if "uuid" in has else Value(None, output_field=UUIDField()),
+        "object_repr": Substr(object_repr, 1, 255),
+        "account_id": F("account_id") if "account_id" in has else Value(None, BigIntegerField()),
+        "field": Value(field),
+        "from_state": Value(from_state),
+        "to_state": Value(to_state),
+        "actor_id": Value(user.pk if user else None, output_field=BigIntegerField()),
+        "actor_label": Value(actor_label_for(actor, actor_label)),
+        "reason": Value(reason[:1024]),
+        "created_at": Value(timezone.now(), output_field=DateTimeField()),
+    }
+    # Aliases that cannot clash with the model's own fields; the SELECT lists them in order.
+    aliases = {f"_event_{name}": expression for name, expression in columns.items()}
+    select = queryset.order_by().annotate(**aliases).values(*aliases)
+    sql, params = select.query.sql_with_params()
+    targets = ", ".join(
+        connection.ops.quote_name(Event._meta.get_field(name.removesuffix("_id")).column)
+        if name.endswith("_id") and name != "object_id"
+        else connection.ops.quote_name(Event._meta.get_field(name).column)
+        for name in columns
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {Event._meta.db_table} ({targets}) {sql}", params)
+        return cursor.rowcount
 
 
 def record_copy_event(ref: models.Model, *, before: str, actor_label: str, reason: str) -> Event:

@@ -1,4 +1,22 @@
+"""Pagination of the API's lists.
+
+Every list: `?page=N&page_size=M` (at most 500 per page). The template listing (the one that
+grows with the catalogue) adds a count that stays cheap and a keyset cursor; docs/api.md says
+what a client sees.
+"""
+
+from datetime import datetime
+
+from django.conf import settings
+from django.core import signing
+from django.db import connection
+from django.db.models import IntegerField, Q, QuerySet, Subquery
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param, replace_query_param
+
+CURSOR_SALT = "stencil.templates.cursor"
 
 
 class StencilPagination(PageNumberPagination):
@@ -6,3 +24,159 @@ class StencilPagination(PageNumberPagination):
 
     page_size_query_param = "page_size"
     max_page_size = 500
+
+
+def estimated_rows(queryset: QuerySet) -> int | None:
+    """The planner's row estimate for the queryset (PostgreSQL), None elsewhere."""
+    if connection.vendor != "postgresql":
+        return None
+    sql, params = queryset.order_by().values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+        plan = cursor.fetchone()[0]
+    if isinstance(plan, str):
+        import json
+
+        plan = json.loads(plan)
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+class _CappedCount(Subquery):
+    """COUNT(*) of an uncorrelated, LIMITed queryset: PostgreSQL runs it once per statement
+    (an InitPlan), so the count rides along with the page instead of costing a query."""
+
+    template = "(SELECT COUNT(*) FROM (%(subquery)s) _capped)"
+    output_field = IntegerField()
+
+
+class TemplateListPagination(StencilPagination):
+    """Page numbers with a capped count, plus an opaque keyset `cursor` (`next_cursor`).
+
+    The count is exact up to STENCIL_LISTING_EXACT_COUNT_LIMIT rows (a COUNT over a LIMIT in
+    the page's own statement, visiting at most that many rows); beyond, the planner's estimate
+    (one EXPLAIN) with `count_is_estimate` true; then any page number is accepted and a page
+    past the real end is a 404. The cursor holds the last row's (created_at, id), signed: a
+    page after it costs the same at any depth (an index range scan), and rows inserted
+    meanwhile (newer, so before it) neither repeat nor skip rows. It follows the default
+    ordering (newest first) only.
+    """
+
+    cursor_query_param = "cursor"
+    display_page_controls = False
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.request = request
+        self.cursor_mode = self.cursor_query_param in request.query_params
+        params = request.query_params
+        page_size = self.get_page_size(request)
+        if self.cursor_mode:
+            if params.get("ordering") or params.get(self.page_query_param):
+                raise ValidationError(
+                    {"cursor": ["cursor cannot be combined with ordering or page (newest first)"]}
+                )
+            number, offset = None, 0
+            rows_queryset = queryset.order_by("-created_at", "-pk")
+            raw = params[self.cursor_query_param]
+            if raw:
+                created_at, pk = self._decode(raw)
+                rows_queryset = rows_queryset.filter(
+                    # The first bound lets the index range scan start at the cursor.
+                    Q(created_at__lte=created_at),
+                    Q(created_at__lt=created_at) | Q(created_at=created_at, pk__lt=pk),
+                )
+        else:
+            try:
+                number = int(params.get(self.page_query_param, 1))
+                if number < 1:
+                    raise ValueError(number)
+            except (TypeError, ValueError):
+                raise NotFound("Invalid page.") from None
+            offset = (number - 1) * page_size
+            rows_queryset = queryset
+        limit = settings.STENCIL_LISTING_EXACT_COUNT_LIMIT
+        visible = queryset.order_by().values("pk")[: limit + 1]
+        counted = rows_queryset.annotate(_listing_count=_CappedCount(visible))
+        rows = list(counted[offset : offset + page_size + 1])
+        capped = rows[0]._listing_count if rows else visible.count()
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        self.count_is_estimate = capped > limit
+        if self.count_is_estimate:
+            estimate = estimated_rows(queryset)
+            if estimate is None:  # SQLite (the demo): small catalogues, an exact count is fine
+                self.count_is_estimate = False
+                self.count = queryset.count()
+            else:
+                self.count = max(estimate, limit + 1, offset + len(rows) + int(more))
+        else:
+            self.count = capped
+        if number is not None and number > 1 and not rows:
+            raise NotFound("Invalid page.")
+        self.number, self.has_next = number, more
+        self.next_cursor = None
+        if rows and more and not params.get("ordering"):
+            last = rows[-1]
+            self.next_cursor = signing.dumps(
+                [last.created_at.isoformat(), last.pk], salt=CURSOR_SALT, compress=True
+            )
+        return rows
+
+    def _decode(self, raw: str) -> tuple[datetime, int]:
+        try:
+            created_at, pk = signing.loads(raw, salt=CURSOR_SALT)
+            return datetime.fromisoformat(created_at), int(pk)
+        except (signing.BadSignature, ValueError, TypeError) as exc:
+            raise ValidationError(
+                {"cursor": ["invalid cursor: pass a next_cursor this listing returned"]}
+            ) from exc
+
+    def get_paginated_response(self, data):
+        url = self.request.build_absolute_uri()
+        if self.cursor_mode:
+            next_url = (
+                replace_query_param(url, self.cursor_query_param, self.next_cursor)
+                if self.next_cursor
+                else None
+            )
+            previous = None
+        else:
+            next_url = (
+                replace_query_param(url, self.page_query_param, self.number + 1)
+                if self.has_next
+                else None
+            )
+            if self.number <= 1:
+                previous = None
+            elif self.number == 2:
+                previous = remove_query_param(url, self.page_query_param)
+            else:
+                previous = replace_query_param(url, self.page_query_param, self.number - 1)
+        return Response(
+            {
+                "count": self.count,
+                "count_is_estimate": self.count_is_estimate,
+                "next": next_url,
+                "previous": previous,
+                "next_cursor": self.next_cursor,
+                "results": data,
+            }
+        )
+
+    def get_paginated_response_schema(self, schema):
+        answer = super().get_paginated_response_schema(schema)
+        answer["properties"]["count_is_estimate"] = {"type": "boolean"}
+        answer["properties"]["next_cursor"] = {"type": "string", "nullable": True}
+        return answer
+
+    def get_schema_operation_parameters(self, view):
+        return [
+            *super().get_schema_operation_parameters(view),
+            {
+                "name": self.cursor_query_param,
+                "required": False,
+                "in": "query",
+                "description": "Opaque keyset cursor: a next_cursor of this listing ('' for "
+                "the first page). Not with page or ordering.",
+                "schema": {"type": "string"},
+            },
+        ]

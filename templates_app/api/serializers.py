@@ -1,6 +1,7 @@
 """API shapes. Every `id` is the object's public UUID; writes go through services."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
@@ -198,7 +199,7 @@ class TemplateSerializer(serializers.ModelSerializer):
     account = serializers.UUIDField(source="account.uuid", read_only=True)
     account_name = serializers.CharField(source="account.name", read_only=True)
     zones = serializers.SerializerMethodField()
-    details = TemplateDetailSerializer(many=True, read_only=True)
+    details = serializers.SerializerMethodField()
     references = serializers.IntegerField(read_only=True, default=0)
     version = TemplateVersionSerializer(source="*", read_only=True)
     removal_not_before = serializers.DateTimeField(
@@ -243,14 +244,78 @@ class TemplateSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_zones(self, template: Template) -> list[str]:
+        listed = getattr(template, "listed_zones", None)  # selectors.attach_listing_relations
+        if listed is not None:
+            return [str(zone_uuid) for zone_uuid in listed]
         return [str(zone.uuid) for zone in template.zones.all()]
 
+    @extend_schema_field(TemplateDetailSerializer(many=True))
+    def get_details(self, template: Template) -> list[dict]:
+        listed = getattr(template, "listed_details", None)
+        if listed is not None:
+            return [dict(detail) for detail in listed]
+        return [{"key": d.key, "value": d.value} for d in template.details.all()]
+
+    # Plain attributes copied as they are on the listing's fast path (to_representation).
+    PLAIN_FIELDS = (
+        "unique_name",
+        "name",
+        "display_text",
+        "kind",
+        "format",
+        "url",
+        "checksum",
+        "os_type",
+        "hypervisor",
+        "cross_zones",
+        "is_public",
+        "is_featured",
+        "direct_download",
+        "primary_policy",
+        "state",
+    )
+    TIME_FIELDS = ("deactivated_at", "removal_not_before", "removed_at", "created_at", "updated_at")
+
     def to_representation(self, template: Template) -> dict:
-        data = super().to_representation(template)
+        if type(self) is TemplateSerializer and hasattr(template, "listed_zones"):
+            data = self._listed_representation(template)
+        else:
+            data = super().to_representation(template)
         if not self._may_see_secrets(template):
             data["url"] = secrets.public_url(data["url"])
             for detail in data["details"]:
                 detail["value"] = secrets.public_detail_value(detail["key"], detail["value"])
+        return data
+
+    def _listed_representation(self, template: Template) -> dict:
+        """The same dict as the DRF fields build (a test compares both), without resolving
+        27 fields per row: at 50 rows a page that was most of the listing's Python time."""
+        fields = self.fields
+        times = {name: fields[name].to_representation for name in self.TIME_FIELDS}
+        base = template.base
+        data = {
+            "id": str(template.uuid),
+            **{name: getattr(template, name) for name in self.PLAIN_FIELDS[:3]},
+            "version": {
+                "base_template": str(base.uuid) if base is not None else None,
+                "version_name": template.version_name,
+                "version_number": template.version_number,
+            },
+            **{name: getattr(template, name) for name in self.PLAIN_FIELDS[3:9]},
+            "account": str(template.account.uuid),
+            "account_name": template.account.name,
+            "zones": self.get_zones(template),
+            **{name: getattr(template, name) for name in self.PLAIN_FIELDS[9:14]},
+            "details": self.get_details(template),
+            "state": template.state,
+        }
+        for name in self.TIME_FIELDS[:3]:
+            value = getattr(template, name)
+            data[name] = None if value is None else times[name](value)
+        data["references"] = getattr(template, "references", 0)
+        for name in self.TIME_FIELDS[3:]:
+            value = getattr(template, name)
+            data[name] = None if value is None else times[name](value)
         return data
 
     def _may_see_secrets(self, template: Template) -> bool:

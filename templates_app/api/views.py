@@ -14,6 +14,7 @@ from templates_app.filtersets import EventFilterSet, TemplateFilterSet
 from templates_app.models import Template
 from templates_app.references import references_seen_by
 
+from .pagination import TemplateListPagination
 from .permissions import IsStaff, IsStaffOrReadOnly
 from .serializers import (
     AccountSerializer,
@@ -50,6 +51,7 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     lookup_field = "uuid"
     lookup_url_kwarg = "id"
+    pagination_class = TemplateListPagination
     filterset_class = TemplateFilterSet
     search_fields = ["name", "display_text"]
     ordering_fields = ["name", "created_at", "updated_at", "format", "kind"]
@@ -71,6 +73,13 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     def get_serializer_class(self):
         return TemplateSerializer if self.action == "list" else TemplateDetailViewSerializer
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        """A page of templates: zones and details as plain rows, not a prefetch (the hot path)."""
+        queryset = self.filter_queryset(self.get_queryset()).prefetch_related(None)
+        page = self.paginate_queryset(queryset)
+        selectors.attach_listing_relations(page)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def _owned_template(self) -> Template:
         """Writes belong to the owning account or staff; others get 404, not a hint."""
