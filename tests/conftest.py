@@ -12,6 +12,23 @@ from templates_app import services
 from .templates_app.factories import AccountFactory, ImageStoreFactory, UserFactory, ZoneFactory
 
 
+def _ephemeral_ports() -> str:
+    """The range the kernel picks a port-0 bind from: where pytest-httpserver, trustme servers
+    and the tests' own sockets listen (Linux: /proc/sys/net/ipv4/ip_local_port_range)."""
+    try:
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+    except OSError:
+        low, high = "32768", "60999"  # Linux's default
+    return f"{low}-{high}"
+
+
+# Production allows ports 80 and 443 only (plus STENCIL_URL_ALLOWED_PORTS); the test servers
+# listen on random high ports, so the tests allow exactly that range. Set in the environment
+# too: the worker and agent processes the tests start inherit it.
+TEST_ALLOWED_PORTS = _ephemeral_ports()
+os.environ["STENCIL_URL_ALLOWED_PORTS"] = TEST_ALLOWED_PORTS
+
+
 def pytest_configure(config):
     engine = settings.DATABASES["default"]["ENGINE"]
     if "postgresql" not in engine:
@@ -33,6 +50,12 @@ def direct_download_url_check_off(settings):
     that only need such a template skip that round trip. tests/agents_app/test_agent_worker.py
     turns it on and runs it against a real agent."""
     settings.STENCIL_DIRECT_DOWNLOAD_URL_CHECK = False
+
+
+@pytest.fixture(autouse=True)
+def test_server_ports_allowed(settings):
+    """The test servers' ports (TEST_ALLOWED_PORTS); tests of the port rule set their own."""
+    settings.STENCIL_URL_ALLOWED_PORTS = [TEST_ALLOWED_PORTS]
 
 
 @pytest.fixture(autouse=True)
