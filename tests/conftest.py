@@ -1,6 +1,7 @@
 """Shared fixtures. The suite runs on PostgreSQL only: row locks and races need the real thing."""
 
 import os
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -16,7 +17,7 @@ def _ephemeral_ports() -> str:
     """The range the kernel picks a port-0 bind from: where pytest-httpserver, trustme servers
     and the tests' own sockets listen (Linux: /proc/sys/net/ipv4/ip_local_port_range)."""
     try:
-        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
     except OSError:
         low, high = "32768", "60999"  # Linux's default
     return f"{low}-{high}"
