@@ -26,10 +26,11 @@ FORBIDDEN_NAMES = {
     "if-range",
     "accept-encoding",
 }
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Matched with fullmatch: `$` would also accept a trailing newline.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_CHARS = re.compile(r"[\r\n\x00]")
 # RFC 9110 field-value: visible ASCII, spaces and tabs inside.
-_FIELD_VALUE = re.compile(r"^[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?$|^$")
+_FIELD_VALUE = re.compile(r"([\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?)?")
 
 
 def header_pairs(details: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -64,12 +65,12 @@ class BadHeader(InvalidInput):
 def check_header(name: str, value: str) -> None:
     """Refuse a header whose name is not an RFC 9110 token or is reserved (case-insensitive),
     or whose value is not visible ASCII (spaces and tabs only inside)."""
-    if not isinstance(name, str) or not _TOKEN.match(name):
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
         raise BadHeader(f"{name!r} is not a valid HTTP header name (RFC 9110 token)")
     lowered = name.lower()
     if lowered in FORBIDDEN_NAMES or lowered.startswith("proxy-"):
         raise BadHeader(f"HTTP header '{name}' cannot be set ({FORBIDDEN_TEXT})")
-    if not isinstance(value, str) or not _FIELD_VALUE.match(value):
+    if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
         raise BadHeader(
             f"the value of HTTP header '{name}' must be visible ASCII (RFC 9110 field-value)"
         )

@@ -686,7 +686,15 @@ def test_chunked_body_and_a_cut_chunked_body_is_retried(folder):
 
 
 @pytest.mark.parametrize(
-    "headers", [{"X-Evil": "a\r\nHost: other"}, {"Bad Name": "x"}, {"X-Nul": "a\x00"}]
+    "headers",
+    [
+        {"X-Evil": "a\r\nHost: other"},
+        {"Bad Name": "x"},
+        {"X-Nul": "a\x00"},
+        {"X-Trailing-Newline\n": "x"},  # a regex's `$` would let it through to http.client
+        {"X-Trail": "abc\n"},
+        {"Keep-Alive": "5"},
+    ],
 )
 def test_header_injection_is_refused(httpserver, folder, headers):
     with pytest.raises(DownloadError, match="request header refused"):
