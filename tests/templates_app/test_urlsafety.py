@@ -5,6 +5,7 @@ No test here connects anywhere: validate_url resolves names but never opens a so
 
 import importlib
 import os
+import re
 import socket
 
 import pytest
@@ -288,3 +289,51 @@ def test_settings_default_matches_the_module_default():
     assert denied == list(DEFAULT_DENIED_NETWORKS)
     assert ports == []
     assert project_settings.STENCIL_URL_ALLOWED_NETWORKS == []
+
+
+@pytest.mark.parametrize(
+    ("address", "embedded"),
+    [
+        ("::ffff:10.0.0.1", ["10.0.0.1"]),
+        ("::a00:1", ["10.0.0.1"]),
+        ("::1", []),
+        ("::", []),
+        ("64:ff9b::a9fe:a9fe", ["169.254.169.254"]),
+        ("2002:a9fe:a9fe::1", ["169.254.169.254"]),
+        # Teredo: the server, and the client (stored inverted in the last 32 bits)
+        ("2001:0:a9fe:a9fe::f5ff:fffe", ["169.254.169.254", "10.0.0.1"]),
+        ("2001:db8::1", []),
+    ],
+)
+def test_embedded_ipv4_addresses(address, embedded):
+    ip = urlsafety.ipaddress.IPv6Address(address)
+    assert [str(v4) for v4 in urlsafety.embedded_ipv4(ip)] == embedded
+
+
+def test_local_nat64_is_read_at_every_rfc6052_prefix_length():
+    # 169.254.169.254 after a /48 prefix: octets 1-2 in bits 48-63, bits 64-71 ("u") zero,
+    # octets 3-4 in bits 72-87.
+    ip = urlsafety.ipaddress.IPv6Address("64:ff9b:1:a9fe:a9:fe00::")
+    assert "169.254.169.254" in [str(v4) for v4 in urlsafety.embedded_ipv4(ip)]
+    ip = urlsafety.ipaddress.IPv6Address("64:ff9b:1::a9fe:a9fe")  # /96
+    assert "169.254.169.254" in [str(v4) for v4 in urlsafety.embedded_ipv4(ip)]
+
+
+@pytest.mark.parametrize(
+    ("allowed", "url", "rule"),
+    [
+        ("64:ff9b::/96", "http://[64:ff9b::a9fe:a9fe]/", "(169.254.169.254) is in denied network"),
+        ("64:ff9b::/96", "http://[64:ff9b::a00:1]/", "(10.0.0.1) is in denied network 10.0.0.0/8"),
+        ("2002::/16", "http://[2002:7f00:1::1]/", "(127.0.0.1) is in denied network"),
+        ("64:ff9b:1::/48", "http://[64:ff9b:1:a9fe:a9:fe00::]/", "(169.254.169.254)"),
+    ],
+)
+def test_allowing_a_transition_range_still_checks_what_it_embeds(settings, allowed, url, rule):
+    settings.STENCIL_URL_ALLOWED_NETWORKS = [allowed]
+    with pytest.raises(UnsafeUrl, match=re.escape(rule)):
+        validate_url(url)
+
+
+def test_allowing_a_transition_range_lets_public_embedded_addresses_through(settings):
+    settings.STENCIL_URL_ALLOWED_NETWORKS = ["64:ff9b::/96"]
+    assert validate_url("http://[64:ff9b::c633:6403]/").address == "64:ff9b::c633:6403"
