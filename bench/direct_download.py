@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -172,6 +173,8 @@ def run_ours(url: str, pool: Path, size: int, expected: str, timeout: float, wor
     env.update(
         DJANGO_SETTINGS_MODULE="project.settings",
         STENCIL_URL_ALLOW_LOOPBACK="true",
+        # The local server's port: outbound requests allow only 80 and 443 otherwise.
+        STENCIL_URL_ALLOWED_PORTS=str(urlsplit(url).port or ""),
         DATABASE_URL=f"sqlite:///{workdir / 'bench-direct-download.sqlite3'}",
         STENCIL_DATA_DIR=str(workdir / "data"),
         LOG_LEVEL="WARNING",

@@ -41,6 +41,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
@@ -471,6 +472,8 @@ def run_ours(
     env.update(
         DJANGO_SETTINGS_MODULE="project.settings",
         STENCIL_URL_ALLOW_LOOPBACK="true",
+        # The local server's port: outbound requests allow only 80 and 443 otherwise.
+        STENCIL_URL_ALLOWED_PORTS=str(urlsplit(url).port or ""),
         DATABASE_URL=f"sqlite:///{workdir / 'bench-download.sqlite3'}",
         STENCIL_DATA_DIR=str(workdir / "data"),
         LOG_LEVEL="WARNING",

@@ -232,20 +232,29 @@ STENCIL_EXTRACT_EXPIRY_SECONDS = int(os.environ.get("STENCIL_EXTRACT_EXPIRY_SECO
 STENCIL_UPLOAD_EXPIRY_SECONDS = int(os.environ.get("STENCIL_UPLOAD_EXPIRY_SECONDS", "3600"))
 
 # Outbound URLs: rules for every URL the storage worker and the agents fetch (first request,
-# redirects, mirrors); see templates_app/images/urlsafety.py. Private ranges (10/8, 172.16/12,
-# 192.168/16, fc00::/7) stay allowed: internal mirrors are normal. An unset or empty variable
-# keeps the default, so a blank value in a deployment file cannot switch the protection off.
+# redirects, mirrors); see templates_app/images/urlsafety.py. Deny by default: loopback,
+# link-local and metadata, broadcast, multicast, the private ranges and the IPv6 ranges that
+# carry an IPv4 address. An internal mirror is let through with STENCIL_URL_ALLOWED_NETWORKS. An
+# unset or empty variable keeps the default, so a blank value in a deployment file cannot switch
+# the protection off.
 STENCIL_URL_DENIED_NETWORKS = [
     n.strip()
     for n in (
         os.environ.get("STENCIL_URL_DENIED_NETWORKS", "").strip()
-        or "127.0.0.0/8,::1/128,169.254.0.0/16,fe80::/10,0.0.0.0/8,::/128,224.0.0.0/4,"
-        "ff00::/8,100.100.100.200/32,fd00:ec2::254/128"
+        or "127.0.0.0/8,::1/128,169.254.0.0/16,fe80::/10,0.0.0.0/8,255.255.255.255/32,"
+        "224.0.0.0/4,ff00::/8,100.100.100.200/32,fd00:ec2::254/128,"
+        "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7,"
+        "::/96,::ffff:0:0/96,64:ff9b::/96,64:ff9b:1::/48,2002::/16,2001::/32"
     ).split(",")
     if n.strip()
 ]
+# CIDRs let through although a wider denied network holds them, e.g. "10.20.0.0/16" for a mirror.
+STENCIL_URL_ALLOWED_NETWORKS = [
+    n.strip() for n in os.environ.get("STENCIL_URL_ALLOWED_NETWORKS", "").split(",") if n.strip()
+]
+# Ports besides 80 and 443 (always allowed): "8080,9000-9100".
 STENCIL_URL_ALLOWED_PORTS = [
-    int(p) for p in os.environ.get("STENCIL_URL_ALLOWED_PORTS", "").split(",") if p.strip()
+    p.strip() for p in os.environ.get("STENCIL_URL_ALLOWED_PORTS", "").split(",") if p.strip()
 ]
 STENCIL_URL_ALLOW_LOOPBACK = env_bool("STENCIL_URL_ALLOW_LOOPBACK", False)
 STENCIL_PUBLIC_URL = os.environ.get("STENCIL_PUBLIC_URL", "http://127.0.0.1:8000")

@@ -10,6 +10,7 @@ class TemplatesAppConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_save
 
+        from . import checks  # noqa: F401  (registers the system checks)
         from .cloudstack.commands import register_transport_commands
         from .models import ImageStore
         from .store_fill import on_image_store_saved

@@ -1,6 +1,7 @@
 """Shared fixtures. The suite runs on PostgreSQL only: row locks and races need the real thing."""
 
 import os
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -10,6 +11,23 @@ from agents_app import services as vm_services
 from templates_app import services
 
 from .templates_app.factories import AccountFactory, ImageStoreFactory, UserFactory, ZoneFactory
+
+
+def _ephemeral_ports() -> str:
+    """The range the kernel picks a port-0 bind from: where pytest-httpserver, trustme servers
+    and the tests' own sockets listen (Linux: /proc/sys/net/ipv4/ip_local_port_range)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except OSError:
+        low, high = "32768", "60999"  # Linux's default
+    return f"{low}-{high}"
+
+
+# Production allows ports 80 and 443 only (plus STENCIL_URL_ALLOWED_PORTS); the test servers
+# listen on random high ports, so the tests allow exactly that range. Set in the environment
+# too: the worker and agent processes the tests start inherit it.
+TEST_ALLOWED_PORTS = _ephemeral_ports()
+os.environ["STENCIL_URL_ALLOWED_PORTS"] = TEST_ALLOWED_PORTS
 
 
 def pytest_configure(config):
@@ -33,6 +51,12 @@ def direct_download_url_check_off(settings):
     that only need such a template skip that round trip. tests/agents_app/test_agent_worker.py
     turns it on and runs it against a real agent."""
     settings.STENCIL_DIRECT_DOWNLOAD_URL_CHECK = False
+
+
+@pytest.fixture(autouse=True)
+def test_server_ports_allowed(settings):
+    """The test servers' ports (TEST_ALLOWED_PORTS); tests of the port rule set their own."""
+    settings.STENCIL_URL_ALLOWED_PORTS = [TEST_ALLOWED_PORTS]
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,6 @@ import http.client
 import logging
 import os
 import queue
-import re
 import secrets
 import socket
 import ssl
@@ -28,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from .checksums import HASHLIB_NAMES, normalize_checksum, split_checksum
+from .headers import BadHeader, check_header
 from .urlsafety import HostNotResolved, ResolvedTarget, validate_url
 
 logger = logging.getLogger(__name__)
@@ -40,8 +40,11 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 429})
 
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
+# What a connection that gave no HTTP response says, whatever the reason: refused, reset, timed
+# out, TLS or bytes that are not HTTP. One text for all, so that the registration check (which a
+# tenant can aim at any allowed address and port) cannot tell a closed port from a filtered one
+# or from a service that speaks something else: it must not be a port scanner.
+NO_HTTP_ANSWER = "no HTTP answer (connection refused, reset, timed out or not HTTP)"
 _ALGO_BY_HASHLIB = {name: algo for algo, name in HASHLIB_NAMES.items()}
 
 
@@ -58,7 +61,8 @@ class DownloadError(Exception):
     """A download that failed. `retryable` says whether trying later may succeed.
 
     `status` is the HTTP status when a response said so; `retry_after` the seconds the server
-    asked us to wait (Retry-After), 0 if it did not.
+    asked us to wait (Retry-After), 0 if it did not. `detail` is for the operator's log only
+    (the socket error behind NO_HTTP_ANSWER); `message` is what users see.
     """
 
     def __init__(
@@ -68,12 +72,14 @@ class DownloadError(Exception):
         retryable: bool = False,
         status: int | None = None,
         retry_after: float = 0.0,
+        detail: str = "",
     ):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        self.detail = detail
 
 
 class ChecksumMismatch(DownloadError):
@@ -191,11 +197,14 @@ def _validate(url: str) -> ResolvedTarget:
 
 
 def _checked_headers(headers: dict[str, str]) -> dict[str, str]:
-    """Refuse header names and values that could split a request (CR, LF, NUL)."""
+    """The header rules of registration (headers.check_header), again before anything is sent:
+    a header stored before a rule existed fails the download with the rule, never a crash."""
     for name, value in headers.items():
-        if not _TOKEN.match(name) or _BAD_VALUE.search(str(value)):
-            raise DownloadError(f"invalid request header {name!r}")
-    return {name: str(value) for name, value in headers.items()}
+        try:
+            check_header(name, value)
+        except BadHeader as exc:
+            raise DownloadError(f"request header refused: {exc.message}") from None
+    return dict(headers)
 
 
 def _tls_context(ca_file: str | None, ca_dir: str | None) -> ssl.SSLContext:
@@ -366,11 +375,12 @@ class _Download:
                     delay = min(backoff_cap, backoff_base * 2 ** (attempt - 1))
                     delay = max(delay, min(backoff_cap, exc.retry_after))
                     logger.warning(
-                        "download of %s failed (attempt %d of %d): %s; retrying in %.2f s",
+                        "download of %s failed (attempt %d of %d): %s%s; retrying in %.2f s",
                         redact_url(self.url),
                         attempt,
                         max_attempts,
                         exc.message,
+                        f" [{exc.detail}]" if exc.detail else "",
                         delay,
                     )
                     time.sleep(delay)
@@ -480,9 +490,7 @@ class _Download:
             ) from None
         except (OSError, ssl.SSLError) as exc:
             conn.close()
-            raise DownloadError(
-                f"cannot connect to {redact_url(target.url)}: {_describe(exc)}", retryable=True
-            ) from None
+            raise _no_http_answer(exc, target) from None
         # Connected: from now on a read waits at most this long for the next byte.
         assert conn.sock is not None
         conn.sock.settimeout(max(0.001, min(self.read_timeout, self.stall_timeout)))
@@ -499,12 +507,12 @@ class _Download:
             sent["Range"] = f"bytes={self.offset}-"
             if self.validator:
                 sent["If-Range"] = self.validator
-        started = time.monotonic()
         try:
             conn.request("GET", target.request_target, headers=sent)
             return conn.getresponse()
         except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-            raise self._network_error(exc, target, started) from None
+            # No response yet: reset, timed out waiting for the status line, or not HTTP.
+            raise _no_http_answer(exc, target) from None
 
     def _accept(self, response: http.client.HTTPResponse, target: ResolvedTarget) -> _Body:
         """Decide from status and headers where this body goes; raise for errors."""
@@ -664,6 +672,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _no_http_answer(exc: BaseException, target: ResolvedTarget | None) -> DownloadError:
+    """The one error for "no HTTP response came" (see NO_HTTP_ANSWER); the cause goes to
+    `detail`, for logs. `target` None: the URL is left out (the registration check's text)."""
+    where = f" from {redact_url(target.url)}" if target is not None else ""
+    return DownloadError(f"{NO_HTTP_ANSWER}{where}", retryable=True, detail=_describe(exc))
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, http.client.IncompleteRead):
         return f"incomplete read ({len(exc.partial)} bytes)"
@@ -726,9 +741,10 @@ def _probe_once(target: ResolvedTarget, headers: dict[str, str], tls, timeout):
             f"TLS certificate verification failed for {target.host}: {exc.verify_message}"
         ) from None
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-        raise DownloadError(
-            f"cannot reach {redact_url(target.url)}: {_describe(exc)}", retryable=True
-        ) from None
+        # Refused, reset, timed out or not HTTP: one text whatever the address and the cause,
+        # so the registration check tells a tenant nothing about ports (NO_HTTP_ANSWER).
+        logger.info("URL check of %s: %s", redact_url(target.url), _describe(exc))
+        raise _no_http_answer(exc, None) from None
     finally:
         conn.close()
 

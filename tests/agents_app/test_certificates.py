@@ -577,7 +577,6 @@ def https_mirror(mirror_ca):
 @pytest.fixture
 def loopback_allowed(settings):
     settings.STENCIL_URL_DENIED_NETWORKS = list(DEFAULT_DENIED_NETWORKS)
-    settings.STENCIL_URL_ALLOWED_PORTS = []
     settings.STENCIL_URL_ALLOW_LOOPBACK = True
 
 

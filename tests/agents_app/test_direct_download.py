@@ -195,7 +195,7 @@ def test_redirect_to_a_denied_address_fails(
 ):
     settings.STENCIL_URL_DENIED_NETWORKS = ["127.0.0.2/32"]
     httpserver.expect_request("/dd.qcow2").respond_with_response(
-        Response(status=302, headers={"Location": "http://127.0.0.2:9/x"})
+        Response(status=302, headers={"Location": "http://127.0.0.2/x"})
     )
     template = register(
         url=httpserver.url_for("/dd.qcow2"), checksum="{MD5}" + "0" * 32, direct_download=True

@@ -18,6 +18,7 @@ from werkzeug import Request, Response
 
 from templates_app.images import urlsafety
 from templates_app.images.downloader import (
+    NO_HTTP_ANSWER,
     ChecksumMismatch,
     DownloadError,
     DownloadResult,
@@ -33,7 +34,6 @@ FAST = {"backoff_base": 0.01, "backoff_cap": 0.05, "connect_timeout": 2, "read_t
 @pytest.fixture(autouse=True)
 def loopback_allowed(settings):
     settings.STENCIL_URL_DENIED_NETWORKS = list(DEFAULT_DENIED_NETWORKS)
-    settings.STENCIL_URL_ALLOWED_PORTS = []
     settings.STENCIL_URL_ALLOW_LOOPBACK = True
 
 
@@ -461,7 +461,7 @@ def test_connection_refused_is_retryable(folder):
     with pytest.raises(DownloadError) as caught:
         download_to_file(f"http://127.0.0.1:{port}/x", folder / "d", max_attempts=2, **FAST)
     assert caught.value.retryable is True
-    assert "cannot connect" in caught.value.message
+    assert caught.value.message.startswith(NO_HTTP_ANSWER)
     assert os.listdir(folder) == []
 
 
@@ -686,10 +686,18 @@ def test_chunked_body_and_a_cut_chunked_body_is_retried(folder):
 
 
 @pytest.mark.parametrize(
-    "headers", [{"X-Evil": "a\r\nHost: other"}, {"Bad Name": "x"}, {"X-Nul": "a\x00"}]
+    "headers",
+    [
+        {"X-Evil": "a\r\nHost: other"},
+        {"Bad Name": "x"},
+        {"X-Nul": "a\x00"},
+        {"X-Trailing-Newline\n": "x"},  # a regex's `$` would let it through to http.client
+        {"X-Trail": "abc\n"},
+        {"Keep-Alive": "5"},
+    ],
 )
 def test_header_injection_is_refused(httpserver, folder, headers):
-    with pytest.raises(DownloadError, match="invalid request header"):
+    with pytest.raises(DownloadError, match="request header refused"):
         download_to_file(url(httpserver, "/d"), folder / "d", headers=headers)
     assert httpserver.log == []
     assert os.listdir(folder) == []

@@ -218,6 +218,7 @@ def test_make_run_processes_on_sqlite_survive_concurrent_deploys_downloads_and_a
             "DATABASE_URL": f"sqlite:///{data_dir / 'stencil.sqlite3'}",
             "STENCIL_DATA_DIR": str(data_dir),
             "STENCIL_URL_ALLOW_LOOPBACK": "true",
+            "STENCIL_URL_ALLOWED_PORTS": os.environ["STENCIL_URL_ALLOWED_PORTS"],
             "STENCIL_HEARTBEAT_SECONDS": "2",
             # migrate stores it in beat's schedule: beat sweeps during the scenario too.
             "STENCIL_GC_INTERVAL_SECONDS": "3",

@@ -159,7 +159,7 @@ def test_declared_raw_but_qcow2_is_rejected(httpserver, register, store, qcow2_b
 def test_redirect_to_a_denied_address_is_refused(httpserver, register, store, settings):
     settings.STENCIL_URL_DENIED_NETWORKS = ["127.0.0.2/32", "169.254.0.0/16"]
     httpserver.expect_request("/d.qcow2").respond_with_response(
-        Response(status=302, headers={"Location": "http://127.0.0.2:9/secret"})
+        Response(status=302, headers={"Location": "http://127.0.0.2/secret"})
     )
     template = register(url=httpserver.url_for("/d.qcow2"))
 

@@ -5,6 +5,7 @@ No test here connects anywhere: validate_url resolves names but never opens a so
 
 import importlib
 import os
+import re
 import socket
 
 import pytest
@@ -24,7 +25,9 @@ from templates_app.images.urlsafety import (
 def default_rules(settings):
     """The shipped defaults, whatever the environment of the test run says."""
     settings.STENCIL_URL_DENIED_NETWORKS = list(DEFAULT_DENIED_NETWORKS)
-    settings.STENCIL_URL_ALLOWED_PORTS = []
+    settings.STENCIL_URL_ALLOWED_NETWORKS = []
+    # Any port, so that these tests see the address rules; the port tests set their own.
+    settings.STENCIL_URL_ALLOWED_PORTS = ["1-65535"]
     settings.STENCIL_URL_ALLOW_LOOPBACK = False
 
 
@@ -97,7 +100,7 @@ BAD_URLS = [
     ("http://[fe80::1]/", "denied network fe80::/10"),
     ("http://0.0.0.0/", "denied network 0.0.0.0/8"),
     ("http://0/", "(0.0.0.0) is in denied network 0.0.0.0/8"),
-    ("http://[::]/", "denied network ::/128"),
+    ("http://[::]/", "denied network ::/96"),
     ("http://224.0.0.1/", "denied network 224.0.0.0/4"),
     ("http://[ff02::1]/", "denied network ff00::/8"),
 ]
@@ -114,13 +117,12 @@ def test_bad_urls_are_refused_naming_the_rule(url, message):
 
 
 GOOD_URLS = [
-    # Private ranges are allowed by default: internal mirrors are normal.
-    ("http://10.1.2.3/x", "10.1.2.3", 80, "/x"),
-    ("https://10.1.2.3/x.qcow2?sig=abc", "10.1.2.3", 443, "/x.qcow2?sig=abc"),
-    ("HTTP://192.168.1.20:8080", "192.168.1.20", 8080, "/"),
-    ("http://172.16.5.4/a/b#fragment", "172.16.5.4", 80, "/a/b"),
-    ("http://[fd12:3456::1]:8000/img", "fd12:3456::1", 8000, "/img"),
-    ("http://167838211/x", "10.1.2.3", 80, "/x"),  # a numeric spelling of an allowed address
+    ("http://198.51.100.3/x", "198.51.100.3", 80, "/x"),
+    ("https://198.51.100.3/x.qcow2?sig=abc", "198.51.100.3", 443, "/x.qcow2?sig=abc"),
+    ("HTTP://203.0.113.20:8080", "203.0.113.20", 8080, "/"),
+    ("http://198.51.100.4/a/b#fragment", "198.51.100.4", 80, "/a/b"),
+    ("http://[2001:db8::1]:8000/img", "2001:db8::1", 8000, "/img"),
+    ("http://3325256707/x", "198.51.100.3", 80, "/x"),  # a numeric spelling of an allowed address
     ("http://93.184.216.34/%7Efoo/x%20y", "93.184.216.34", 80, "/%7Efoo/x%20y"),
 ]
 
@@ -136,7 +138,10 @@ def test_good_urls_resolve_to_the_address_to_connect_to(url, address, port, targ
     assert "#" not in resolved.url
 
 
-def test_private_address_is_allowed_without_connecting():
+def test_private_address_is_allowed_by_the_operator_without_connecting(settings):
+    with pytest.raises(UnsafeUrl, match="denied network 10.0.0.0/8"):
+        validate_url("http://10.1.2.3/x")
+    settings.STENCIL_URL_ALLOWED_NETWORKS = ["10.1.0.0/16"]
     resolved = validate_url("http://10.1.2.3/x")
     assert resolved == ResolvedTarget(
         url="http://10.1.2.3/x",
@@ -176,7 +181,7 @@ def test_name_resolving_to_a_mapped_ipv6_loopback_is_refused(fake_dns):
 
 
 def test_a_name_is_resolved_once_and_the_first_address_is_pinned(fake_dns, monkeypatch):
-    fake_dns["mirror.example"] = ["10.0.0.7", "10.0.0.8"]
+    fake_dns["mirror.example"] = ["198.51.100.7", "198.51.100.8"]
     calls = []
     fake = urlsafety.socket.getaddrinfo
 
@@ -188,16 +193,16 @@ def test_a_name_is_resolved_once_and_the_first_address_is_pinned(fake_dns, monke
     resolved = validate_url("https://Mirror.Example/debian.qcow2")
     assert calls == ["mirror.example"]
     assert resolved.host == "mirror.example"
-    assert resolved.address == "10.0.0.7"
+    assert resolved.address == "198.51.100.7"
     assert resolved.url == "https://mirror.example/debian.qcow2"
 
 
 def test_unicode_host_is_idna_encoded_and_path_is_percent_encoded(fake_dns):
-    fake_dns["xn--bcher-kva.example"] = ["10.0.0.9"]
+    fake_dns["xn--bcher-kva.example"] = ["198.51.100.9"]
     resolved = validate_url("http://Bücher.example/ä.iso?q=ü")
     assert resolved.host == "xn--bcher-kva.example"
     assert resolved.request_target == "/%C3%A4.iso?q=%C3%BC"
-    assert resolved.address == "10.0.0.9"
+    assert resolved.address == "198.51.100.9"
 
 
 def test_unknown_name_is_reported_as_not_resolved():
@@ -207,14 +212,38 @@ def test_unknown_name_is_reported_as_not_resolved():
     assert "no-such-host.invalid could not be resolved" in caught.value.message
 
 
-def test_denied_port(settings):
-    settings.STENCIL_URL_ALLOWED_PORTS = [443]
-    with pytest.raises(UnsafeUrl, match="port 25 is not allowed; allowed: 443"):
-        validate_url("http://10.1.2.3:25/")
-    with pytest.raises(UnsafeUrl, match="port 80 is not allowed"):
-        validate_url("http://10.1.2.3/")  # the scheme's default port counts too
-    assert validate_url("https://10.1.2.3/x").port == 443
-    assert validate_url("http://10.1.2.3:443/x").port == 443
+def test_only_80_and_443_by_default(settings):
+    settings.STENCIL_URL_ALLOWED_PORTS = []
+    with pytest.raises(UnsafeUrl, match="port 25 is not allowed; allowed: 80, 443") as refused:
+        validate_url("http://198.51.100.3:25/")
+    assert refused.value.field == "url"
+    with pytest.raises(UnsafeUrl, match="port 8080 is not allowed"):
+        validate_url("https://198.51.100.3:8080/")
+    assert validate_url("http://198.51.100.3/x").port == 80
+    assert validate_url("https://198.51.100.3/x").port == 443
+    assert validate_url("http://198.51.100.3:443/x").port == 443
+
+
+def test_allowed_ports_add_single_ports_and_ranges(settings):
+    settings.STENCIL_URL_ALLOWED_PORTS = "8080, 9000-9100"
+    assert validate_url("http://198.51.100.3:8080/").port == 8080
+    assert validate_url("http://198.51.100.3:9000/").port == 9000
+    assert validate_url("http://198.51.100.3:9100/").port == 9100
+    assert validate_url("http://198.51.100.3/").port == 80
+    with pytest.raises(
+        UnsafeUrl, match="port 9101 is not allowed; allowed: 80, 443, 8080, 9000-9100"
+    ):
+        validate_url("http://198.51.100.3:9101/")
+
+
+@pytest.mark.parametrize("value", ["http", "9100-9000", "0", "70000", "1-"])
+def test_a_bad_allowed_ports_setting_fails_the_system_check(settings, value):
+    from templates_app.checks import outbound_url_settings
+
+    settings.STENCIL_URL_ALLOWED_PORTS = [value]
+    errors = outbound_url_settings(None)
+    assert [e.id for e in errors] == ["stencil.E001"]
+    assert "STENCIL_URL_ALLOWED_PORTS" in errors[0].msg
 
 
 def test_loopback_opt_in(settings):
@@ -222,8 +251,9 @@ def test_loopback_opt_in(settings):
     assert validate_url("http://127.0.0.1:8000/x").address == "127.0.0.1"
     assert validate_url("http://2130706433/").address == "127.0.0.1"
     assert validate_url("http://[::1]:8000/").address == "::1"
-    # The mapped form is connected to as the IPv4 address it stands for.
-    assert validate_url("http://[::ffff:127.0.0.1]/").address == "127.0.0.1"
+    # Only the loopback rule is lifted: the IPv4-mapped range stays denied.
+    with pytest.raises(UnsafeUrl, match="denied network ::ffff:0:0/96"):
+        validate_url("http://[::ffff:127.0.0.1]/")
     # Only loopback: metadata and "this host" stay denied.
     with pytest.raises(UnsafeUrl, match="169.254.0.0/16"):
         validate_url("http://169.254.169.254/")
@@ -258,3 +288,52 @@ def test_settings_default_matches_the_module_default():
     )
     assert denied == list(DEFAULT_DENIED_NETWORKS)
     assert ports == []
+    assert project_settings.STENCIL_URL_ALLOWED_NETWORKS == []
+
+
+@pytest.mark.parametrize(
+    ("address", "embedded"),
+    [
+        ("::ffff:10.0.0.1", ["10.0.0.1"]),
+        ("::a00:1", ["10.0.0.1"]),
+        ("::1", []),
+        ("::", []),
+        ("64:ff9b::a9fe:a9fe", ["169.254.169.254"]),
+        ("2002:a9fe:a9fe::1", ["169.254.169.254"]),
+        # Teredo: the server, and the client (stored inverted in the last 32 bits)
+        ("2001:0:a9fe:a9fe::f5ff:fffe", ["169.254.169.254", "10.0.0.1"]),
+        ("2001:db8::1", []),
+    ],
+)
+def test_embedded_ipv4_addresses(address, embedded):
+    ip = urlsafety.ipaddress.IPv6Address(address)
+    assert [str(v4) for v4 in urlsafety.embedded_ipv4(ip)] == embedded
+
+
+def test_local_nat64_is_read_at_every_rfc6052_prefix_length():
+    # 169.254.169.254 after a /48 prefix: octets 1-2 in bits 48-63, bits 64-71 ("u") zero,
+    # octets 3-4 in bits 72-87.
+    ip = urlsafety.ipaddress.IPv6Address("64:ff9b:1:a9fe:a9:fe00::")
+    assert "169.254.169.254" in [str(v4) for v4 in urlsafety.embedded_ipv4(ip)]
+    ip = urlsafety.ipaddress.IPv6Address("64:ff9b:1::a9fe:a9fe")  # /96
+    assert "169.254.169.254" in [str(v4) for v4 in urlsafety.embedded_ipv4(ip)]
+
+
+@pytest.mark.parametrize(
+    ("allowed", "url", "rule"),
+    [
+        ("64:ff9b::/96", "http://[64:ff9b::a9fe:a9fe]/", "(169.254.169.254) is in denied network"),
+        ("64:ff9b::/96", "http://[64:ff9b::a00:1]/", "(10.0.0.1) is in denied network 10.0.0.0/8"),
+        ("2002::/16", "http://[2002:7f00:1::1]/", "(127.0.0.1) is in denied network"),
+        ("64:ff9b:1::/48", "http://[64:ff9b:1:a9fe:a9:fe00::]/", "(169.254.169.254)"),
+    ],
+)
+def test_allowing_a_transition_range_still_checks_what_it_embeds(settings, allowed, url, rule):
+    settings.STENCIL_URL_ALLOWED_NETWORKS = [allowed]
+    with pytest.raises(UnsafeUrl, match=re.escape(rule)):
+        validate_url(url)
+
+
+def test_allowing_a_transition_range_lets_public_embedded_addresses_through(settings):
+    settings.STENCIL_URL_ALLOWED_NETWORKS = ["64:ff9b::/96"]
+    assert validate_url("http://[64:ff9b::c633:6403]/").address == "64:ff9b::c633:6403"
