@@ -167,6 +167,7 @@ def run_ours(url: str, pool: Path, size: int, expected: str, timeout: float, wor
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="project.settings",
+        STENCIL_ENV="development",
         STENCIL_URL_ALLOW_LOOPBACK="true",
         DATABASE_URL=f"sqlite:///{workdir / 'bench-direct-download.sqlite3'}",
         STENCIL_DATA_DIR=str(workdir / "data"),

@@ -8,6 +8,7 @@ class TemplatesAppConfig(AppConfig):
     verbose_name = "Templates"
 
     def ready(self) -> None:
+        from . import checks  # noqa: F401 (registers the deploy checks)
         from .cloudstack.commands import register_transport_commands
 
         register_transport_commands()
