@@ -10,6 +10,7 @@ from django.db import models
 from django_fsm import ConcurrentTransitionMixin, FSMField, FSMModelMixin, transition
 
 from templates_app import leases
+from templates_app.fields import RedactedTextField
 from templates_app.models import Account, Template, Zone
 
 from .choices import LATEST_CHANNEL, HostState, PoolCopyState, VmState
@@ -112,7 +113,7 @@ class TemplatePoolRef(FSMModelMixin, models.Model):
     size = models.PositiveBigIntegerField(null=True, blank=True, help_text="Virtual size.")
     physical_size = models.PositiveBigIntegerField(null=True, blank=True)
     download_percent = models.PositiveSmallIntegerField(default=0)
-    error_text = models.TextField(blank=True)
+    error_text = RedactedTextField(blank=True)
     pinned = models.BooleanField(default=False, help_text="Pre-populated: a live reference.")
     attempts = models.PositiveIntegerField(default=0)
     lease_owner = models.CharField(max_length=64, blank=True)
@@ -291,7 +292,7 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
         help_text="Hosts that tried this deploy (a direct download "
         "that fails for network reasons moves to another Up host of the pool, up to 3).",
     )
-    error_text = models.TextField(blank=True)
+    error_text = RedactedTextField(blank=True)
     state = FSMField(
         max_length=16, choices=VmState.choices, default=VmState.STOPPED, protected=True
     )
@@ -466,7 +467,7 @@ class HostCertificate(FSMModelMixin, models.Model):
         default=HostCertificateState.PENDING,
         protected=True,
     )
-    error_text = models.TextField(blank=True)
+    error_text = RedactedTextField(blank=True)
     requeued_for = models.CharField(
         max_length=16,
         blank=True,

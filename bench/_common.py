@@ -69,6 +69,7 @@ def setup_django() -> str:
     url = bench_database_url()
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    os.environ.setdefault("STENCIL_ENV", "development")  # benchmarks run with the dev key
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))

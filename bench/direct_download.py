@@ -172,6 +172,7 @@ def run_ours(url: str, pool: Path, size: int, expected: str, timeout: float, wor
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="project.settings",
+        STENCIL_ENV="development",
         STENCIL_URL_ALLOW_LOOPBACK="true",
         # The local server's port: outbound requests allow only 80 and 443 otherwise.
         STENCIL_URL_ALLOWED_PORTS=str(urlsplit(url).port or ""),

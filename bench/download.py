@@ -471,6 +471,7 @@ def run_ours(
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="project.settings",
+        STENCIL_ENV="development",
         STENCIL_URL_ALLOW_LOOPBACK="true",
         # The local server's port: outbound requests allow only 80 and 443 otherwise.
         STENCIL_URL_ALLOWED_PORTS=str(urlsplit(url).port or ""),

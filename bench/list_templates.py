@@ -247,6 +247,7 @@ def start_server(port: int, database_url: str, log_path: Path) -> subprocess.Pop
         LOG_LEVEL="WARNING",
     )
     env.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    env.setdefault("STENCIL_ENV", "development")
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [str(gunicorn), "project.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2"],

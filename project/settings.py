@@ -4,6 +4,9 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -18,12 +21,39 @@ def env_bool(name: str, default: bool) -> bool:
 DATA_DIR = Path(os.environ.get("STENCIL_DATA_DIR", BASE_DIR / "var")).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-SECRET_KEY = os.environ.get(
-    "SECRET_KEY", "stencil-dev-only-insecure-key-set-SECRET_KEY-in-production"
-)
+# Production by default (docs/deployment.md): only `make run` (development) and the test suite
+# (project/settings_test.py: test) may run with the development SECRET_KEY and plain HTTP.
+STENCIL_ENVIRONMENTS = ("production", "development", "test")
+STENCIL_ENV = os.environ.get("STENCIL_ENV", "").strip().lower() or "production"
+if STENCIL_ENV not in STENCIL_ENVIRONMENTS:
+    raise ImproperlyConfigured(
+        f"STENCIL_ENV must be one of {', '.join(STENCIL_ENVIRONMENTS)}, not {STENCIL_ENV!r}"
+    )
+PRODUCTION = STENCIL_ENV == "production"
+DEVELOPMENT_SECRET_KEY = "stencil-dev-only-insecure-key-set-SECRET_KEY-in-production"
+SECRET_KEY = os.environ.get("SECRET_KEY", "").strip()
+if PRODUCTION and SECRET_KEY in ("", DEVELOPMENT_SECRET_KEY):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set (or is the development key): production (STENCIL_ENV=production, "
+        "the default) needs a long random SECRET_KEY in the environment, see "
+        "docs/deployment.md; `make run` sets STENCIL_ENV=development"
+    )
+SECRET_KEY = SECRET_KEY or DEVELOPMENT_SECRET_KEY
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+# HTTPS only in production (each can be turned off for a deployment that must, docs/deployment.md).
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "31536000" if PRODUCTION else "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Behind a proxy that terminates TLS: the proxy must set X-Forwarded-Proto (and strip the
+# client's), or every request looks like plain HTTP and is redirected forever.
+if env_bool("STENCIL_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -140,6 +170,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two models have a `state` with other choices: named here, or spectacular makes up hashed
+    # names and warns (and `check --deploy` runs its checks).
+    "ENUM_NAME_OVERRIDES": {
+        "TemplateStateEnum": "templates_app.choices.TemplateState",
+        "StoreCopyStateEnum": "templates_app.choices.StoreRefState",
+    },
 }
 
 # Celery: the zero-setup default is a broker that needs no server (a folder under var/).
@@ -218,8 +254,22 @@ STENCIL_REAPER_INTERVAL_SECONDS = int(os.environ.get("STENCIL_REAPER_INTERVAL_SE
 # A store copy whose worker died is re-queued until this many attempts, then DOWNLOAD_ERROR.
 STENCIL_STORE_COPY_MAX_ATTEMPTS = int(os.environ.get("STENCIL_STORE_COPY_MAX_ATTEMPTS", "3"))
 
-# Signed uploads: the pre-shared key that signs upload URLs, and how long they stay valid.
-STENCIL_UPLOAD_SECRET = os.environ.get("STENCIL_UPLOAD_SECRET", SECRET_KEY + ":uploads")
+
+def derived_key(secret_key: str, purpose: bytes) -> str:
+    """A key of its own for one purpose, derived from SECRET_KEY (HKDF-SHA256, `purpose` as the
+    info string): knowing one derived key tells nothing about SECRET_KEY or another one."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose)
+    return hkdf.derive(secret_key.encode()).hex()
+
+
+# Signed uploads: the pre-shared key that signs upload URLs (HMAC-SHA256), and how long they stay
+# valid. Its own setting, so that it can be given to an upload front end without SECRET_KEY;
+# STENCIL_UPLOAD_SECRET is its former name, still read.
+STENCIL_UPLOAD_SIGNING_KEY = (
+    os.environ.get("STENCIL_UPLOAD_SIGNING_KEY", "").strip()
+    or os.environ.get("STENCIL_UPLOAD_SECRET", "").strip()
+    or derived_key(SECRET_KEY, b"stencil upload signing key v1")
+)
 # The CloudStack facade keeps API secret keys encrypted with this (any string; changing it
 # voids every key pair).
 STENCIL_API_KEY_ENCRYPTION_KEY = os.environ.get(

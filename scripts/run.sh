@@ -3,6 +3,9 @@
 # demo KVM host `demo-kvm` (libvirt test driver, node XML under the data dir) under honcho.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The zero-setup demo is development: the development SECRET_KEY and plain HTTP are allowed
+# (docs/deployment.md). Every process below, honcho's included, inherits it.
+export STENCIL_ENV=development
 .venv/bin/python manage.py migrate --noinput
 .venv/bin/python manage.py createdemo --base-url "http://127.0.0.1:${STENCIL_PORT:-8000}"
 # The agent's libvirt URI, computed as settings (DATA_DIR) and createdemo (write_test_node_xml)

@@ -41,6 +41,7 @@ from .models import (
 )
 from .references import describe_counts, reference_rows
 from .rescan import RescanResult, rescan_images
+from .secrets import AdminSecrets, public_url
 
 REFERENCES_SHOWN = 100
 EVENTS_SHOWN = 50
@@ -224,6 +225,8 @@ def sweep_message(result: services.SweepResult) -> str:
 
 # Template ----------------------------------------------------------------------------------
 
+SHOWN_URL = "shown_url"  # the URL field for staff who may not see its secrets
+
 
 class TemplateStoreRefInline(ReadOnlyTabularInline):
     """The template's copies on image stores (or its BYPASSED row): shown, never edited."""
@@ -260,11 +263,23 @@ class TemplateStoreRefInline(ReadOnlyTabularInline):
 
 
 class TemplateDetailInline(ReadOnlyTabularInline):
-    """Key/value details (e.g. HTTP_HEADER), set at registration."""
+    """Key/value details (e.g. HTTP_HEADER), set at registration. Header values are shown to
+    superusers and the owner's members only (templates_app/secrets.py)."""
 
     model = TemplateDetail
-    fields = ("key", "value")
+    fields = ("key", "shown_value")
     readonly_fields = fields
+
+    def get_formset(self, request, obj=None, **kwargs):
+        self.secrets = AdminSecrets(request.user)  # inline instances are made per request
+        return super().get_formset(request, obj, **kwargs)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("template")
+
+    @admin.display(description="Value")
+    def shown_value(self, detail: TemplateDetail) -> str:
+        return self.secrets.detail_value(detail)
 
 
 def removal_text(template: Template) -> str:
@@ -426,11 +441,30 @@ class TemplateAdmin(admin.ModelAdmin):
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_fieldsets(self, request, obj=None):
-        return self.add_fieldsets if obj is None else super().get_fieldsets(request, obj)
+        if obj is None:
+            return self.add_fieldsets
+        fieldsets = super().get_fieldsets(request, obj)
+        if AdminSecrets(request.user).may_see(obj.account_id):
+            return fieldsets
+        # Staff outside the owning account see the URL as other accounts do (no query string,
+        # no credentials), read-only: the form never holds the secret.
+        return [
+            (name, {**opts, "fields": [SHOWN_URL if f == "url" else f for f in opts["fields"]]})
+            for name, opts in fieldsets
+        ]
+
+    @admin.display(description="URL")
+    def shown_url(self, template: Template) -> str:
+        return public_url(template.url)
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
+        if not AdminSecrets(request.user).may_see(obj.account_id):
+            return (*self._readonly_fields(obj), SHOWN_URL)
+        return self._readonly_fields(obj)
+
+    def _readonly_fields(self, obj: Template) -> tuple:
         if obj.state == TemplateState.REMOVED:
             # A removed template is frozen: the service would refuse any edit.
             return self.readonly_fields + TemplateChangeForm.Meta.fields

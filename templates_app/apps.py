@@ -12,10 +12,14 @@ class TemplatesAppConfig(AppConfig):
 
         from . import checks  # noqa: F401  (registers the system checks)
         from .cloudstack.commands import register_transport_commands
+        from .images.redaction import install_log_redaction
         from .models import ImageStore
         from .store_fill import on_image_store_saved
 
         register_transport_commands()
+        # Every process that sets Django up (web, workers, beat, agents, commands) redacts its
+        # log records when they are made, whoever logs them (docs/security.md).
+        install_log_redaction()
         post_save.connect(
             on_image_store_saved, sender=ImageStore, dispatch_uid="templates.image_store_fill"
         )

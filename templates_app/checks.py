@@ -1,5 +1,7 @@
-"""System checks: settings that would otherwise fail on the first request that reads them."""
+"""Stencil's system checks: settings that would otherwise fail on the first request that reads
+them, and its own `check --deploy` checks (docs/deployment.md)."""
 
+from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
@@ -21,3 +23,18 @@ def outbound_url_settings(app_configs, **kwargs) -> list[checks.CheckMessage]:
         except ImproperlyConfigured as exc:
             errors.append(checks.Error(str(exc), id="stencil.E001"))
     return errors
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def public_url_is_https(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """Upload URLs carry their signature: over plain HTTP anyone on the way can replay them."""
+    if settings.STENCIL_PUBLIC_URL.lower().startswith("https://"):
+        return []
+    return [
+        checks.Warning(
+            f"STENCIL_PUBLIC_URL is {settings.STENCIL_PUBLIC_URL!r}: upload URLs would be plain "
+            "HTTP (and SECURE_SSL_REDIRECT refuses their POST)",
+            hint="set STENCIL_PUBLIC_URL to the https:// address clients reach Stencil at",
+            id="stencil.W001",
+        )
+    ]

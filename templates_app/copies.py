@@ -29,6 +29,7 @@ from .images.downloader import DownloadError, DownloadResult, download_to_file
 from .images.headers import header_pairs
 from .images.inspection import ImageRejected, inspect_image
 from .images.qemu import QemuImgError
+from .images.redaction import known_secrets
 from .images.urlsafety import UnsafeUrl
 from .locks import lock_copy, lock_template
 from .models import Account, Template, TemplateStoreRef
@@ -228,31 +229,34 @@ def store_copy_download(*, ref_id: int) -> TemplateStoreRef:
     _remove_stale_temps(image)
     temp = image.with_name(f".{image.name}.part-{owner[:8]}")
     room = _secondary_room(template.account_id)
-    try:
-        if room is not None and room <= 0:
-            raise QuotaExceeded(template.account_id, room)
-        result = _fetch(ref, temp, owner=owner, room=room)
-        with leases.LeaseKeeper(TemplateStoreRef, ref.pk, owner, lease_length()):
-            info = inspect_image(temp, template.format, room=room, room_name=QUOTA_NAME)
-        finished = _finish(
-            ref.pk,
-            owner,
-            temp=temp,
-            image=image,
-            info=info,
-            sha256=result.sha256,
-            physical_size=result.size,
-        )
-    except Exception as exc:  # any failure ends the attempt: nothing stays in progress
-        _remove_quietly(temp)
-        known = (DownloadError, UnsafeUrl, ImageRejected, OSError, LeaseLost, QuotaExceeded)
-        if not isinstance(exc, known):
-            logger.exception("copy %s: unexpected failure", ref.pk)
-        reason = _reason(exc)
-        if room is not None and isinstance(exc, DownloadError) and "limit of" in reason:
-            reason = f"{reason}: the account's max_secondary_bytes leaves {room} bytes"
-        _fail(ref.pk, owner, reason)
-        return TemplateStoreRef.objects.get(pk=ref_id)
+    # The header values are secrets whatever their names: hidden in every log line and
+    # stored error this attempt writes.
+    with known_secrets(http_headers_of(template).values()):
+        try:
+            if room is not None and room <= 0:
+                raise QuotaExceeded(template.account_id, room)
+            result = _fetch(ref, temp, owner=owner, room=room)
+            with leases.LeaseKeeper(TemplateStoreRef, ref.pk, owner, lease_length()):
+                info = inspect_image(temp, template.format, room=room, room_name=QUOTA_NAME)
+            finished = _finish(
+                ref.pk,
+                owner,
+                temp=temp,
+                image=image,
+                info=info,
+                sha256=result.sha256,
+                physical_size=result.size,
+            )
+        except Exception as exc:  # any failure ends the attempt: nothing stays in progress
+            _remove_quietly(temp)
+            known = (DownloadError, UnsafeUrl, ImageRejected, OSError, LeaseLost, QuotaExceeded)
+            if not isinstance(exc, known):
+                logger.exception("copy %s: unexpected failure", ref.pk)
+            reason = _reason(exc)
+            if room is not None and isinstance(exc, DownloadError) and "limit of" in reason:
+                reason = f"{reason}: the account's max_secondary_bytes leaves {room} bytes"
+            _fail(ref.pk, owner, reason)
+            return TemplateStoreRef.objects.get(pk=ref_id)
     if not finished:
         _remove_quietly(temp)
     return TemplateStoreRef.objects.get(pk=ref_id)

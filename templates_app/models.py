@@ -22,6 +22,7 @@ from .choices import (
     TemplateKind,
     TemplateState,
 )
+from .fields import RedactedCharField, RedactedTextField
 
 
 class Account(models.Model):
@@ -222,6 +223,11 @@ class TemplateDetail(models.Model):
         ordering = ["id"]
 
     def __str__(self) -> str:
+        # Shown wherever a detail is named (admin rows, messages): an HTTP header's value is a
+        # secret, so it never goes through str().
+        if self.key.startswith("HTTP_HEADER"):
+            name = self.key.partition(":")[2] or self.value.partition(":")[0].strip()
+            return f"HTTP header {name}"
         return f"{self.key}={self.value}"
 
 
@@ -250,7 +256,7 @@ class TemplateStoreRef(FSMModelMixin, models.Model):
     physical_size = models.PositiveBigIntegerField(null=True, blank=True)
     install_path = models.CharField(max_length=1024, blank=True)
     sha256 = models.CharField(max_length=64, blank=True, help_text="Computed while downloading.")
-    error_text = models.TextField(blank=True)
+    error_text = RedactedTextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -465,7 +471,7 @@ class Event(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
     )
     actor_label = models.CharField(max_length=128, help_text="User name or system component.")
-    reason = models.CharField(max_length=1024, blank=True)
+    reason = RedactedCharField(max_length=1024, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -501,7 +507,7 @@ class GcSweepRun(ConcurrentTransitionMixin, models.Model):
         protected=True,
     )
     result = models.JSONField(null=True, blank=True)
-    error_text = models.TextField(blank=True)
+    error_text = RedactedTextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -84,7 +84,7 @@ class UploadParams:
 
 
 def _key() -> bytes:
-    return settings.STENCIL_UPLOAD_SECRET.encode()
+    return settings.STENCIL_UPLOAD_SIGNING_KEY.encode()
 
 
 def sign(metadata: str, post_url: str, expires: str) -> str:

@@ -23,6 +23,7 @@ from templates_app.admin_forms import TemplateChangeForm
 from templates_app.choices import TemplateState
 from templates_app.errors import StencilError
 from templates_app.models import Template
+from templates_app.secrets import AdminSecrets
 
 from . import channels, selectors, services
 from .channel_followers import channel_followers
@@ -38,9 +39,17 @@ class TemplateVersionInline(ReadOnlyTabularInline):
     fk_name = "base"
     verbose_name = "version"
     verbose_name_plural = "Versions of this template"
-    fields = ("version", "version_name", "version_state", "url", "created_at")
+    fields = ("version", "version_name", "version_state", "shown_url", "created_at")
     readonly_fields = fields
     show_change_link = False
+
+    def get_formset(self, request, obj=None, **kwargs):
+        self.secrets = AdminSecrets(request.user)  # inline instances are made per request
+        return super().get_formset(request, obj, **kwargs)
+
+    @admin.display(description="URL")
+    def shown_url(self, template: Template) -> str:
+        return self.secrets.url(template)
 
     def get_queryset(self, request):
         return super().get_queryset(request).order_by("version_number")

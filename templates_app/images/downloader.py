@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 from .checksums import HASHLIB_NAMES, normalize_checksum, split_checksum
 from .headers import BadHeader, check_header
+from .redaction import redact_url  # noqa: F401 (also imported from here)
 from .urlsafety import HostNotResolved, ResolvedTarget, validate_url
 
 logger = logging.getLogger(__name__)
@@ -108,16 +109,6 @@ class DownloadResult:
     digest: str
     content_type: str
     final_url: str
-
-
-def redact_url(url: str) -> str:
-    """`url` without query string, fragment and credentials: safe for logs and messages."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        return f"{parts.scheme}://{netloc}{parts.path or '/'}"
-    except ValueError:
-        return "(malformed URL)"
 
 
 def download_to_file(

@@ -1,11 +1,14 @@
 """`make run`'s demo: createdemo makes a KVM host on the libvirt test driver with a real pool."""
 
+import os
 import re
+import stat
 import urllib.parse
 from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from agents_app.agent import virt
@@ -57,3 +60,30 @@ def test_createdemo_makes_the_demo_host_on_the_test_driver(settings, tmp_path):
         assert virt.pool_info(conn, "demo-pool").path == str(pool_dir)
     finally:
         virt.close_connections(host.libvirt_uri)
+
+
+def test_createdemo_writes_the_password_file_0600_whatever_the_umask(settings, tmp_path):
+    """The file is created 0600 (O_CREAT with mode 0600): with umask 0, a file created with the
+    default mode would be 0666. A file an older run left world-readable becomes 0600 too."""
+    settings.DATA_DIR = tmp_path
+    settings.STENCIL_IMAGE_STORE_ROOT = tmp_path / "stores"
+    secret_file = tmp_path / "admin-password"
+    secret_file.write_text("old\n")
+    secret_file.chmod(0o644)  # left by an older run; no admin user yet, so it is rewritten
+    previous = os.umask(0)
+    try:
+        out = run_createdemo()
+    finally:
+        os.umask(previous)
+    password = re.search(r"password '([^']+)'", out).group(1)
+    assert secret_file.read_text().strip() == password != "old"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+
+    secret_file.unlink()
+    get_user_model().objects.filter(username="admin").delete()
+    previous = os.umask(0)
+    try:
+        run_createdemo()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600

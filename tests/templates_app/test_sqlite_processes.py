@@ -215,6 +215,7 @@ def test_make_run_processes_on_sqlite_survive_concurrent_deploys_downloads_and_a
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "project.settings",
+            "STENCIL_ENV": "development",  # as scripts/run.sh exports it
             "DATABASE_URL": f"sqlite:///{data_dir / 'stencil.sqlite3'}",
             "STENCIL_DATA_DIR": str(data_dir),
             "STENCIL_URL_ALLOW_LOOPBACK": "true",
