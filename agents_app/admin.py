@@ -8,6 +8,7 @@ from collections import Counter
 
 from django import forms
 from django.contrib import admin
+from unfold.admin import ModelAdmin
 
 from templates_app.admin import (
     ReadOnlyAdmin,
@@ -36,7 +37,7 @@ from .models import (
 )
 
 
-class ActionsOnlyAdmin(admin.ModelAdmin):
+class ActionsOnlyAdmin(ModelAdmin):
     """Rows written by agents or services: listed and shown, changed only by the list's actions."""
 
     def has_add_permission(self, request):
@@ -140,7 +141,7 @@ class PrimaryPoolForm(forms.ModelForm):
 
 
 @admin.register(PrimaryPool)
-class PrimaryPoolAdmin(admin.ModelAdmin):
+class PrimaryPoolAdmin(ModelAdmin):
     """Primary storage: configuration, like image stores. Usage is counted, not typed in."""
 
     form = PrimaryPoolForm
@@ -273,7 +274,7 @@ class VmSnapshotAdmin(ReadOnlyAdmin):
 
 
 @admin.register(VirtualMachine)
-class VirtualMachineAdmin(admin.ModelAdmin):
+class VirtualMachineAdmin(ModelAdmin):
     """VM records. Start, stop, destroy, recover and expunge are actions calling the services."""
 
     list_display = ("name", "template", "zone", "host", "account", "state", "created_at")
@@ -379,7 +380,7 @@ class VmPoolForm(forms.ModelForm):
 
 
 @admin.register(VmPool)
-class VmPoolAdmin(admin.ModelAdmin):
+class VmPoolAdmin(ModelAdmin):
     """Pools of stateless VMs; created through the service (which deploys the VMs), then taken
     from and returned to with the list's actions."""
 
@@ -525,3 +526,6 @@ class HostCertificateAdmin(ReadOnlyAdmin):
     list_select_related = ("certificate", "host")
     search_fields = ("certificate__alias", "host__name", "error_text")
     fields = ("certificate", "host", "state", "error_text", "updated_at")
+
+
+from . import admin_site  # noqa: E402, F401  (branding; third-party admins on the theme)

@@ -20,6 +20,7 @@ from django.utils.html import format_html
 from django.utils.timezone import localtime
 from django.views.decorators.http import require_POST
 from django_fsm import can_proceed
+from unfold.admin import ModelAdmin, TabularInline
 
 from . import selectors, services, sweeps
 from .admin_forms import TemplateChangeForm, TemplateRegisterForm
@@ -173,7 +174,7 @@ class RetryDownloadMixin:
         )
 
 
-class ReadOnlyTabularInline(admin.TabularInline):
+class ReadOnlyTabularInline(TabularInline):
     """Rows that services and agents write: shown on the parent's page, never edited there."""
 
     extra = 0
@@ -294,7 +295,7 @@ TRANSITIONS = {
 
 
 @admin.register(Template)
-class TemplateAdmin(admin.ModelAdmin):
+class TemplateAdmin(ModelAdmin):
     """Templates and ISOs: registration, edits, the life cycle and the GC sweep."""
 
     form = TemplateChangeForm
@@ -680,7 +681,7 @@ class TemplateAdmin(admin.ModelAdmin):
 
 
 @admin.register(Zone)
-class ZoneAdmin(admin.ModelAdmin):
+class ZoneAdmin(ModelAdmin):
     """Availability zones."""
 
     list_display = ("name", "description", "created_at")
@@ -689,7 +690,7 @@ class ZoneAdmin(admin.ModelAdmin):
 
 
 @admin.register(ImageStore)
-class ImageStoreAdmin(admin.ModelAdmin):
+class ImageStoreAdmin(ModelAdmin):
     """Secondary storage: one directory per store, in one zone."""
 
     list_display = ("name", "zone", "path", "state", "capacity", "used")
@@ -709,7 +710,7 @@ class ImageStoreAdmin(admin.ModelAdmin):
 
 
 @admin.register(Account)
-class AccountAdmin(admin.ModelAdmin):
+class AccountAdmin(ModelAdmin):
     """Tenants: members, limits (empty = unlimited) and what they use."""
 
     list_display = (
@@ -748,7 +749,7 @@ class AccountAdmin(admin.ModelAdmin):
 # Read-only records -------------------------------------------------------------------------
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(ModelAdmin):
     """Records written only by services: listed and shown, never added, changed or deleted."""
 
     def has_add_permission(self, request):
