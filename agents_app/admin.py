@@ -14,12 +14,15 @@ from templates_app.admin import (
     ReadOnlyAdmin,
     ReadOnlyTabularInline,
     RetryDownloadMixin,
+    ServiceRefusalMixin,
+    ServiceRefused,
     call_for_each,
     copy_status_filter,
     human_size,
     progress_bar,
 )
-from templates_app.errors import InvalidInput
+from templates_app.admin_forms import ServiceErrorFormMixin, TemplateVersionChoiceField
+from templates_app.errors import InvalidInput, StencilError, TemplateNotUsable
 from versions_app.channels import checked_channel_name
 from versions_app.selectors import channel_is_known
 
@@ -360,10 +363,20 @@ class PoolVmInline(ReadOnlyTabularInline):
     show_change_link = True
 
 
-class VmPoolForm(forms.ModelForm):
+class VmPoolForm(ServiceErrorFormMixin, forms.ModelForm):
+    """What `vm_pool_create` needs. The size and template rules are the service's: a refusal
+    comes back on the field it names (ServiceRefusalMixin), e.g. "Size: 1 to 100"."""
+
+    template = TemplateVersionChoiceField()
+
     class Meta:
         model = VmPool
         fields = ("name", "account", "zone", "template", "follow_channel", "size")
+
+    def field_for(self, error: StencilError) -> str | None:
+        if isinstance(error, TemplateNotUsable):
+            return "template"
+        return super().field_for(error)
 
     def clean(self):
         """The channel rules of a deploy, checked before the pool's VMs are made."""
@@ -380,7 +393,7 @@ class VmPoolForm(forms.ModelForm):
 
 
 @admin.register(VmPool)
-class VmPoolAdmin(ModelAdmin):
+class VmPoolAdmin(ServiceRefusalMixin, ModelAdmin):
     """Pools of stateless VMs; created through the service (which deploys the VMs), then taken
     from and returned to with the list's actions."""
 
@@ -403,15 +416,18 @@ class VmPoolAdmin(ModelAdmin):
         if change:
             return
         data = form.cleaned_data
-        created = vm_pools.vm_pool_create(
-            name=data["name"],
-            template_id=data["template"].pk,
-            zone=data["zone"],
-            account=data["account"],
-            size=data["size"],
-            actor=request.user,
-            follow_channel=data["follow_channel"],
-        )
+        try:
+            created = vm_pools.vm_pool_create(
+                name=data["name"],
+                template_id=data["template"].pk,
+                zone=data["zone"],
+                account=data["account"],
+                size=data["size"],
+                actor=request.user,
+                follow_channel=data["follow_channel"],
+            )
+        except StencilError as error:
+            raise ServiceRefused(error) from error
         obj.pk = created.pk
 
     @admin.action(description="Take a VM from each selected pool", permissions=["change"])

@@ -6,6 +6,7 @@ live references and events of a template (versions_app.admin adds versions to th
 Zones, image stores and accounts are plain configuration; events and store copies are read-only.
 """
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from django.contrib import admin, messages
@@ -38,7 +39,7 @@ from .models import (
     TemplateStoreRef,
     Zone,
 )
-from .references import describe_counts, reference_rows
+from .references import describe_counts, reference_providers, reference_rows
 from .rescan import RescanResult, rescan_images
 
 REFERENCES_SHOWN = 100
@@ -57,6 +58,30 @@ class ServiceRefused(Exception):
     def __init__(self, error: StencilError):
         super().__init__(error.message)
         self.error = error
+
+
+class ServiceRefusalMixin:
+    """A ModelAdmin whose `save_model` calls a service: a refusal (StencilError, raised as
+    ServiceRefused) comes back as the form's error on the field it names, never as a 500.
+
+    The first pass ran in the admin's transaction, which the exception rolls back, so nothing
+    is half-written; the same POST is validated again with the error attached to the form
+    (forms mix in admin_forms.ServiceErrorFormMixin).
+    """
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        refusal = getattr(request, REFUSAL_ATTRIBUTE, None)
+        if refusal is None:
+            return form_class
+        return type(form_class.__name__, (form_class,), {"service_error": refusal})
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ServiceRefused as refused:
+            setattr(request, REFUSAL_ATTRIBUTE, refused.error)
+            return super().changeform_view(request, object_id, form_url, extra_context)
 
 
 # Helpers shared with agents_app.admin ------------------------------------------------------
@@ -295,7 +320,7 @@ TRANSITIONS = {
 
 
 @admin.register(Template)
-class TemplateAdmin(ModelAdmin):
+class TemplateAdmin(ServiceRefusalMixin, ModelAdmin):
     """Templates and ISOs: registration, edits, the life cycle and the GC sweep."""
 
     form = TemplateChangeForm
@@ -431,20 +456,7 @@ class TemplateAdmin(ModelAdmin):
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
             kwargs["form"] = self.add_form
-        form_class = super().get_form(request, obj, change=change, **kwargs)
-        refusal = getattr(request, REFUSAL_ATTRIBUTE, None)
-        if refusal is None:
-            return form_class
-        return type(form_class.__name__, (form_class,), {"service_error": refusal})
-
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except ServiceRefused as refused:
-            # The first pass rolled back and saved nothing. Validate the same POST again with
-            # the service's error attached, so the form comes back with the message on its field.
-            setattr(request, REFUSAL_ATTRIBUTE, refused.error)
-            return super().changeform_view(request, object_id, form_url, extra_context)
+        return super().get_form(request, obj, change=change, **kwargs)
 
     def save_model(self, request, obj, form, change):
         """Register, update or save as a new version through the services; the admin never
@@ -541,10 +553,15 @@ class TemplateAdmin(ModelAdmin):
         # One more than shown tells whether to link to the full list.
         events = list(self._events_of(request, template)[: EVENTS_SHOWN + 1])
         more_events = len(events) > EVENTS_SHOWN
+        labels = {provider.kind: provider.label for provider in reference_providers()}
+        for row in references:
+            row["kind_label"] = labels.get(row["kind"], row["kind"])
         return {
             "transition_buttons": self._transition_buttons(request, template),
             "live_references": references,
+            # Heading, summary and table come from the same rows, so they always agree.
             "reference_count": len(every),
+            "reference_summary": describe_counts(Counter(row["kind"] for row in every)),
             "template_events": events[:EVENTS_SHOWN],
             "more_events_url": self._more_events_url(template) if more_events else "",
         }

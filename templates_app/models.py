@@ -167,6 +167,13 @@ class Template(ConcurrentTransitionMixin, models.Model):
         return self.name
 
     @property
+    def version_label(self) -> str:
+        """'ubuntu v3 — jammy refresh': tells the versions of a lineage apart wherever one is
+        chosen or listed (their names are often the same)."""
+        label = f"{self.name} v{self.version_number}"
+        return f"{label} — {self.version_name}" if self.version_name else label
+
+    @property
     def removal_not_before(self) -> datetime | None:
         """An INACTIVE template is kept at least until then (STENCIL_GC_GRACE_SECONDS after its
         delete), so a mistaken delete can be undone; None in any other state."""

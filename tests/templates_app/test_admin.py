@@ -471,3 +471,22 @@ def test_vm_page_is_read_only(staff, register, make_vm):
     assert response.status_code == 200
     assert not response.context["adminform"].form.fields
     assert staff.get(reverse("admin:agents_app_virtualmachine_add")).status_code == 403
+
+
+def test_live_references_heading_summary_and_rows_agree(staff, register, make_vm, zone, account):
+    from agents_app.models import VirtualMachine, VmPool
+
+    template = register()
+    vm = make_vm(template, name="web-1")
+    vm_pool = VmPool.objects.create(
+        name="lab", template=template, zone=zone, account=account, size=1
+    )
+    VirtualMachine.objects.filter(pk=vm.pk).update(vm_pool=vm_pool)
+
+    response = staff.get(url("change", template.pk))
+
+    html = response.content.decode()
+    assert "Live references (2): 1 VM, 1 VM pool" in html
+    section = html[html.index('id="live-references"') : html.index('id="events"')]
+    rows = re.findall(r"<tr>\s*<td>([^<]+)</td>\s*<td>(?:<a [^>]+>)?([^<]+)", section)
+    assert rows == [("VM", "web-1"), ("VM pool", "lab")]
