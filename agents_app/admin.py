@@ -20,6 +20,7 @@ from templates_app.admin import (
     copy_status_filter,
     human_size,
     progress_bar,
+    when_column,
 )
 from templates_app.admin_forms import ServiceErrorFormMixin, TemplateVersionChoiceField
 from templates_app.errors import InvalidInput, StencilError, TemplateNotUsable
@@ -62,7 +63,8 @@ class ActionsOnlyAdmin(ModelAdmin):
 class HostAdmin(ActionsOnlyAdmin):
     """KVM hosts, registered by their agents. Maintenance on/off are actions calling services."""
 
-    list_display = ("name", "zone", "state", "last_heartbeat_at", "libvirt_uri", "pool_names")
+    list_display = ("name", "zone", "state", "heartbeat", "libvirt_uri", "pool_names")
+    heartbeat = when_column("last_heartbeat_at", "Last heartbeat")
     list_filter = ("state", "zone")
     list_select_related = ("zone",)
     search_fields = ("name", "address", "libvirt_uri", "uuid")
@@ -189,8 +191,9 @@ class TemplatePoolRefAdmin(RetryDownloadMixin, ActionsOnlyAdmin):
         "virtual_size",
         "physical",
         "attempts",
-        "last_used_at",
+        "last_used_when",
     )
+    last_used_when = when_column("last_used_at", "Last used")
     list_filter = (
         copy_status_filter(selectors.pool_copies_with_status),
         "state",
@@ -280,7 +283,8 @@ class VmSnapshotAdmin(ReadOnlyAdmin):
 class VirtualMachineAdmin(ModelAdmin):
     """VM records. Start, stop, destroy, recover and expunge are actions calling the services."""
 
-    list_display = ("name", "template", "zone", "host", "account", "state", "created_at")
+    list_display = ("name", "template", "zone", "host", "account", "state", "created_at_when")
+    created_at_when = when_column("created_at", "Created")
     list_filter = ("state", "stateless", "zone", "host", "account")
     list_select_related = ("template", "zone", "host", "account")
     search_fields = ("name", "uuid", "template__name")

@@ -8,6 +8,7 @@ Zones, image stores and accounts are plain configuration; events and store copie
 
 from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import datetime
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
@@ -16,8 +17,10 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
+from django.utils.timesince import timesince, timeuntil
 from django.utils.timezone import localtime
 from django.views.decorators.http import require_POST
 from django_fsm import can_proceed
@@ -220,6 +223,47 @@ def human_size(value: int | None) -> str:
     return "—" if value is None else filesizeformat(value)
 
 
+def relative_time(value: datetime | None, now: datetime | None = None) -> str:
+    """'3 minutes ago' / 'in 2 hours': how far a time is from now, in words."""
+    if value is None:
+        return "—"
+    now = now or timezone.now()
+    seconds = int((now - value).total_seconds())
+    if abs(seconds) < 1:
+        return "just now"
+    if abs(seconds) < 60:  # timesince() counts whole minutes only
+        unit = "second" if abs(seconds) == 1 else "seconds"
+        return f"{seconds} {unit} ago" if seconds > 0 else f"in {-seconds} {unit}"
+    if value <= now:
+        return f"{timesince(value, now, depth=1)} ago"
+    return f"in {timeuntil(value, now, depth=1)}"
+
+
+def when(value: datetime | None) -> str:
+    """A time as operators read it: '2026-12-03 13:45:12 (3 minutes ago)', the ISO value in
+    the element for machines."""
+    if value is None:
+        return "—"
+    local = localtime(value)
+    return format_html(
+        '<time datetime="{}">{} <span class="stencil-ago">({})</span></time>',
+        local.isoformat(),
+        date_format(local, "DATETIME_FORMAT"),
+        relative_time(value),
+    )
+
+
+def when_column(field: str, description: str):
+    """A list column showing `field` with `when`, sortable on the field."""
+
+    @admin.display(description=description, ordering=field)
+    def column(self, obj) -> str:
+        return when(getattr(obj, field))
+
+    column.__name__ = f"{field}_when"
+    return column
+
+
 def _names(rows: list[dict], total: int) -> str:
     names = ", ".join(row["name"] for row in rows[:NAMES_IN_MESSAGE])
     more = total - min(len(rows), NAMES_IN_MESSAGE)
@@ -338,8 +382,9 @@ class TemplateAdmin(ServiceRefusalMixin, ModelAdmin):
         "references",
         "is_public",
         "is_featured",
-        "created_at",
+        "created_at_when",
     )
+    created_at_when = when_column("created_at", "Registered")
     list_filter = ("state", "kind", "zones", "account", "is_public", "is_featured")
     list_select_related = ("account",)
     search_fields = ("name", "display_text", "unique_name", "uuid")
@@ -784,7 +829,7 @@ class EventAdmin(ReadOnlyAdmin):
     """The state changes of every object: what, from, to, who, why, when."""
 
     list_display = (
-        "created_at",
+        "created_at_when",
         "object_link",
         "content_type",
         "from_state",
@@ -792,6 +837,7 @@ class EventAdmin(ReadOnlyAdmin):
         "actor_label",
         "reason",
     )
+    created_at_when = when_column("created_at", "When")
     list_filter = ("to_state", ("content_type", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("content_type",)
     search_fields = ("object_repr", "actor_label", "reason")
@@ -820,8 +866,9 @@ class TemplateStoreRefAdmin(RetryDownloadMixin, ReadOnlyAdmin):
         "virtual_size",
         "physical",
         "attempts",
-        "updated_at",
+        "updated_at_when",
     )
+    updated_at_when = when_column("updated_at", "Updated")
     list_filter = (
         copy_status_filter(selectors.store_copies_with_status),
         "download_state",
@@ -878,7 +925,8 @@ def queued_sweep_message(run: GcSweepRun) -> str:
 class GcSweepRunAdmin(ReadOnlyAdmin):
     """Sweeps queued from the API and the admin: who asked, what they removed, or why not."""
 
-    list_display = ("created_at", "uuid", "state", "requested_by", "removed", "finished_at")
+    list_display = ("created_at_when", "uuid", "state", "requested_by", "removed", "finished_at")
+    created_at_when = when_column("created_at", "Queued")
     list_filter = ("state",)
     list_select_related = ("requested_by",)
     search_fields = ("uuid", "requested_by__username", "error_text")

@@ -3,11 +3,14 @@
 Admin actions and commands call the same services as the API. Copy tasks are only recorded.
 """
 
+import re
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from django.utils.timezone import localtime
 
 from agents_app.agent import heartbeat
 from agents_app.agent.tasks import pool_copy_task
@@ -109,6 +112,9 @@ def test_host_list_shows_state_heartbeat_and_uri(staff, host, pool):
     page = staff.get(admin_url("host", "changelist")).content.decode()
     assert "kvm-1" in page and "zone-a" in page and "test:///default" in page
     assert "pool-1" in page
+    # The heartbeat with seconds and in words.
+    stamp = localtime(host.last_heartbeat_at).strftime("%Y-%m-%d %H:%M:%S")
+    assert re.search(rf"{stamp} <span[^>]*>\((just now|\d+ seconds? ago)\)", page), page[page.index("field-heartbeat") :][:600]
     change = staff.get(admin_url("host", "change", host.pk))
     # Read-only: no form field for the state (or anything else) on the host's page.
     assert 'name="state"' not in change.content.decode()
@@ -360,3 +366,13 @@ def test_vm_pool_form_offers_active_templates_by_version(staff, register, user):
 
     assert labels == ["ubuntu v1", "ubuntu v2 — jammy refresh"]
     assert version.version_label == "ubuntu v2 — jammy refresh"
+
+
+def test_relative_times_read_as_words():
+    from templates_app.admin import relative_time
+
+    now = datetime(2026, 12, 3, 13, 0, 0, tzinfo=UTC)
+    assert relative_time(now - timedelta(minutes=3, seconds=12), now) == "3\xa0minutes ago"
+    assert relative_time(now + timedelta(hours=2), now) == "in 2\xa0hours"
+    assert relative_time(now, now) == "just now"
+    assert relative_time(None, now) == "—"
