@@ -123,6 +123,8 @@ UNFOLD = {
     "SITE_SYMBOL": "layers",
     "SITE_URL": "/",
     "SHOW_HISTORY": True,
+    # The admin index is the operators' dashboard (agents_app/dashboard.py).
+    "DASHBOARD_CALLBACK": "agents_app.dashboard.dashboard_callback",
     "SHOW_VIEW_ON_SITE": False,
     # Served by WhiteNoise like the theme's own files: nothing comes from a CDN.
     "STYLES": [lambda request: static("stencil/console.css")],

@@ -114,7 +114,9 @@ def test_host_list_shows_state_heartbeat_and_uri(staff, host, pool):
     assert "pool-1" in page
     # The heartbeat with seconds and in words.
     stamp = localtime(host.last_heartbeat_at).strftime("%Y-%m-%d %H:%M:%S")
-    assert re.search(rf"{stamp} <span[^>]*>\((just now|\d+ seconds? ago)\)", page), page[page.index("field-heartbeat") :][:600]
+    assert re.search(rf"{stamp} <span[^>]*>\((just now|\d+ seconds? ago)\)", page), page[
+        page.index("field-heartbeat") :
+    ][:600]
     change = staff.get(admin_url("host", "change", host.pk))
     # Read-only: no form field for the state (or anything else) on the host's page.
     assert 'name="state"' not in change.content.decode()
