@@ -95,7 +95,7 @@ def dashboard(request: HttpRequest | None = None) -> dict:
             "label": state.label,
             "state": state.value,
             "count": by_state.get(state.value, 0),
-            "url": _admin("templates_app_template", f"state__exact={state.value}"),
+            "url": _admin("templates_app_template", f"state={state.value}"),
         }
         for state in TemplateState
     ]
