@@ -863,20 +863,36 @@ class ZoneAdmin(ModelAdmin):
 class ImageStoreAdmin(ModelAdmin):
     """Secondary storage: one directory per store, in one zone."""
 
-    list_display = ("name", "zone", "path", "state", "capacity", "used")
+    list_display = ("name", "zone", "path", "state", "disk", "stencil_bytes", "templates")
     list_filter = ("zone", "state")
     list_select_related = ("zone",)
     search_fields = ("name", "path")
     # Usage is counted by the storage services, not typed in.
     readonly_fields = ("uuid", "used_bytes", "created_at")
 
-    @admin.display(description="Capacity", ordering="capacity_bytes")
-    def capacity(self, store: ImageStore) -> str:
-        return "unknown" if store.capacity_bytes is None else filesizeformat(store.capacity_bytes)
+    def get_queryset(self, request):
+        return selectors.stores_with_usage(super().get_queryset(request))
 
-    @admin.display(description="Used", ordering="used_bytes")
-    def used(self, store: ImageStore) -> str:
-        return filesizeformat(store.used_bytes)
+    @admin.display(description="Disk (used of capacity)")
+    def disk(self, store: ImageStore) -> str:
+        # The file system itself (statvfs), so files on disk never read as 0 bytes.
+        capacity, used = selectors.disk_usage(store.path)
+        if capacity is None:
+            limit = store.capacity_bytes
+            return f"not readable here; limit {human_size(limit)}" if limit else "not readable here"
+        percent = round(used * 100 / capacity) if capacity else 0
+        return f"{filesizeformat(used)} of {filesizeformat(capacity)} ({percent}%)"
+
+    @admin.display(description="Stencil's copies", ordering="stencil_bytes")
+    def stencil_bytes(self, store: ImageStore) -> str:
+        return filesizeformat(store.stencil_bytes or 0)
+
+    @admin.display(description="Templates", ordering="template_count")
+    def templates(self, store: ImageStore) -> str:
+        url = reverse("admin:templates_app_templatestoreref_changelist")
+        return format_html(
+            '<a href="{}?store__id__exact={}">{}</a>', url, store.pk, store.template_count
+        )
 
 
 @admin.register(Account)
