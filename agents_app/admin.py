@@ -8,17 +8,25 @@ from collections import Counter
 
 from django import forms
 from django.contrib import admin
+from django.db.models import Count
+from django.urls import reverse
+from django.utils.html import format_html
+from unfold.admin import ModelAdmin
 
 from templates_app.admin import (
     ReadOnlyAdmin,
     ReadOnlyTabularInline,
     RetryDownloadMixin,
+    ServiceRefusalMixin,
+    ServiceRefused,
     call_for_each,
     copy_status_filter,
     human_size,
     progress_bar,
+    when_column,
 )
-from templates_app.errors import InvalidInput
+from templates_app.admin_forms import ServiceErrorFormMixin, TemplateVersionChoiceField
+from templates_app.errors import InvalidInput, StencilError, TemplateNotUsable
 from versions_app.channels import checked_channel_name
 from versions_app.selectors import channel_is_known
 
@@ -36,7 +44,7 @@ from .models import (
 )
 
 
-class ActionsOnlyAdmin(admin.ModelAdmin):
+class ActionsOnlyAdmin(ModelAdmin):
     """Rows written by agents or services: listed and shown, changed only by the list's actions."""
 
     def has_add_permission(self, request):
@@ -58,7 +66,8 @@ class ActionsOnlyAdmin(admin.ModelAdmin):
 class HostAdmin(ActionsOnlyAdmin):
     """KVM hosts, registered by their agents. Maintenance on/off are actions calling services."""
 
-    list_display = ("name", "zone", "state", "last_heartbeat_at", "libvirt_uri", "pool_names")
+    list_display = ("name", "zone", "state", "heartbeat", "libvirt_uri", "pool_names", "vm_count")
+    heartbeat = when_column("last_heartbeat_at", "Last heartbeat")
     list_filter = ("state", "zone")
     list_select_related = ("zone",)
     search_fields = ("name", "address", "libvirt_uri", "uuid")
@@ -81,7 +90,17 @@ class HostAdmin(ActionsOnlyAdmin):
     actions = ("enter_maintenance_selected", "leave_maintenance_selected")
 
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("pools")
+        return (
+            super()
+            .get_queryset(request)
+            .prefetch_related("pools")
+            .annotate(vms_on_host=Count("vms", distinct=True))
+        )
+
+    @admin.display(description="VMs", ordering="vms_on_host")
+    def vm_count(self, host: Host) -> str:
+        url = reverse("admin:agents_app_virtualmachine_changelist")
+        return format_html('<a href="{}?host__id__exact={}">{}</a>', url, host.pk, host.vms_on_host)
 
     @admin.display(description="Pools")
     def pool_names(self, host: Host) -> str:
@@ -140,16 +159,45 @@ class PrimaryPoolForm(forms.ModelForm):
 
 
 @admin.register(PrimaryPool)
-class PrimaryPoolAdmin(admin.ModelAdmin):
+class PrimaryPoolAdmin(ModelAdmin):
     """Primary storage: configuration, like image stores. Usage is counted, not typed in."""
 
     form = PrimaryPoolForm
-    list_display = ("name", "zone", "pool_type", "path", "capacity", "used", "threshold")
+    list_display = (
+        "name",
+        "zone",
+        "pool_type",
+        "path",
+        "capacity",
+        "used",
+        "threshold",
+        "copies",
+        "vm_count",
+    )
     list_filter = ("zone",)
     list_select_related = ("zone",)
     search_fields = ("name", "libvirt_pool_name", "path")
     filter_horizontal = ("hosts",)
     readonly_fields = ("uuid", "used_bytes", "created_at")
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                copy_count=Count("template_refs", distinct=True),
+                vms_on_pool=Count("vms", distinct=True),
+            )
+        )
+
+    @admin.display(description="Pool copies", ordering="copy_count")
+    def copies(self, pool: PrimaryPool) -> str:
+        url = reverse("admin:agents_app_templatepoolref_changelist")
+        return format_html('<a href="{}?pool__id__exact={}">{}</a>', url, pool.pk, pool.copy_count)
+
+    @admin.display(description="VMs", ordering="vms_on_pool")
+    def vm_count(self, pool: PrimaryPool) -> int:
+        return pool.vms_on_pool
 
     def has_delete_permission(self, request, obj=None):
         # Copies and VMs hold the pool (PROTECT); there is no decommission service yet.
@@ -185,8 +233,9 @@ class TemplatePoolRefAdmin(RetryDownloadMixin, ActionsOnlyAdmin):
         "virtual_size",
         "physical",
         "attempts",
-        "last_used_at",
+        "last_used_when",
     )
+    last_used_when = when_column("last_used_at", "Last used")
     list_filter = (
         copy_status_filter(selectors.pool_copies_with_status),
         "state",
@@ -273,10 +322,11 @@ class VmSnapshotAdmin(ReadOnlyAdmin):
 
 
 @admin.register(VirtualMachine)
-class VirtualMachineAdmin(admin.ModelAdmin):
+class VirtualMachineAdmin(ModelAdmin):
     """VM records. Start, stop, destroy, recover and expunge are actions calling the services."""
 
-    list_display = ("name", "template", "zone", "host", "account", "state", "created_at")
+    list_display = ("name", "template", "zone", "host", "account", "state", "created_at_when")
+    created_at_when = when_column("created_at", "Created")
     list_filter = ("state", "stateless", "zone", "host", "account")
     list_select_related = ("template", "zone", "host", "account")
     search_fields = ("name", "uuid", "template__name")
@@ -359,10 +409,20 @@ class PoolVmInline(ReadOnlyTabularInline):
     show_change_link = True
 
 
-class VmPoolForm(forms.ModelForm):
+class VmPoolForm(ServiceErrorFormMixin, forms.ModelForm):
+    """What `vm_pool_create` needs. The size and template rules are the service's: a refusal
+    comes back on the field it names (ServiceRefusalMixin), e.g. "Size: 1 to 100"."""
+
+    template = TemplateVersionChoiceField()
+
     class Meta:
         model = VmPool
         fields = ("name", "account", "zone", "template", "follow_channel", "size")
+
+    def field_for(self, error: StencilError) -> str | None:
+        if isinstance(error, TemplateNotUsable):
+            return "template"
+        return super().field_for(error)
 
     def clean(self):
         """The channel rules of a deploy, checked before the pool's VMs are made."""
@@ -379,7 +439,7 @@ class VmPoolForm(forms.ModelForm):
 
 
 @admin.register(VmPool)
-class VmPoolAdmin(admin.ModelAdmin):
+class VmPoolAdmin(ServiceRefusalMixin, ModelAdmin):
     """Pools of stateless VMs; created through the service (which deploys the VMs), then taken
     from and returned to with the list's actions."""
 
@@ -402,15 +462,18 @@ class VmPoolAdmin(admin.ModelAdmin):
         if change:
             return
         data = form.cleaned_data
-        created = vm_pools.vm_pool_create(
-            name=data["name"],
-            template_id=data["template"].pk,
-            zone=data["zone"],
-            account=data["account"],
-            size=data["size"],
-            actor=request.user,
-            follow_channel=data["follow_channel"],
-        )
+        try:
+            created = vm_pools.vm_pool_create(
+                name=data["name"],
+                template_id=data["template"].pk,
+                zone=data["zone"],
+                account=data["account"],
+                size=data["size"],
+                actor=request.user,
+                follow_channel=data["follow_channel"],
+            )
+        except StencilError as error:
+            raise ServiceRefused(error) from error
         obj.pk = created.pk
 
     @admin.action(description="Take a VM from each selected pool", permissions=["change"])
@@ -525,3 +588,6 @@ class HostCertificateAdmin(ReadOnlyAdmin):
     list_select_related = ("certificate", "host")
     search_fields = ("certificate__alias", "host__name", "error_text")
     fields = ("certificate", "host", "state", "error_text", "updated_at")
+
+
+from . import admin_site  # noqa: E402, F401  (branding; third-party admins on the theme)

@@ -7,25 +7,32 @@ live references and events of a template (versions_app.admin adds versions to th
 Zones, image stores and accounts are plain configuration; events and store copies are read-only.
 """
 
+from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import datetime
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
 from django.utils.formats import date_format
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+from django.utils.timesince import timesince, timeuntil
 from django.utils.timezone import localtime
 from django.views.decorators.http import require_POST
 from django_fsm import can_proceed
+from unfold.admin import ModelAdmin, TabularInline
 
 from . import extracts, selectors, services, sweeps
 from .admin_forms import CopyToZonesForm, TemplateChangeForm, TemplateRegisterForm
-from .choices import TemplateState
+from .choices import StoreRefState, TemplateState
 from .copies import store_copy_retry
 from .copy_status import CopyStatus
 from .errors import InvalidInput, StencilError
@@ -39,7 +46,7 @@ from .models import (
     TemplateStoreRef,
     Zone,
 )
-from .references import describe_counts, reference_rows
+from .references import describe_counts, reference_providers, reference_rows
 from .rescan import RescanResult, rescan_images
 from .secrets import AdminSecrets, public_url
 
@@ -59,6 +66,30 @@ class ServiceRefused(Exception):
     def __init__(self, error: StencilError):
         super().__init__(error.message)
         self.error = error
+
+
+class ServiceRefusalMixin:
+    """A ModelAdmin whose `save_model` calls a service: a refusal (StencilError, raised as
+    ServiceRefused) comes back as the form's error on the field it names, never as a 500.
+
+    The first pass ran in the admin's transaction, which the exception rolls back, so nothing
+    is half-written; the same POST is validated again with the error attached to the form
+    (forms mix in admin_forms.ServiceErrorFormMixin).
+    """
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        refusal = getattr(request, REFUSAL_ATTRIBUTE, None)
+        if refusal is None:
+            return form_class
+        return type(form_class.__name__, (form_class,), {"service_error": refusal})
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ServiceRefused as refused:
+            setattr(request, REFUSAL_ATTRIBUTE, refused.error)
+            return super().changeform_view(request, object_id, form_url, extra_context)
 
 
 # Helpers shared with agents_app.admin ------------------------------------------------------
@@ -176,7 +207,7 @@ class RetryDownloadMixin:
         )
 
 
-class ReadOnlyTabularInline(admin.TabularInline):
+class ReadOnlyTabularInline(TabularInline):
     """Rows that services and agents write: shown on the parent's page, never edited there."""
 
     extra = 0
@@ -195,6 +226,47 @@ def progress_bar(percent: int) -> str:
 
 def human_size(value: int | None) -> str:
     return "—" if value is None else filesizeformat(value)
+
+
+def relative_time(value: datetime | None, now: datetime | None = None) -> str:
+    """'3 minutes ago' / 'in 2 hours': how far a time is from now, in words."""
+    if value is None:
+        return "—"
+    now = now or timezone.now()
+    seconds = int((now - value).total_seconds())
+    if abs(seconds) < 1:
+        return "just now"
+    if abs(seconds) < 60:  # timesince() counts whole minutes only
+        unit = "second" if abs(seconds) == 1 else "seconds"
+        return f"{seconds} {unit} ago" if seconds > 0 else f"in {-seconds} {unit}"
+    if value <= now:
+        return f"{timesince(value, now, depth=1)} ago"
+    return f"in {timeuntil(value, now, depth=1)}"
+
+
+def when(value: datetime | None) -> str:
+    """A time as operators read it: '2026-12-03 13:45:12 (3 minutes ago)', the ISO value in
+    the element for machines."""
+    if value is None:
+        return "—"
+    local = localtime(value)
+    return format_html(
+        '<time datetime="{}">{} <span class="stencil-ago">({})</span></time>',
+        local.isoformat(),
+        date_format(local, "DATETIME_FORMAT"),
+        relative_time(value),
+    )
+
+
+def when_column(field: str, description: str):
+    """A list column showing `field` with `when`, sortable on the field."""
+
+    @admin.display(description=description, ordering=field)
+    def column(self, obj) -> str:
+        return when(getattr(obj, field))
+
+    column.__name__ = f"{field}_when"
+    return column
 
 
 def _names(rows: list[dict], total: int) -> str:
@@ -322,8 +394,53 @@ TRANSITIONS = {
 }
 
 
+class TemplateStateFilter(admin.SimpleListFilter):
+    """State, with REMOVED templates hidden unless asked for: their bytes are gone, and they
+    would crowd out what operators look for."""
+
+    title = "state"
+    parameter_name = "state"
+    EVERY = "all"
+
+    def lookups(self, request, model_admin):
+        return [
+            (None, "Not removed"),
+            *[(state.value, state.label) for state in TemplateState],
+            (self.EVERY, "All, removed too"),
+        ]
+
+    def choices(self, changelist):
+        for value, label in self.lookup_choices:
+            yield {
+                "selected": self.value() == value,
+                "query_string": changelist.get_query_string(
+                    {self.parameter_name: value} if value else {}, [self.parameter_name]
+                ),
+                "display": label,
+            }
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == self.EVERY:
+            return queryset
+        if value in TemplateState.values:
+            return queryset.filter(state=value)
+        return queryset.exclude(state=TemplateState.REMOVED)
+
+
+def readiness_text(copy: TemplateStoreRef) -> str:
+    """One store copy in a word: READY, n% while it moves, or the error."""
+    if copy.state == StoreRefState.READY:
+        return "READY"
+    if copy.download_state in selectors.STORE_COPY_IN_PROGRESS:
+        return f"{copy.download_percent}%"
+    if copy.error_text or copy.download_state in selectors.STORE_COPY_FAILED:
+        return f"error: {copy.error_text or copy.get_download_state_display()}"
+    return copy.get_download_state_display()
+
+
 @admin.register(Template)
-class TemplateAdmin(admin.ModelAdmin):
+class TemplateAdmin(ServiceRefusalMixin, ModelAdmin):
     """Templates and ISOs: registration, edits, the life cycle and the GC sweep."""
 
     form = TemplateChangeForm
@@ -331,19 +448,32 @@ class TemplateAdmin(admin.ModelAdmin):
     change_form_template = "admin/templates_app/template/change_form.html"
     change_list_template = "admin/templates_app/template/change_list.html"
     list_display = (
-        "name",
-        "version_number",
+        "version_column",
         "kind",
         "format",
+        "os_type",
         "account",
         "state_badge",
+        "readiness",
+        "sizes",
+        "zone_names",
         "removal",
         "references",
         "is_public",
-        "is_featured",
-        "created_at",
+        "created_at_when",
     )
-    list_filter = ("state", "kind", "zones", "account", "is_public", "is_featured")
+    list_display_links = ("version_column",)
+    created_at_when = when_column("created_at", "Registered")
+    list_filter = (
+        TemplateStateFilter,
+        "kind",
+        "format",
+        "zones",
+        "account",
+        "is_public",
+        "is_featured",
+        "direct_download",
+    )
     list_select_related = ("account",)
     search_fields = ("name", "display_text", "unique_name", "uuid")
     inlines = (TemplateStoreRefInline, TemplateDetailInline)
@@ -411,8 +541,57 @@ class TemplateAdmin(admin.ModelAdmin):
     # Columns ---------------------------------------------------------------------------
 
     def get_queryset(self, request):
-        # The live reference count is one subquery of the list query, not a query per row.
-        return selectors.with_reference_count(super().get_queryset(request))
+        # The live reference count is one subquery of the list query, not a query per row;
+        # copies and zones are two prefetches for the whole page.
+        copies = TemplateStoreRef.objects.select_related("store__zone").order_by(
+            "store__zone__name"
+        )
+        return selectors.with_reference_count(super().get_queryset(request)).prefetch_related(
+            Prefetch("store_refs", queryset=copies), "zones"
+        )
+
+    @admin.display(description="Template", ordering="name")
+    def version_column(self, template: Template) -> str:
+        return template.version_label
+
+    @admin.display(description="Ready per zone")
+    def readiness(self, template: Template) -> str:
+        rows = [
+            (copy.store.zone.name if copy.store else "direct", readiness_text(copy))
+            for copy in template.store_refs.all()
+            if copy.state not in (StoreRefState.DESTROYING, StoreRefState.DESTROYED)
+        ]
+        if not rows:
+            return "—"
+        return format_html_join(
+            mark_safe("<br>"),
+            '{}: <span class="stencil-state stencil-state-{}">{}</span>',
+            (
+                (
+                    zone,
+                    "ready"
+                    if text == "READY"
+                    else "error"
+                    if text.startswith("error")
+                    else "progress",
+                    text,
+                )
+                for zone, text in rows
+            ),
+        )
+
+    @admin.display(description="Size (virtual / physical)")
+    def sizes(self, template: Template) -> str:
+        copies = [c for c in template.store_refs.all() if c.size or c.physical_size]
+        if not copies:
+            return "—"
+        virtual = max((c.size or 0) for c in copies)
+        physical = max((c.physical_size or 0) for c in copies)
+        return f"{human_size(virtual or None)} / {human_size(physical or None)}"
+
+    @admin.display(description="Zones")
+    def zone_names(self, template: Template) -> str:
+        return ", ".join(zone.name for zone in template.zones.all()) or "—"
 
     @admin.display(description="State", ordering="state")
     def state_badge(self, template: Template) -> str:
@@ -479,20 +658,7 @@ class TemplateAdmin(admin.ModelAdmin):
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
             kwargs["form"] = self.add_form
-        form_class = super().get_form(request, obj, change=change, **kwargs)
-        refusal = getattr(request, REFUSAL_ATTRIBUTE, None)
-        if refusal is None:
-            return form_class
-        return type(form_class.__name__, (form_class,), {"service_error": refusal})
-
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except ServiceRefused as refused:
-            # The first pass rolled back and saved nothing. Validate the same POST again with
-            # the service's error attached, so the form comes back with the message on its field.
-            setattr(request, REFUSAL_ATTRIBUTE, refused.error)
-            return super().changeform_view(request, object_id, form_url, extra_context)
+        return super().get_form(request, obj, change=change, **kwargs)
 
     def save_model(self, request, obj, form, change):
         """Register, update or save as a new version through the services; the admin never
@@ -589,10 +755,15 @@ class TemplateAdmin(admin.ModelAdmin):
         # One more than shown tells whether to link to the full list.
         events = list(self._events_of(request, template)[: EVENTS_SHOWN + 1])
         more_events = len(events) > EVENTS_SHOWN
+        labels = {provider.kind: provider.label for provider in reference_providers()}
+        for row in references:
+            row["kind_label"] = labels.get(row["kind"], row["kind"])
         return {
             "transition_buttons": self._transition_buttons(request, template),
             "live_references": references,
+            # Heading, summary and table come from the same rows, so they always agree.
             "reference_count": len(every),
+            "reference_summary": describe_counts(Counter(row["kind"] for row in every)),
             "template_events": events[:EVENTS_SHOWN],
             "more_events_url": self._more_events_url(template) if more_events else "",
         }
@@ -791,7 +962,7 @@ class TemplateAdmin(admin.ModelAdmin):
 
 
 @admin.register(Zone)
-class ZoneAdmin(admin.ModelAdmin):
+class ZoneAdmin(ModelAdmin):
     """Availability zones."""
 
     list_display = ("name", "description", "created_at")
@@ -800,27 +971,43 @@ class ZoneAdmin(admin.ModelAdmin):
 
 
 @admin.register(ImageStore)
-class ImageStoreAdmin(admin.ModelAdmin):
+class ImageStoreAdmin(ModelAdmin):
     """Secondary storage: one directory per store, in one zone."""
 
-    list_display = ("name", "zone", "path", "state", "capacity", "used")
+    list_display = ("name", "zone", "path", "state", "disk", "stencil_bytes", "templates")
     list_filter = ("zone", "state")
     list_select_related = ("zone",)
     search_fields = ("name", "path")
     # Usage is counted by the storage services, not typed in.
     readonly_fields = ("uuid", "used_bytes", "created_at")
 
-    @admin.display(description="Capacity", ordering="capacity_bytes")
-    def capacity(self, store: ImageStore) -> str:
-        return "unknown" if store.capacity_bytes is None else filesizeformat(store.capacity_bytes)
+    def get_queryset(self, request):
+        return selectors.stores_with_usage(super().get_queryset(request))
 
-    @admin.display(description="Used", ordering="used_bytes")
-    def used(self, store: ImageStore) -> str:
-        return filesizeformat(store.used_bytes)
+    @admin.display(description="Disk (used of capacity)")
+    def disk(self, store: ImageStore) -> str:
+        # The file system itself (statvfs), so files on disk never read as 0 bytes.
+        capacity, used = selectors.disk_usage(store.path)
+        if capacity is None:
+            limit = store.capacity_bytes
+            return f"not readable here; limit {human_size(limit)}" if limit else "not readable here"
+        percent = round(used * 100 / capacity) if capacity else 0
+        return f"{filesizeformat(used)} of {filesizeformat(capacity)} ({percent}%)"
+
+    @admin.display(description="Stencil's copies", ordering="stencil_bytes")
+    def stencil_bytes(self, store: ImageStore) -> str:
+        return filesizeformat(store.stencil_bytes or 0)
+
+    @admin.display(description="Templates", ordering="template_count")
+    def templates(self, store: ImageStore) -> str:
+        url = reverse("admin:templates_app_templatestoreref_changelist")
+        return format_html(
+            '<a href="{}?store__id__exact={}">{}</a>', url, store.pk, store.template_count
+        )
 
 
 @admin.register(Account)
-class AccountAdmin(admin.ModelAdmin):
+class AccountAdmin(ModelAdmin):
     """Tenants: members, limits (empty = unlimited) and what they use."""
 
     list_display = (
@@ -859,7 +1046,7 @@ class AccountAdmin(admin.ModelAdmin):
 # Read-only records -------------------------------------------------------------------------
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(ModelAdmin):
     """Records written only by services: listed and shown, never added, changed or deleted."""
 
     def has_add_permission(self, request):
@@ -877,7 +1064,7 @@ class EventAdmin(ReadOnlyAdmin):
     """The state changes of every object: what, from, to, who, why, when."""
 
     list_display = (
-        "created_at",
+        "created_at_when",
         "object_link",
         "content_type",
         "from_state",
@@ -885,6 +1072,7 @@ class EventAdmin(ReadOnlyAdmin):
         "actor_label",
         "reason",
     )
+    created_at_when = when_column("created_at", "When")
     list_filter = ("to_state", ("content_type", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("content_type",)
     search_fields = ("object_repr", "actor_label", "reason")
@@ -913,8 +1101,9 @@ class TemplateStoreRefAdmin(RetryDownloadMixin, ReadOnlyAdmin):
         "virtual_size",
         "physical",
         "attempts",
-        "updated_at",
+        "updated_at_when",
     )
+    updated_at_when = when_column("updated_at", "Updated")
     list_filter = (
         copy_status_filter(selectors.store_copies_with_status),
         "download_state",
@@ -971,7 +1160,8 @@ def queued_sweep_message(run: GcSweepRun) -> str:
 class GcSweepRunAdmin(ReadOnlyAdmin):
     """Sweeps queued from the API and the admin: who asked, what they removed, or why not."""
 
-    list_display = ("created_at", "uuid", "state", "requested_by", "removed", "finished_at")
+    list_display = ("created_at_when", "uuid", "state", "requested_by", "removed", "finished_at")
+    created_at_when = when_column("created_at", "Queued")
     list_filter = ("state",)
     list_select_related = ("requested_by",)
     search_fields = ("uuid", "requested_by__username", "error_text")

@@ -135,3 +135,23 @@ class CopyToZonesForm(forms.Form):
     zones = forms.ModelMultipleChoiceField(
         queryset=Zone.objects.order_by("name"), widget=forms.CheckboxSelectMultiple
     )
+
+
+class TemplateVersionChoiceField(forms.ModelChoiceField):
+    """A template picker that tells versions apart ("ubuntu v3 — name") and offers only ACTIVE
+    templates: REMOVED and INACTIVE ones cannot be deployed or built on."""
+
+    default_error_messages = {
+        "invalid_choice": "Choose an ACTIVE template: REMOVED and INACTIVE ones cannot be used."
+    }
+
+    def __init__(self, **kwargs):
+        from .choices import TemplateState
+
+        queryset = Template.objects.filter(state=TemplateState.ACTIVE).order_by(
+            "name", "version_number"
+        )
+        super().__init__(queryset=queryset, **kwargs)
+
+    def label_from_instance(self, obj: Template) -> str:
+        return obj.version_label
