@@ -3,6 +3,7 @@
 from collections.abc import Iterable
 
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import EmptyResultSet
 from django.db import connection, models
 from django.db.models import (
     BigIntegerField,
@@ -99,7 +100,10 @@ def record_events_from(
     # Aliases that cannot clash with the model's own fields; the SELECT lists them in order.
     aliases = {f"_event_{name}": expression for name, expression in columns.items()}
     select = queryset.order_by().annotate(**aliases).values(*aliases)
-    sql, params = select.query.sql_with_params()
+    try:
+        sql, params = select.query.sql_with_params()
+    except EmptyResultSet:  # e.g. pk__in=[]: a batch in which nothing moved
+        return 0
     targets = ", ".join(
         connection.ops.quote_name(Event._meta.get_field(name.removesuffix("_id")).column)
         if name.endswith("_id") and name != "object_id"

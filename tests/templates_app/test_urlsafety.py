@@ -4,7 +4,6 @@ No test here connects anywhere: validate_url resolves names but never opens a so
 """
 
 import importlib
-import os
 import re
 import socket
 
@@ -276,12 +275,17 @@ def test_denied_networks_setting_replaces_the_default(settings):
     assert validate_url("http://127.0.0.1/").address == "127.0.0.1"
 
 
-def test_settings_default_matches_the_module_default():
+def test_settings_default_matches_the_module_default(monkeypatch):
     # project/settings.py cannot import the app, so the list is written twice; keep them equal.
-    # The module itself, not django.conf.settings, which the autouse fixture overrides.
-    if os.environ.get("STENCIL_URL_DENIED_NETWORKS", "").strip():
-        pytest.skip("STENCIL_URL_DENIED_NETWORKS is set in the environment")
-    project_settings = importlib.import_module("project.settings")
+    # The module itself, not django.conf.settings, which the autouse fixture overrides; read
+    # again without the variables the test session sets for its own servers' ports.
+    for name in (
+        "STENCIL_URL_DENIED_NETWORKS",
+        "STENCIL_URL_ALLOWED_PORTS",
+        "STENCIL_URL_ALLOWED_NETWORKS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    project_settings = importlib.reload(importlib.import_module("project.settings"))
     denied, ports = (
         project_settings.STENCIL_URL_DENIED_NETWORKS,
         project_settings.STENCIL_URL_ALLOWED_PORTS,
