@@ -18,6 +18,7 @@ from templates_app.admin import (
     human_size,
     progress_bar,
 )
+from templates_app.admin_actions import ObjectActionsMixin
 from templates_app.errors import InvalidInput
 from versions_app.channels import checked_channel_name
 from versions_app.selectors import channel_is_known
@@ -34,6 +35,7 @@ from .models import (
     VmPool,
     VmSnapshot,
 )
+from .object_actions import register_object_actions
 
 
 class ActionsOnlyAdmin(admin.ModelAdmin):
@@ -51,12 +53,18 @@ class ActionsOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+register_object_actions()
+
+
 # Hosts and pools ---------------------------------------------------------------------------
 
 
 @admin.register(Host)
-class HostAdmin(ActionsOnlyAdmin):
-    """KVM hosts, registered by their agents. Maintenance on/off are actions calling services."""
+class HostAdmin(ObjectActionsMixin, ActionsOnlyAdmin):
+    """KVM hosts, registered by their agents. Maintenance on/off are actions calling services
+    (on the list, and buttons on the host's page)."""
+
+    change_form_template = "admin/stencil/change_form.html"
 
     list_display = ("name", "zone", "state", "last_heartbeat_at", "libvirt_uri", "pool_names")
     list_filter = ("state", "zone")
@@ -169,7 +177,7 @@ class PrimaryPoolAdmin(admin.ModelAdmin):
 
 
 @admin.register(TemplatePoolRef)
-class TemplatePoolRefAdmin(RetryDownloadMixin, ActionsOnlyAdmin):
+class TemplatePoolRefAdmin(ObjectActionsMixin, RetryDownloadMixin, ActionsOnlyAdmin):
     """Template copies on primary pools, with copy progress. Pinned copies are live references.
     A failed copy can be retried on an Up host of its pool (list action, button on its page)."""
 
@@ -273,8 +281,11 @@ class VmSnapshotAdmin(ReadOnlyAdmin):
 
 
 @admin.register(VirtualMachine)
-class VirtualMachineAdmin(admin.ModelAdmin):
-    """VM records. Start, stop, destroy, recover and expunge are actions calling the services."""
+class VirtualMachineAdmin(ObjectActionsMixin, admin.ModelAdmin):
+    """VM records. Start, stop, destroy, recover and expunge are actions calling the services;
+    the VM's page has buttons for its whole life cycle, snapshots and "Create version"."""
+
+    change_form_template = "admin/stencil/change_form.html"
 
     list_display = ("name", "template", "zone", "host", "account", "state", "created_at")
     list_filter = ("state", "stateless", "zone", "host", "account")

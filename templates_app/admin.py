@@ -21,12 +21,19 @@ from django.utils.timezone import localtime
 from django.views.decorators.http import require_POST
 from django_fsm import can_proceed
 
-from . import selectors, services, sweeps
+from . import (
+    object_actions,  # noqa: F401  (registers the template's page actions)
+    selectors,
+    services,
+    sweeps,
+)
+from .admin_actions import ObjectActionsMixin, confirmation_page
 from .admin_forms import TemplateChangeForm, TemplateRegisterForm
 from .choices import TemplateState
 from .copies import store_copy_retry
 from .copy_status import CopyStatus
 from .errors import InvalidInput, StencilError
+from .impacts import gc_sweep_impact
 from .models import (
     Account,
     Event,
@@ -286,15 +293,15 @@ def state_badge(template: Template) -> str:
     )
 
 
-# Buttons of the change page: action -> (service, label, the state it is offered in).
+# Bulk actions of the list: action -> service.
 TRANSITIONS = {
-    "deactivate": (services.template_deactivate, "Deactivate (delete)", TemplateState.ACTIVE),
-    "reactivate": (services.template_reactivate, "Reactivate", TemplateState.INACTIVE),
+    "deactivate": services.template_deactivate,
+    "reactivate": services.template_reactivate,
 }
 
 
 @admin.register(Template)
-class TemplateAdmin(admin.ModelAdmin):
+class TemplateAdmin(ObjectActionsMixin, admin.ModelAdmin):
     """Templates and ISOs: registration, edits, the life cycle and the GC sweep."""
 
     form = TemplateChangeForm
@@ -541,21 +548,11 @@ class TemplateAdmin(admin.ModelAdmin):
         events = list(self._events_of(request, template)[: EVENTS_SHOWN + 1])
         more_events = len(events) > EVENTS_SHOWN
         return {
-            "transition_buttons": self._transition_buttons(request, template),
             "live_references": references,
             "reference_count": len(every),
             "template_events": events[:EVENTS_SHOWN],
             "more_events_url": self._more_events_url(template) if more_events else "",
         }
-
-    def _transition_buttons(self, request, template: Template) -> list[dict]:
-        if not self.has_change_permission(request, template):
-            return []
-        return [
-            {"label": label, "url": self._url(action, template.pk), "action": action}
-            for action, (_service, label, source) in TRANSITIONS.items()
-            if template.state == source
-        ]
 
     def _events_of(self, request, template: Template):
         content_type = ContentType.objects.get_for_model(Template)
@@ -590,36 +587,11 @@ class TemplateAdmin(admin.ModelAdmin):
                 name=f"{prefix}_sweep_dry_run",
             ),
         ]
-        own += [
-            path(
-                f"<path:object_id>/{action}/",
-                wrap(require_POST(self.transition_view)),
-                {"action": action},
-                name=f"{prefix}_{action}",
-            )
-            for action in TRANSITIONS
-        ]
         # Before the admin's own patterns: `<path:object_id>/` would swallow these.
         return own + super().get_urls()
 
     def _url(self, name: str, *args) -> str:
         return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{name}", args=args)
-
-    def transition_view(self, request, object_id: str, action: str) -> HttpResponse:
-        template = self.get_object(request, unquote(object_id))
-        if template is None:
-            raise Http404(f"no template with id {object_id!r}")
-        if not self.has_change_permission(request, template):
-            raise PermissionDenied
-        service, label, _source = TRANSITIONS[action]
-        try:
-            template = service(template_id=template.pk, actor=request.user)
-        except StencilError as error:
-            self.message_user(request, error.message, messages.ERROR)
-        else:
-            done = f"{label}: template “{template}” is now {template.state}."
-            self.message_user(request, done, messages.SUCCESS)
-        return HttpResponseRedirect(self._url("change", template.pk))
 
     def sweep_view(self, request) -> HttpResponse:
         return self._sweep_and_return(request, dry_run=False)
@@ -630,6 +602,16 @@ class TemplateAdmin(admin.ModelAdmin):
     def _sweep_and_return(self, request, *, dry_run: bool) -> HttpResponse:
         if not self.has_change_permission(request):
             raise PermissionDenied
+        if not dry_run and request.POST.get("confirm") != "yes":
+            # A sweep deletes bytes: first the page listing what it would remove, and why not.
+            return confirmation_page(
+                self,
+                request,
+                title="Run the GC sweep now",
+                impact=gc_sweep_impact(),
+                back_url=self._url("changelist"),
+                label="Run GC sweep now",
+            )
         self._sweep(request, dry_run=dry_run)
         return HttpResponseRedirect(self._url("changelist"))
 
@@ -654,7 +636,7 @@ class TemplateAdmin(admin.ModelAdmin):
         self._transition_each(request, queryset, "reactivate", "Reactivated")
 
     def _transition_each(self, request, queryset, action: str, done: str) -> None:
-        service = TRANSITIONS[action][0]
+        service = TRANSITIONS[action]
         ids = queryset.order_by("pk").values_list("pk", flat=True)
         call_for_each(
             self, request, ids, lambda pk: service(template_id=pk, actor=request.user), done

@@ -1,0 +1,239 @@
+"""Actions on an object's admin page: a registry the catalogue owns, and the ModelAdmin mixin
+that shows them as buttons and runs them.
+
+An action names a service to call (`run`), when its button is shown (`shown`), an optional form
+asking for its input, and, for destructive ones, `impact`: a selector (templates_app.impacts and
+the upper layers' impacts modules) that lists exactly what will be affected, shown on a
+confirmation page before anything happens. Upper layers add actions to lower layers' models
+(compute's "Prepare on pools" on a template) with `register_action` from their admin modules,
+so the catalogue never imports them.
+
+Permissions: the model's change permission (a staff login is the admin's own rule), whatever
+the page's read-only fields; the service still checks its own rules.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django import forms
+from django.contrib import messages
+from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_permission_codename
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from .admin_forms import FIELD_ALIASES
+from .errors import StencilError
+from .impacts import Impact
+
+
+@dataclass(frozen=True)
+class ObjectAction:
+    """One button on an object's page.
+
+    `run(request, obj, data)` calls one service and returns the success message; `data` is the
+    form's cleaned data ({} without a form). `form(obj)` returns the form class asking for input
+    (or None). `impact(obj, data)` describes what a destructive action affects; its page must be
+    confirmed before `run` is called.
+    """
+
+    name: str
+    label: str
+    run: Callable[[HttpRequest, Model, dict], str]
+    shown: Callable[[Model], bool] = lambda obj: True
+    form: Callable[[Model], type[forms.Form]] | None = None
+    impact: Callable[[Model, dict], Impact] | None = None
+    help_text: str = ""
+    order: int = 100
+
+    @property
+    def danger(self) -> bool:
+        return self.impact is not None
+
+    @property
+    def asks_first(self) -> bool:
+        """Opens a page (a form, or a confirmation) instead of acting on the button's click."""
+        return self.form is not None or self.impact is not None
+
+
+_actions: dict[str, dict[str, ObjectAction]] = {}
+
+
+def register_action(model: type[Model], action: ObjectAction) -> None:
+    """Add (or replace, by name) an action on `model`'s pages; called at admin import time."""
+    _actions.setdefault(model._meta.label_lower, {})[action.name] = action
+
+
+def actions_for(model: type[Model]) -> list[ObjectAction]:
+    return sorted(
+        _actions.get(model._meta.label_lower, {}).values(), key=lambda a: (a.order, a.label)
+    )
+
+
+def action_named(model: type[Model], name: str) -> ObjectAction | None:
+    return _actions.get(model._meta.label_lower, {}).get(name)
+
+
+def field_for_error(form: forms.Form, error: StencilError) -> str | None:
+    """The form field a service error names (aliases as on the template forms), or None."""
+    name = FIELD_ALIASES.get(error.field or "", error.field)
+    return name if name in form.fields else None
+
+
+class ObjectActionsMixin:
+    """Serves `<id>/actions/<name>/` for the registered actions of the admin's model and puts
+    their buttons (`object_actions`) in the change page's context."""
+
+    object_action_template = "admin/stencil/object_action.html"
+
+    def has_object_action_permission(self, request: HttpRequest, obj: Model) -> bool:
+        opts = self.opts
+        codename = get_permission_codename("change", opts)
+        return request.user.has_perm(f"{opts.app_label}.{codename}")
+
+    def object_action_url(self, obj: Model, name: str) -> str:
+        opts = self.opts
+        return reverse(f"admin:{opts.app_label}_{opts.model_name}_action", args=[obj.pk, name])
+
+    def object_action_buttons(self, request: HttpRequest, obj: Model) -> list[dict]:
+        if obj is None or not self.has_object_action_permission(request, obj):
+            return []
+        return [
+            {
+                "name": action.name,
+                "label": action.label,
+                "url": self.object_action_url(obj, action.name),
+                "danger": action.danger,
+                "asks_first": action.asks_first,
+                "help_text": action.help_text,
+            }
+            for action in actions_for(self.model)
+            if action.shown(obj)
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = self.get_object(request, unquote(object_id)) if object_id else None
+        buttons = self.object_action_buttons(request, obj)
+        context = {"object_actions": buttons, **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, context)
+
+    def get_urls(self):
+        opts = self.opts
+        own = [
+            path(
+                "<path:object_id>/actions/<slug:name>/",
+                self.admin_site.admin_view(self.object_action_view),
+                name=f"{opts.app_label}_{opts.model_name}_action",
+            )
+        ]
+        # Before the admin's own patterns: `<path:object_id>/` would swallow these.
+        return own + super().get_urls()
+
+    def _change_url(self, obj: Model) -> str:
+        opts = self.opts
+        return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+
+    def object_action_view(self, request: HttpRequest, object_id: str, name: str) -> HttpResponse:
+        """GET: the action's form or confirmation page. POST: validate, confirm, call the
+        service, and go back to the object's page with what happened."""
+        obj = self.get_object(request, unquote(object_id))
+        action = action_named(self.model, name)
+        if obj is None or action is None:
+            raise Http404(f"no {self.opts.verbose_name} {object_id!r} or no action {name!r}")
+        if not self.has_object_action_permission(request, obj):
+            raise PermissionDenied
+        # `shown` only picks the buttons: the service is the one place that decides, so a
+        # stale page's button gets the service's own refusal.
+        if request.method != "POST":
+            if not action.asks_first:
+                return HttpResponse("POST only", status=405)
+            form = action.form(obj)() if action.form else None
+            return self._action_page(request, obj, action, form, confirming=form is None)
+        form = action.form(obj)(request.POST, request.FILES) if action.form else None
+        if form is not None and not form.is_valid():
+            return self._action_page(request, obj, action, form, status=400)
+        data = form.cleaned_data if form is not None else {}
+        if action.impact is not None and request.POST.get("confirm") != "yes":
+            return self._action_page(request, obj, action, form, confirming=True)
+        try:
+            done = action.run(request, obj, data)
+        except StencilError as error:
+            if form is not None:
+                form.add_error(field_for_error(form, error), error.message)
+                return self._action_page(request, obj, action, form, status=error.status_code)
+            self.message_user(request, error.message, messages.ERROR)
+        else:
+            self.message_user(request, done, messages.SUCCESS)
+        return HttpResponseRedirect(self._change_url(obj))
+
+    def _action_page(
+        self,
+        request: HttpRequest,
+        obj: Model,
+        action: ObjectAction,
+        form: forms.Form | None,
+        *,
+        confirming: bool = False,
+        status: int = 200,
+    ) -> HttpResponse:
+        impact = None
+        if confirming and action.impact is not None:
+            impact = action.impact(obj, form.cleaned_data if form is not None else {})
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": obj,
+            "title": f"{action.label}: {obj}",
+            "action": action,
+            "form": form,
+            "confirming": confirming and impact is not None,
+            "impact": impact,
+            "change_url": self._change_url(obj),
+        }
+        return TemplateResponse(request, self.object_action_template, context, status=status)
+
+
+def confirmation_page(
+    modeladmin,
+    request: HttpRequest,
+    *,
+    title: str,
+    impact: Impact,
+    back_url: str,
+    label: str,
+    hidden: dict | None = None,
+) -> HttpResponse:
+    """The confirmation page of a destructive action that is not an object's (the list's GC
+    sweep): the same page, posting back to the same URL with confirm=yes."""
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "opts": modeladmin.opts,
+        "title": title,
+        "action": {"label": label, "name": "confirm"},
+        "confirming": True,
+        "impact": impact,
+        "change_url": back_url,
+        "hidden": hidden or {},
+    }
+    return TemplateResponse(request, ObjectActionsMixin.object_action_template, context)
+
+
+def service_action(
+    name: str,
+    label: str,
+    call: Callable[..., object],
+    *,
+    shown: Callable[[Model], bool] = lambda obj: True,
+    done: str = "{label}: “{obj}”.",
+    **options,
+) -> ObjectAction:
+    """An action that calls `call(obj=..., actor=..., **data)` and reports `done`."""
+
+    def run(request: HttpRequest, obj: Model, data: dict) -> str:
+        result = call(obj=obj, actor=request.user, **data)
+        return done.format(label=label, obj=obj, result=result)
+
+    return ObjectAction(name=name, label=label, run=run, shown=shown, **options)
