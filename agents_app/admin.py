@@ -24,6 +24,7 @@ from versions_app.channels import checked_channel_name
 from versions_app.selectors import channel_is_known
 
 from . import host_services, pool_copies, selectors, services, vm_pools
+from .admin_deploy import DeployPageMixin
 from .certificates import certificate_revoke
 from .models import (
     DirectDownloadCertificate,
@@ -281,11 +282,12 @@ class VmSnapshotAdmin(ReadOnlyAdmin):
 
 
 @admin.register(VirtualMachine)
-class VirtualMachineAdmin(ObjectActionsMixin, admin.ModelAdmin):
+class VirtualMachineAdmin(DeployPageMixin, ObjectActionsMixin, admin.ModelAdmin):
     """VM records. Start, stop, destroy, recover and expunge are actions calling the services;
     the VM's page has buttons for its whole life cycle, snapshots and "Create version"."""
 
     change_form_template = "admin/stencil/change_form.html"
+    change_list_template = "admin/agents_app/virtualmachine/change_list.html"
 
     list_display = ("name", "template", "zone", "host", "account", "state", "created_at")
     list_filter = ("state", "stateless", "zone", "host", "account")
@@ -320,8 +322,13 @@ class VirtualMachineAdmin(ObjectActionsMixin, admin.ModelAdmin):
     )
 
     def has_add_permission(self, request):
-        # A VM is created through the API, which checks its template under the template's lock.
+        # A VM is made by vm_deploy (the "Deploy VM" page, the API), which checks its template
+        # under the template's lock, never by the model form.
         return False
+
+    def changelist_view(self, request, extra_context=None):
+        context = {"may_deploy": self.may_deploy(request), **(extra_context or {})}
+        return super().changelist_view(request, context)
 
     def has_change_permission(self, request, obj=None):
         # The list's actions need the change permission; a VM's own page stays read-only because

@@ -29,6 +29,7 @@ from . import (
 )
 from .admin_actions import ObjectActionsMixin, confirmation_page
 from .admin_forms import TemplateChangeForm, TemplateRegisterForm
+from .admin_upload import UploadPageMixin
 from .choices import TemplateState
 from .copies import store_copy_retry
 from .copy_status import CopyStatus
@@ -301,7 +302,7 @@ TRANSITIONS = {
 
 
 @admin.register(Template)
-class TemplateAdmin(ObjectActionsMixin, admin.ModelAdmin):
+class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, admin.ModelAdmin):
     """Templates and ISOs: registration, edits, the life cycle and the GC sweep."""
 
     form = TemplateChangeForm

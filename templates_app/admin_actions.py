@@ -21,7 +21,7 @@ from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
@@ -34,8 +34,9 @@ from .impacts import Impact
 class ObjectAction:
     """One button on an object's page.
 
-    `run(request, obj, data)` calls one service and returns the success message; `data` is the
-    form's cleaned data ({} without a form). `form(obj)` returns the form class asking for input
+    `run(request, obj, data)` calls one service and returns the success message (or, for a
+    page whose script asks for JSON, a dict answered as JSON); `data` is the form's cleaned
+    data ({} without a form). `form(obj)` returns the form class asking for input
     (or None). `impact(obj, data)` describes what a destructive action affects; its page must be
     confirmed before `run` is called.
     """
@@ -48,6 +49,8 @@ class ObjectAction:
     impact: Callable[[Model, dict], Impact] | None = None
     help_text: str = ""
     order: int = 100
+    # A page of its own (e.g. the upload page, whose script posts the form for JSON).
+    page_template: str = ""
 
     @property
     def danger(self) -> bool:
@@ -75,6 +78,17 @@ def actions_for(model: type[Model]) -> list[ObjectAction]:
 
 def action_named(model: type[Model], name: str) -> ObjectAction | None:
     return _actions.get(model._meta.label_lower, {}).get(name)
+
+
+def form_errors(form: forms.Form) -> dict[str, list[str]]:
+    """A form's errors as JSON: field (or "__all__") -> messages."""
+    return {name: [str(message) for message in errors] for name, errors in form.errors.items()}
+
+
+def error_payload(form: forms.Form | None, error: StencilError) -> dict[str, list[str]]:
+    """A service's refusal as JSON, on the form field it names when the form has it."""
+    name = field_for_error(form, error) if form is not None else None
+    return {name or "__all__": [error.message]}
 
 
 def field_for_error(form: forms.Form, error: StencilError) -> str | None:
@@ -153,7 +167,10 @@ class ObjectActionsMixin:
             form = action.form(obj)() if action.form else None
             return self._action_page(request, obj, action, form, confirming=form is None)
         form = action.form(obj)(request.POST, request.FILES) if action.form else None
+        wants_json = request.headers.get("Accept", "").startswith("application/json")
         if form is not None and not form.is_valid():
+            if wants_json:
+                return JsonResponse(form_errors(form), status=400)
             return self._action_page(request, obj, action, form, status=400)
         data = form.cleaned_data if form is not None else {}
         if action.impact is not None and request.POST.get("confirm") != "yes":
@@ -161,11 +178,15 @@ class ObjectActionsMixin:
         try:
             done = action.run(request, obj, data)
         except StencilError as error:
+            if wants_json:
+                return JsonResponse(error_payload(form, error), status=error.status_code)
             if form is not None:
                 form.add_error(field_for_error(form, error), error.message)
                 return self._action_page(request, obj, action, form, status=error.status_code)
             self.message_user(request, error.message, messages.ERROR)
         else:
+            if isinstance(done, dict):
+                return JsonResponse(done, status=201)
             self.message_user(request, done, messages.SUCCESS)
         return HttpResponseRedirect(self._change_url(obj))
 
@@ -193,7 +214,8 @@ class ObjectActionsMixin:
             "impact": impact,
             "change_url": self._change_url(obj),
         }
-        return TemplateResponse(request, self.object_action_template, context, status=status)
+        page = action.page_template or self.object_action_template
+        return TemplateResponse(request, page, context, status=status)
 
 
 def confirmation_page(
