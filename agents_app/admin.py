@@ -37,6 +37,7 @@ from .models import (
     VmSnapshot,
 )
 from .object_actions import register_object_actions
+from .progress import POOL_IN_FLIGHT, vms_progress
 
 
 class ActionsOnlyAdmin(admin.ModelAdmin):
@@ -184,6 +185,7 @@ class TemplatePoolRefAdmin(ObjectActionsMixin, RetryDownloadMixin, ActionsOnlyAd
 
     retry_service = staticmethod(pool_copies.pool_copy_retry)
     retry_transition = "retry_copy"
+    change_list_template = "admin/stencil/change_list.html"
 
     list_display = (
         "template",
@@ -226,7 +228,8 @@ class TemplatePoolRefAdmin(ObjectActionsMixin, RetryDownloadMixin, ActionsOnlyAd
 
     @admin.display(description="Progress", ordering="download_percent")
     def progress(self, ref: TemplatePoolRef) -> str:
-        return progress_bar(ref.download_percent)
+        active = ref.state in POOL_IN_FLIGHT
+        return progress_bar(ref.download_percent, f"pool:{ref.pk}", active)
 
     @admin.display(description="Size", ordering="size")
     def virtual_size(self, ref: TemplatePoolRef) -> str:
@@ -296,6 +299,7 @@ class VirtualMachineAdmin(DeployPageMixin, ObjectActionsMixin, admin.ModelAdmin)
     fields = (
         "name",
         "state",
+        "deploy_progress",
         "template",
         "zone",
         "host",
@@ -325,6 +329,13 @@ class VirtualMachineAdmin(DeployPageMixin, ObjectActionsMixin, admin.ModelAdmin)
         # A VM is made by vm_deploy (the "Deploy VM" page, the API), which checks its template
         # under the template's lock, never by the model form.
         return False
+
+    @admin.display(description="Deploy progress")
+    def deploy_progress(self, vm: VirtualMachine) -> str:
+        row = vms_progress([vm.pk]).get(vm.pk)
+        if row is None or not row["active"]:
+            return "—"
+        return progress_bar(row["percent"], f"vm:{vm.pk}", active=True)
 
     def changelist_view(self, request, extra_context=None):
         context = {"may_deploy": self.may_deploy(request), **(extra_context or {})}

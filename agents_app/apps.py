@@ -22,11 +22,13 @@ class AgentsAppConfig(AppConfig):
         from .followers import channel_followers
         from .handlers import on_channel_moved, on_templates_deactivated, on_version_usable
         from .impacts import pool_copy_rows
+        from .progress import register_progress_sources
         from .references import register_compute_references
         from .services import direct_download_check
 
         register_compute_references()
         register_copy_bytes("pool_copy", pool_copy_rows)
+        register_progress_sources()
         register_vm_commands()
         register_storage_commands()
         register_direct_download_checker(direct_download_check)

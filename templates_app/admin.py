@@ -45,6 +45,7 @@ from .models import (
     TemplateStoreRef,
     Zone,
 )
+from .progress import STORE_IN_FLIGHT
 from .references import describe_counts, reference_rows
 from .rescan import RescanResult, rescan_images
 
@@ -194,8 +195,27 @@ class ReadOnlyTabularInline(admin.TabularInline):
         return False
 
 
-def progress_bar(percent: int) -> str:
-    return format_html('<progress max="100" value="{}"></progress> {}%', percent, percent)
+def progress_bar(percent: int, key: str = "", active: bool = False) -> str:
+    """A progress bar; with `key` ("store:12") static/stencil/progress.js keeps it moving
+    while `active` (work in flight), with speed and time left."""
+    bar = format_html(
+        '<progress max="100" value="{}"></progress> <span class="stencil-progress-text">{}%</span>',
+        percent,
+        percent,
+    )
+    if not key:
+        return bar
+    return format_html(
+        '<span class="stencil-progress" data-stencil-progress="{}" data-active="{}">{}</span>',
+        key,
+        "1" if active else "0",
+        bar,
+    )
+
+
+def store_progress(ref: TemplateStoreRef) -> str:
+    active = ref.download_state in STORE_IN_FLIGHT
+    return progress_bar(ref.download_percent, f"store:{ref.pk}", active)
 
 
 def human_size(value: int | None) -> str:
@@ -254,7 +274,7 @@ class TemplateStoreRefInline(ReadOnlyTabularInline):
 
     @admin.display(description="Progress")
     def progress(self, ref: TemplateStoreRef) -> str:
-        return progress_bar(ref.download_percent)
+        return store_progress(ref)
 
     @admin.display(description="Size")
     def virtual_size(self, ref: TemplateStoreRef) -> str:
@@ -776,6 +796,7 @@ class TemplateStoreRefAdmin(RetryDownloadMixin, ReadOnlyAdmin):
 
     retry_service = staticmethod(store_copy_retry)
     retry_transition = "retry_download"
+    change_list_template = "admin/stencil/change_list.html"
     list_display = (
         "template",
         "store",
@@ -799,7 +820,7 @@ class TemplateStoreRefAdmin(RetryDownloadMixin, ReadOnlyAdmin):
 
     @admin.display(description="Progress", ordering="download_percent")
     def progress(self, ref: TemplateStoreRef) -> str:
-        return progress_bar(ref.download_percent)
+        return store_progress(ref)
 
     @admin.display(description="Size", ordering="size")
     def virtual_size(self, ref: TemplateStoreRef) -> str:
