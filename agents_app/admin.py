@@ -408,7 +408,7 @@ class VmPoolForm(forms.ModelForm):
 
 
 @admin.register(VmPool)
-class VmPoolAdmin(admin.ModelAdmin):
+class VmPoolAdmin(ObjectActionsMixin, admin.ModelAdmin):
     """Pools of stateless VMs; created through the service (which deploys the VMs), then taken
     from and returned to with the list's actions."""
 

@@ -790,7 +790,7 @@ class EventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(TemplateStoreRef)
-class TemplateStoreRefAdmin(RetryDownloadMixin, ReadOnlyAdmin):
+class TemplateStoreRefAdmin(ObjectActionsMixin, RetryDownloadMixin, ReadOnlyAdmin):
     """Every copy on every image store, with its download progress and errors; a failed
     download can be retried (list action, button on the copy's page)."""
 

@@ -102,6 +102,22 @@ class ObjectActionsMixin:
     their buttons (`object_actions`) in the change page's context."""
 
     object_action_template = "admin/stencil/object_action.html"
+    object_history_template = "admin/stencil/object_history.html"
+    history_events_shown = 200
+
+    def history_view(self, request, object_id, extra_context=None):
+        """One audit trail: the admin's log entries and the object's events (state changes by
+        services, agents and sweeps), newest first."""
+        from django.contrib.contenttypes.models import ContentType
+
+        from .selectors import events_visible_to
+
+        content_type = ContentType.objects.get_for_model(self.model)
+        events = events_visible_to(request.user).filter(
+            content_type=content_type, object_id=unquote(object_id)
+        )
+        context = {"stencil_events": events[: self.history_events_shown], **(extra_context or {})}
+        return super().history_view(request, object_id, context)
 
     def has_object_action_permission(self, request: HttpRequest, obj: Model) -> bool:
         opts = self.opts

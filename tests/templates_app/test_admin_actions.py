@@ -206,3 +206,27 @@ def test_sweep_now_asks_first_listing_what_it_removes(staff, register, make_vm, 
     assert "INACTIVE → REMOVED" in html and "unused on store-a" in html
     assert "5.0\xa0MB" in html and "keeper" in html
     assert not Event.objects.filter(to_state=TemplateState.REMOVED).exists()
+
+
+def test_history_shows_the_objects_events_and_the_admin_log(staff, register, make_vm, user):
+    template = register(name="ubuntu")
+    staff.post(action_url(template, "deactivate"), {"confirm": "yes"})
+    vm = make_vm(services.template_reactivate(template_id=template.pk, actor=user), name="w")
+    from django.contrib.admin.models import CHANGE, LogEntry
+
+    LogEntry.objects.log_actions(
+        user_id=staff.session["_auth_user_id"],
+        queryset=[template],
+        action_flag=CHANGE,
+        change_message="Changed display text.",
+        single_object=True,
+    )
+
+    html = staff.get(reverse("admin:templates_app_template_history", args=[template.pk]))
+    text = html.content.decode()
+
+    assert 'id="stencil-events"' in text
+    assert "registered" in text and "deleted" in text and "reactivated" in text
+    assert "Changed display text." in text
+    vm_history = staff.get(reverse("admin:agents_app_virtualmachine_history", args=[vm.pk]))
+    assert "created" in vm_history.content.decode()
