@@ -8,18 +8,23 @@ from collections import Counter
 
 from django import forms
 from django.contrib import admin
+from unfold.admin import ModelAdmin
 
 from templates_app.admin import (
     ReadOnlyAdmin,
     ReadOnlyTabularInline,
     RetryDownloadMixin,
+    ServiceRefusalMixin,
+    ServiceRefused,
     call_for_each,
     copy_status_filter,
     human_size,
     progress_bar,
+    when_column,
 )
 from templates_app.admin_actions import ObjectActionsMixin
-from templates_app.errors import InvalidInput
+from templates_app.admin_forms import ServiceErrorFormMixin, TemplateVersionChoiceField
+from templates_app.errors import InvalidInput, StencilError, TemplateNotUsable
 from versions_app.channels import checked_channel_name
 from versions_app.selectors import channel_is_known
 
@@ -40,7 +45,7 @@ from .object_actions import register_object_actions
 from .progress import POOL_IN_FLIGHT, vms_progress
 
 
-class ActionsOnlyAdmin(admin.ModelAdmin):
+class ActionsOnlyAdmin(ModelAdmin):
     """Rows written by agents or services: listed and shown, changed only by the list's actions."""
 
     def has_add_permission(self, request):
@@ -68,7 +73,8 @@ class HostAdmin(ObjectActionsMixin, ActionsOnlyAdmin):
 
     change_form_template = "admin/stencil/change_form.html"
 
-    list_display = ("name", "zone", "state", "last_heartbeat_at", "libvirt_uri", "pool_names")
+    list_display = ("name", "zone", "state", "heartbeat", "libvirt_uri", "pool_names")
+    heartbeat = when_column("last_heartbeat_at", "Last heartbeat")
     list_filter = ("state", "zone")
     list_select_related = ("zone",)
     search_fields = ("name", "address", "libvirt_uri", "uuid")
@@ -150,7 +156,7 @@ class PrimaryPoolForm(forms.ModelForm):
 
 
 @admin.register(PrimaryPool)
-class PrimaryPoolAdmin(admin.ModelAdmin):
+class PrimaryPoolAdmin(ModelAdmin):
     """Primary storage: configuration, like image stores. Usage is counted, not typed in."""
 
     form = PrimaryPoolForm
@@ -196,8 +202,9 @@ class TemplatePoolRefAdmin(ObjectActionsMixin, RetryDownloadMixin, ActionsOnlyAd
         "virtual_size",
         "physical",
         "attempts",
-        "last_used_at",
+        "last_used_when",
     )
+    last_used_when = when_column("last_used_at", "Last used")
     list_filter = (
         copy_status_filter(selectors.pool_copies_with_status),
         "state",
@@ -285,14 +292,15 @@ class VmSnapshotAdmin(ReadOnlyAdmin):
 
 
 @admin.register(VirtualMachine)
-class VirtualMachineAdmin(DeployPageMixin, ObjectActionsMixin, admin.ModelAdmin):
+class VirtualMachineAdmin(DeployPageMixin, ObjectActionsMixin, ModelAdmin):
     """VM records. Start, stop, destroy, recover and expunge are actions calling the services;
     the VM's page has buttons for its whole life cycle, snapshots and "Create version"."""
 
     change_form_template = "admin/stencil/change_form.html"
     change_list_template = "admin/agents_app/virtualmachine/change_list.html"
 
-    list_display = ("name", "template", "zone", "host", "account", "state", "created_at")
+    list_display = ("name", "template", "zone", "host", "account", "state", "created_at_when")
+    created_at_when = when_column("created_at", "Created")
     list_filter = ("state", "stateless", "zone", "host", "account")
     list_select_related = ("template", "zone", "host", "account")
     search_fields = ("name", "uuid", "template__name")
@@ -388,10 +396,20 @@ class PoolVmInline(ReadOnlyTabularInline):
     show_change_link = True
 
 
-class VmPoolForm(forms.ModelForm):
+class VmPoolForm(ServiceErrorFormMixin, forms.ModelForm):
+    """What `vm_pool_create` needs. The size and template rules are the service's: a refusal
+    comes back on the field it names (ServiceRefusalMixin), e.g. "Size: 1 to 100"."""
+
+    template = TemplateVersionChoiceField()
+
     class Meta:
         model = VmPool
         fields = ("name", "account", "zone", "template", "follow_channel", "size")
+
+    def field_for(self, error: StencilError) -> str | None:
+        if isinstance(error, TemplateNotUsable):
+            return "template"
+        return super().field_for(error)
 
     def clean(self):
         """The channel rules of a deploy, checked before the pool's VMs are made."""
@@ -408,7 +426,7 @@ class VmPoolForm(forms.ModelForm):
 
 
 @admin.register(VmPool)
-class VmPoolAdmin(ObjectActionsMixin, admin.ModelAdmin):
+class VmPoolAdmin(ObjectActionsMixin, ServiceRefusalMixin, ModelAdmin):
     """Pools of stateless VMs; created through the service (which deploys the VMs), then taken
     from and returned to with the list's actions."""
 
@@ -431,15 +449,18 @@ class VmPoolAdmin(ObjectActionsMixin, admin.ModelAdmin):
         if change:
             return
         data = form.cleaned_data
-        created = vm_pools.vm_pool_create(
-            name=data["name"],
-            template_id=data["template"].pk,
-            zone=data["zone"],
-            account=data["account"],
-            size=data["size"],
-            actor=request.user,
-            follow_channel=data["follow_channel"],
-        )
+        try:
+            created = vm_pools.vm_pool_create(
+                name=data["name"],
+                template_id=data["template"].pk,
+                zone=data["zone"],
+                account=data["account"],
+                size=data["size"],
+                actor=request.user,
+                follow_channel=data["follow_channel"],
+            )
+        except StencilError as error:
+            raise ServiceRefused(error) from error
         obj.pk = created.pk
 
     @admin.action(description="Take a VM from each selected pool", permissions=["change"])
@@ -554,3 +575,6 @@ class HostCertificateAdmin(ReadOnlyAdmin):
     list_select_related = ("certificate", "host")
     search_fields = ("certificate__alias", "host__name", "error_text")
     fields = ("certificate", "host", "state", "error_text", "updated_at")
+
+
+from . import admin_site  # noqa: E402, F401  (branding; third-party admins on the theme)

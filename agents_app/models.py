@@ -18,7 +18,7 @@ from .choices import LATEST_CHANNEL, HostState, PoolCopyState, VmState
 class Host(ConcurrentTransitionMixin, models.Model):
     """A KVM host running an agent: a Celery worker on its own queue `host.<name>`."""
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=128, unique=True)
     zone = models.ForeignKey(Zone, on_delete=models.PROTECT, related_name="hosts")
     address = models.CharField(max_length=255, blank=True)
@@ -75,7 +75,7 @@ class Host(ConcurrentTransitionMixin, models.Model):
 class PrimaryPool(models.Model):
     """A libvirt storage pool on hosts of a zone (a dir pool now), where VM disks live."""
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     zone = models.ForeignKey(Zone, on_delete=models.PROTECT, related_name="primary_pools")
     name = models.CharField(max_length=128, unique=True)
     libvirt_pool_name = models.CharField(max_length=128)
@@ -123,6 +123,8 @@ class TemplatePoolRef(FSMModelMixin, models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name = "pool copy"
+        verbose_name_plural = "pool copies"
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["template", "pool"], name="template_pool_ref_unique")
@@ -194,7 +196,7 @@ class VmPool(models.Model):
     lineage's newest ACTIVE version ('latest'). Users take a VM and return it; a free VM is kept
     down, so a new version reaches it at once (and a returned one as it stops)."""
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=128, unique=True)
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="vm_pools")
     zone = models.ForeignKey(Zone, on_delete=models.PROTECT, related_name="vm_pools")
@@ -214,6 +216,7 @@ class VmPool(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name = "VM pool"
         ordering = ["name"]
 
     def __str__(self) -> str:
@@ -228,7 +231,7 @@ class VmPool(models.Model):
 class VirtualMachine(ConcurrentTransitionMixin, models.Model):
     """A VM. With a host it is a libvirt domain named `vm-<uuid>`; without one, a record only."""
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=128)
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="vms")
     template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="vms")
@@ -322,6 +325,7 @@ class VirtualMachine(ConcurrentTransitionMixin, models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name = "VM"
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["template", "state"], name="vm_template_state_idx")]
 
@@ -385,13 +389,14 @@ class VmSnapshot(models.Model):
     """A libvirt snapshot of a VM, as recorded here. Its metadata lives in libvirt; its data
     lives in the VM's disk (internal qcow2 snapshot)."""
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="snapshots")
     name = models.CharField(max_length=128)
     description = models.CharField(max_length=1024, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name = "VM snapshot"
         ordering = ["created_at", "id"]
         constraints = [
             models.UniqueConstraint(fields=["vm", "name"], name="vm_snapshot_unique_name")
@@ -419,7 +424,7 @@ class DirectDownloadCertificate(models.Model):
     and frees its alias for a new certificate.
     """
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     alias = models.CharField(max_length=64)
     zone = models.ForeignKey(
         Zone, on_delete=models.PROTECT, related_name="direct_download_certificates"
@@ -435,6 +440,7 @@ class DirectDownloadCertificate(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name = "direct-download certificate"
         ordering = ["zone__name", "alias", "-created_at"]
         constraints = [
             models.UniqueConstraint(

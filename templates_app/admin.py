@@ -6,7 +6,9 @@ live references and events of a template (versions_app.admin adds versions to th
 Zones, image stores and accounts are plain configuration; events and store copies are read-only.
 """
 
+from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import datetime
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
@@ -15,11 +17,14 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
+from django.utils.timesince import timesince, timeuntil
 from django.utils.timezone import localtime
 from django.views.decorators.http import require_POST
 from django_fsm import can_proceed
+from unfold.admin import ModelAdmin, TabularInline
 
 from . import (
     object_actions,  # noqa: F401  (registers the template's page actions)
@@ -46,7 +51,7 @@ from .models import (
     Zone,
 )
 from .progress import STORE_IN_FLIGHT
-from .references import describe_counts, reference_rows
+from .references import describe_counts, reference_providers, reference_rows
 from .rescan import RescanResult, rescan_images
 
 REFERENCES_SHOWN = 100
@@ -65,6 +70,30 @@ class ServiceRefused(Exception):
     def __init__(self, error: StencilError):
         super().__init__(error.message)
         self.error = error
+
+
+class ServiceRefusalMixin:
+    """A ModelAdmin whose `save_model` calls a service: a refusal (StencilError, raised as
+    ServiceRefused) comes back as the form's error on the field it names, never as a 500.
+
+    The first pass ran in the admin's transaction, which the exception rolls back, so nothing
+    is half-written; the same POST is validated again with the error attached to the form
+    (forms mix in admin_forms.ServiceErrorFormMixin).
+    """
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        refusal = getattr(request, REFUSAL_ATTRIBUTE, None)
+        if refusal is None:
+            return form_class
+        return type(form_class.__name__, (form_class,), {"service_error": refusal})
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ServiceRefused as refused:
+            setattr(request, REFUSAL_ATTRIBUTE, refused.error)
+            return super().changeform_view(request, object_id, form_url, extra_context)
 
 
 # Helpers shared with agents_app.admin ------------------------------------------------------
@@ -182,7 +211,7 @@ class RetryDownloadMixin:
         )
 
 
-class ReadOnlyTabularInline(admin.TabularInline):
+class ReadOnlyTabularInline(TabularInline):
     """Rows that services and agents write: shown on the parent's page, never edited there."""
 
     extra = 0
@@ -220,6 +249,47 @@ def store_progress(ref: TemplateStoreRef) -> str:
 
 def human_size(value: int | None) -> str:
     return "—" if value is None else filesizeformat(value)
+
+
+def relative_time(value: datetime | None, now: datetime | None = None) -> str:
+    """'3 minutes ago' / 'in 2 hours': how far a time is from now, in words."""
+    if value is None:
+        return "—"
+    now = now or timezone.now()
+    seconds = int((now - value).total_seconds())
+    if abs(seconds) < 1:
+        return "just now"
+    if abs(seconds) < 60:  # timesince() counts whole minutes only
+        unit = "second" if abs(seconds) == 1 else "seconds"
+        return f"{seconds} {unit} ago" if seconds > 0 else f"in {-seconds} {unit}"
+    if value <= now:
+        return f"{timesince(value, now, depth=1)} ago"
+    return f"in {timeuntil(value, now, depth=1)}"
+
+
+def when(value: datetime | None) -> str:
+    """A time as operators read it: '2026-12-03 13:45:12 (3 minutes ago)', the ISO value in
+    the element for machines."""
+    if value is None:
+        return "—"
+    local = localtime(value)
+    return format_html(
+        '<time datetime="{}">{} <span class="stencil-ago">({})</span></time>',
+        local.isoformat(),
+        date_format(local, "DATETIME_FORMAT"),
+        relative_time(value),
+    )
+
+
+def when_column(field: str, description: str):
+    """A list column showing `field` with `when`, sortable on the field."""
+
+    @admin.display(description=description, ordering=field)
+    def column(self, obj) -> str:
+        return when(getattr(obj, field))
+
+    column.__name__ = f"{field}_when"
+    return column
 
 
 def _names(rows: list[dict], total: int) -> str:
@@ -322,7 +392,7 @@ TRANSITIONS = {
 
 
 @admin.register(Template)
-class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, admin.ModelAdmin):
+class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, ServiceRefusalMixin, ModelAdmin):
     """Templates and ISOs: registration, edits, the life cycle and the GC sweep."""
 
     form = TemplateChangeForm
@@ -340,8 +410,9 @@ class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, admin.ModelAdmin):
         "references",
         "is_public",
         "is_featured",
-        "created_at",
+        "created_at_when",
     )
+    created_at_when = when_column("created_at", "Registered")
     list_filter = ("state", "kind", "zones", "account", "is_public", "is_featured")
     list_select_related = ("account",)
     search_fields = ("name", "display_text", "unique_name", "uuid")
@@ -458,20 +529,7 @@ class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, admin.ModelAdmin):
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
             kwargs["form"] = self.add_form
-        form_class = super().get_form(request, obj, change=change, **kwargs)
-        refusal = getattr(request, REFUSAL_ATTRIBUTE, None)
-        if refusal is None:
-            return form_class
-        return type(form_class.__name__, (form_class,), {"service_error": refusal})
-
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except ServiceRefused as refused:
-            # The first pass rolled back and saved nothing. Validate the same POST again with
-            # the service's error attached, so the form comes back with the message on its field.
-            setattr(request, REFUSAL_ATTRIBUTE, refused.error)
-            return super().changeform_view(request, object_id, form_url, extra_context)
+        return super().get_form(request, obj, change=change, **kwargs)
 
     def save_model(self, request, obj, form, change):
         """Register, update or save as a new version through the services; the admin never
@@ -568,9 +626,14 @@ class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, admin.ModelAdmin):
         # One more than shown tells whether to link to the full list.
         events = list(self._events_of(request, template)[: EVENTS_SHOWN + 1])
         more_events = len(events) > EVENTS_SHOWN
+        labels = {provider.kind: provider.label for provider in reference_providers()}
+        for row in references:
+            row["kind_label"] = labels.get(row["kind"], row["kind"])
         return {
             "live_references": references,
+            # Heading, summary and table come from the same rows, so they always agree.
             "reference_count": len(every),
+            "reference_summary": describe_counts(Counter(row["kind"] for row in every)),
             "template_events": events[:EVENTS_SHOWN],
             "more_events_url": self._more_events_url(template) if more_events else "",
         }
@@ -683,7 +746,7 @@ class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, admin.ModelAdmin):
 
 
 @admin.register(Zone)
-class ZoneAdmin(admin.ModelAdmin):
+class ZoneAdmin(ModelAdmin):
     """Availability zones."""
 
     list_display = ("name", "description", "created_at")
@@ -692,7 +755,7 @@ class ZoneAdmin(admin.ModelAdmin):
 
 
 @admin.register(ImageStore)
-class ImageStoreAdmin(admin.ModelAdmin):
+class ImageStoreAdmin(ModelAdmin):
     """Secondary storage: one directory per store, in one zone."""
 
     list_display = ("name", "zone", "path", "state", "capacity", "used")
@@ -712,7 +775,7 @@ class ImageStoreAdmin(admin.ModelAdmin):
 
 
 @admin.register(Account)
-class AccountAdmin(admin.ModelAdmin):
+class AccountAdmin(ModelAdmin):
     """Tenants: members, limits (empty = unlimited) and what they use."""
 
     list_display = (
@@ -751,7 +814,7 @@ class AccountAdmin(admin.ModelAdmin):
 # Read-only records -------------------------------------------------------------------------
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(ModelAdmin):
     """Records written only by services: listed and shown, never added, changed or deleted."""
 
     def has_add_permission(self, request):
@@ -769,7 +832,7 @@ class EventAdmin(ReadOnlyAdmin):
     """The state changes of every object: what, from, to, who, why, when."""
 
     list_display = (
-        "created_at",
+        "created_at_when",
         "object_link",
         "content_type",
         "from_state",
@@ -777,6 +840,7 @@ class EventAdmin(ReadOnlyAdmin):
         "actor_label",
         "reason",
     )
+    created_at_when = when_column("created_at", "When")
     list_filter = ("to_state", ("content_type", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("content_type",)
     search_fields = ("object_repr", "actor_label", "reason")
@@ -806,8 +870,9 @@ class TemplateStoreRefAdmin(ObjectActionsMixin, RetryDownloadMixin, ReadOnlyAdmi
         "virtual_size",
         "physical",
         "attempts",
-        "updated_at",
+        "updated_at_when",
     )
+    updated_at_when = when_column("updated_at", "Updated")
     list_filter = (
         copy_status_filter(selectors.store_copies_with_status),
         "download_state",
@@ -864,7 +929,8 @@ def queued_sweep_message(run: GcSweepRun) -> str:
 class GcSweepRunAdmin(ReadOnlyAdmin):
     """Sweeps queued from the API and the admin: who asked, what they removed, or why not."""
 
-    list_display = ("created_at", "uuid", "state", "requested_by", "removed", "finished_at")
+    list_display = ("created_at_when", "uuid", "state", "requested_by", "removed", "finished_at")
+    created_at_when = when_column("created_at", "Queued")
     list_filter = ("state",)
     list_select_related = ("requested_by",)
     search_fields = ("uuid", "requested_by__username", "error_text")

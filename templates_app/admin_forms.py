@@ -127,3 +127,23 @@ class TemplateChangeForm(ServiceErrorFormMixin, forms.ModelForm):
         changed_name = "version_name" in self.changed_data
         data["version_name"] = self.cleaned_data["version_name"] if changed_name else ""
         return data
+
+
+class TemplateVersionChoiceField(forms.ModelChoiceField):
+    """A template picker that tells versions apart ("ubuntu v3 — name") and offers only ACTIVE
+    templates: REMOVED and INACTIVE ones cannot be deployed or built on."""
+
+    default_error_messages = {
+        "invalid_choice": "Choose an ACTIVE template: REMOVED and INACTIVE ones cannot be used."
+    }
+
+    def __init__(self, **kwargs):
+        from .choices import TemplateState
+
+        queryset = Template.objects.filter(state=TemplateState.ACTIVE).order_by(
+            "name", "version_number"
+        )
+        super().__init__(queryset=queryset, **kwargs)
+
+    def label_from_instance(self, obj: Template) -> str:
+        return obj.version_label

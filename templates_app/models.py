@@ -27,7 +27,7 @@ from .choices import (
 class Account(models.Model):
     """A tenant. Members are Django users; limits of None mean unlimited."""
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=128, unique=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="accounts", blank=True)
     max_templates = models.PositiveIntegerField(null=True, blank=True)
@@ -48,7 +48,7 @@ class Account(models.Model):
 class Zone(models.Model):
     """An availability zone: hosts, pools and image stores live in exactly one."""
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=128, unique=True)
     description = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -63,7 +63,7 @@ class Zone(models.Model):
 class ImageStore(models.Model):
     """Secondary storage of a zone: a directory (local path or a mount of NFS/other)."""
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     zone = models.ForeignKey(Zone, on_delete=models.PROTECT, related_name="image_stores")
     name = models.CharField(max_length=128)
     path = models.CharField(max_length=1024, help_text="Local path or mount point of the store.")
@@ -91,7 +91,7 @@ class Template(ConcurrentTransitionMixin, models.Model):
     template of its lineage; there is no version of a version.
     """
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     unique_name = models.CharField(max_length=64, unique=True, editable=False)
     name = models.CharField(max_length=128)
     display_text = models.CharField(max_length=4096, blank=True)
@@ -99,18 +99,18 @@ class Template(ConcurrentTransitionMixin, models.Model):
         max_length=16, choices=TemplateKind.choices, default=TemplateKind.TEMPLATE
     )
     format = models.CharField(max_length=8, choices=TemplateFormat.choices)
-    url = models.URLField(max_length=2048, blank=True)
+    url = models.URLField("URL", max_length=2048, blank=True)
     checksum = models.CharField(max_length=160, blank=True)
-    os_type = models.CharField(max_length=128, blank=True)
+    os_type = models.CharField("OS type", max_length=128, blank=True)
     hypervisor = models.CharField(max_length=16, choices=Hypervisor.choices, default=Hypervisor.KVM)
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="templates")
     zones = models.ManyToManyField(Zone, related_name="templates", blank=True)
     shared_with = models.ManyToManyField(
         Account, related_name="shared_templates", blank=True, help_text="Launch permissions."
     )
-    is_public = models.BooleanField(default=False)
-    is_featured = models.BooleanField(default=False)
-    cross_zones = models.BooleanField(default=False)
+    is_public = models.BooleanField("public", default=False)
+    is_featured = models.BooleanField("featured", default=False)
+    cross_zones = models.BooleanField("cross-zone", default=False)
     direct_download = models.BooleanField(default=False)
     primary_policy = models.CharField(
         max_length=8, choices=PrimaryPolicy.choices, default=PrimaryPolicy.CACHE
@@ -167,6 +167,13 @@ class Template(ConcurrentTransitionMixin, models.Model):
         return self.name
 
     @property
+    def version_label(self) -> str:
+        """'ubuntu v3 — jammy refresh': tells the versions of a lineage apart wherever one is
+        chosen or listed (their names are often the same)."""
+        label = f"{self.name} v{self.version_number}"
+        return f"{label} — {self.version_name}" if self.version_name else label
+
+    @property
     def removal_not_before(self) -> datetime | None:
         """An INACTIVE template is kept at least until then (STENCIL_GC_GRACE_SECONDS after its
         delete), so a mistaken delete can be undone; None in any other state."""
@@ -213,6 +220,7 @@ class TemplateDetail(models.Model):
     value = models.CharField(max_length=4096, blank=True)
 
     class Meta:
+        verbose_name = "detail"
         ordering = ["id"]
 
     def __str__(self) -> str:
@@ -256,6 +264,8 @@ class TemplateStoreRef(FSMModelMixin, models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name = "store copy"
+        verbose_name_plural = "store copies"
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(
@@ -469,7 +479,7 @@ class GcSweepRun(ConcurrentTransitionMixin, models.Model):
     the sweep's SweepResult.as_dict() once DONE, `error_text` why it FAILED.
     """
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.SET_NULL,
@@ -493,6 +503,7 @@ class GcSweepRun(ConcurrentTransitionMixin, models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = "GC sweep run"
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:

@@ -16,6 +16,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.timezone import localtime
+from unfold.admin import ModelAdmin
 
 from templates_app import admin as catalogue_admin
 from templates_app.admin import ReadOnlyTabularInline, admin_link, state_badge
@@ -210,7 +211,7 @@ admin.site.register(Template, TemplateAdmin)
 
 
 @admin.register(Channel)
-class ChannelAdmin(admin.ModelAdmin):
+class ChannelAdmin(ModelAdmin):
     """A lineage's channels; moved only through Promote / Rollback (versions_app.channels)."""
 
     list_display = ("name", "lineage", "version", "previous_version", "moved_at")

@@ -28,7 +28,7 @@ class Channel(models.Model):
     pools follow. Moved by `versions_app.channels.channel_promote` / `channel_rollback`; each
     move is an Event (field "version", from/to: version numbers)."""
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     lineage = models.ForeignKey(
         Template,
         on_delete=models.PROTECT,

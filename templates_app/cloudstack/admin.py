@@ -3,13 +3,14 @@ superuser or the key's owner, shows the new one once to whoever asked) and async
 only)."""
 
 from django.contrib import admin, messages
+from unfold.admin import ModelAdmin
 
 from .keys import api_keys_create
 from .models import ApiKey, AsyncJob
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ModelAdmin):
     list_display = ("user", "api_key", "created_at")
     search_fields = ("user__username", "api_key")
     list_select_related = ("user",)
@@ -40,7 +41,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(AsyncJob)
-class AsyncJobAdmin(admin.ModelAdmin):
+class AsyncJobAdmin(ModelAdmin):
     list_display = ("created_at", "command", "user", "instance_type", "instance_uuid", "status")
     list_filter = ("command", "status")
     list_select_related = ("user",)

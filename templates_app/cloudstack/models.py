@@ -37,7 +37,7 @@ class AsyncJob(models.Model):
     computed from its target's state by the resolver its command registered, and stored once
     final (`jobs.py`)."""
 
-    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField("ID", default=uuid_lib.uuid4, unique=True, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     command = models.CharField(max_length=64)
     content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE)

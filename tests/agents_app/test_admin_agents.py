@@ -3,18 +3,30 @@
 Admin actions and commands call the same services as the API. Copy tasks are only recorded.
 """
 
+import re
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from django.utils.timezone import localtime
 
 from agents_app.agent import heartbeat
 from agents_app.agent.tasks import pool_copy_task
 from agents_app.management.commands.list_hosts import heartbeat_age
-from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VmSnapshot
+from agents_app.models import (
+    Host,
+    PrimaryPool,
+    TemplatePoolRef,
+    VirtualMachine,
+    VmPool,
+    VmSnapshot,
+)
 from agents_app.pool_copies import pool_copy_set_pinned
+from templates_app import services as template_services
 from tests.templates_app.factories import ZoneFactory
+from versions_app.services import template_version_create
 
 pytestmark = pytest.mark.django_db
 
@@ -100,6 +112,11 @@ def test_host_list_shows_state_heartbeat_and_uri(staff, host, pool):
     page = staff.get(admin_url("host", "changelist")).content.decode()
     assert "kvm-1" in page and "zone-a" in page and "test:///default" in page
     assert "pool-1" in page
+    # The heartbeat with seconds and in words.
+    stamp = localtime(host.last_heartbeat_at).strftime("%Y-%m-%d %H:%M:%S")
+    assert re.search(rf"{stamp} <span[^>]*>\((just now|\d+ seconds? ago)\)", page), page[
+        page.index("field-heartbeat") :
+    ][:600]
     change = staff.get(admin_url("host", "change", host.pk))
     # Read-only: no form field for the state (or anything else) on the host's page.
     assert 'name="state"' not in change.content.decode()
@@ -281,3 +298,83 @@ def test_heartbeat_age_is_readable():
     assert heartbeat_age(now - timedelta(minutes=5, seconds=3), now) == "5m ago"
     assert heartbeat_age(now - timedelta(hours=3), now) == "3h ago"
     assert heartbeat_age(now - timedelta(days=2, hours=1), now) == "2d ago"
+
+
+# VM pools: bad input is a form error, never a 500 -----------------------------------------
+
+
+def vm_pool_data(template, zone, account, **changes) -> dict:
+    data = {
+        "name": "lab",
+        "account": account.pk,
+        "zone": zone.pk,
+        "template": template.pk,
+        "follow_channel": "",
+        "size": 2,
+        "vms-TOTAL_FORMS": 0,
+        "vms-INITIAL_FORMS": 0,
+    }
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize("size", [101, 0])
+def test_vm_pool_form_refuses_a_size_out_of_range(staff, register, zone, account, size):
+    template = register()
+
+    response = staff.post(
+        admin_url("vmpool", "add"), vm_pool_data(template, zone, account, size=size)
+    )
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == ["size"] and "1 to 100" in str(errors["size"])
+    assert "1 to 100" in response.content.decode()
+    assert not VmPool.objects.exists() and not VirtualMachine.objects.exists()
+
+
+@pytest.mark.parametrize("retire", ["deactivate", "remove"])
+def test_vm_pool_form_refuses_a_template_that_is_not_active(
+    staff, register, zone, account, user, retire
+):
+    template = register()
+    template_services.template_deactivate(template_id=template.pk, actor=user)
+    if retire == "remove":
+        template_services.gc_sweep(dry_run=False, template_ids=[template.pk], actor=user)
+        template.refresh_from_db()
+        assert template.state == "REMOVED"
+
+    response = staff.post(admin_url("vmpool", "add"), vm_pool_data(template, zone, account))
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == ["template"] and "Choose an ACTIVE template" in str(errors["template"])
+    assert not VmPool.objects.exists()
+
+
+def test_vm_pool_form_offers_active_templates_by_version(staff, register, user):
+    base = register(name="ubuntu")
+    retired = register(name="old-image")
+    template_services.template_deactivate(template_id=retired.pk, actor=user)
+    version = template_version_create(
+        base_template_id=base.pk,
+        actor=user,
+        url="https://mirror.example/ubuntu-v2.qcow2",
+        version_name="jammy refresh",
+    )
+
+    form = staff.get(admin_url("vmpool", "add")).context["adminform"].form
+    labels = [label for value, label in form.fields["template"].choices if value]
+
+    assert labels == ["ubuntu v1", "ubuntu v2 — jammy refresh"]
+    assert version.version_label == "ubuntu v2 — jammy refresh"
+
+
+def test_relative_times_read_as_words():
+    from templates_app.admin import relative_time
+
+    now = datetime(2026, 12, 3, 13, 0, 0, tzinfo=UTC)
+    assert relative_time(now - timedelta(minutes=3, seconds=12), now) == "3\xa0minutes ago"
+    assert relative_time(now + timedelta(hours=2), now) == "in 2\xa0hours"
+    assert relative_time(now, now) == "just now"
+    assert relative_time(None, now) == "—"

@@ -1,5 +1,7 @@
 """The Django admin: what an operator sees and does. Every change goes through the services."""
 
+import re
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -356,7 +358,8 @@ def test_changelist_shows_live_reference_counts(staff, register, make_vm):
     response = staff.get(url("changelist"))
 
     assert response.context["cl"].result_list[0].references == 2
-    assert '<td class="field-references">2</td>' in response.content.decode()
+    cell = re.search(r'<td class="field-references[^"]*"[^>]*>\s*(\d+)', response.content.decode())
+    assert cell is not None and cell.group(1) == "2"
 
 
 def test_changelist_search_finds_by_uuid(staff, register):
@@ -473,3 +476,22 @@ def test_vm_page_is_read_only(staff, register, make_vm):
     assert response.status_code == 200
     assert not response.context["adminform"].form.fields
     assert staff.get(reverse("admin:agents_app_virtualmachine_add")).status_code == 403
+
+
+def test_live_references_heading_summary_and_rows_agree(staff, register, make_vm, zone, account):
+    from agents_app.models import VirtualMachine, VmPool
+
+    template = register()
+    vm = make_vm(template, name="web-1")
+    vm_pool = VmPool.objects.create(
+        name="lab", template=template, zone=zone, account=account, size=1
+    )
+    VirtualMachine.objects.filter(pk=vm.pk).update(vm_pool=vm_pool)
+
+    response = staff.get(url("change", template.pk))
+
+    html = response.content.decode()
+    assert "Live references (2): 1 VM, 1 VM pool" in html
+    section = html[html.index('id="live-references"') : html.index('id="events"')]
+    rows = re.findall(r"<tr>\s*<td>([^<]+)</td>\s*<td>(?:<a [^>]+>)?([^<]+)", section)
+    assert rows == [("VM", "web-1"), ("VM pool", "lab")]

@@ -60,8 +60,8 @@ def log_in(page: Page) -> None:
     page.goto("/admin/")
     page.fill("#id_username", "operator")
     page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    expect(page.locator("#user-tools")).to_contain_text("operator")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#nav-sidebar")).to_contain_text("operator")
 
 
 def register_template(page: Page) -> None:
@@ -72,7 +72,7 @@ def register_template(page: Page) -> None:
     page.fill("#id_checksum", "{SHA-256}" + "0f" * 32)
     page.select_option("#id_zones", label="zone-b")
     page.select_option("#id_account", label="initech")
-    page.click("input[name=_save]")
+    page.click("button[name=_save]")
 
 
 def open_from_list(page: Page, name: str) -> None:
