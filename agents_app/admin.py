@@ -22,7 +22,7 @@ from templates_app.admin import (
     progress_bar,
     when_column,
 )
-from templates_app.admin_actions import ObjectActionsMixin
+from templates_app.admin_actions import ObjectActionsMixin, confirm_bulk_action
 from templates_app.admin_forms import ServiceErrorFormMixin, TemplateVersionChoiceField
 from templates_app.errors import InvalidInput, StencilError, TemplateNotUsable
 from versions_app.channels import checked_channel_name
@@ -31,6 +31,7 @@ from versions_app.selectors import channel_is_known
 from . import host_services, pool_copies, selectors, services, vm_pools
 from .admin_deploy import DeployPageMixin
 from .certificates import certificate_revoke
+from .impacts import vm_destroy_impact
 from .models import (
     DirectDownloadCertificate,
     Host,
@@ -372,6 +373,15 @@ class VirtualMachineAdmin(DeployPageMixin, ObjectActionsMixin, ModelAdmin):
 
     @admin.action(description="Destroy selected VMs (recoverable)", permissions=["change"])
     def destroy_selected(self, request, queryset):
+        asked = confirm_bulk_action(
+            self,
+            request,
+            queryset,
+            label="Destroy selected VMs",
+            impact_of=lambda vm: vm_destroy_impact(vm, {}),
+        )
+        if asked is not None:
+            return asked
         self._each(request, queryset, services.vm_destroy, "Destroyed")
 
     @admin.action(description="Recover selected destroyed VMs", permissions=["change"])
@@ -380,6 +390,15 @@ class VirtualMachineAdmin(DeployPageMixin, ObjectActionsMixin, ModelAdmin):
 
     @admin.action(description="Expunge selected destroyed VMs", permissions=["change"])
     def expunge_selected(self, request, queryset):
+        asked = confirm_bulk_action(
+            self,
+            request,
+            queryset,
+            label="Expunge selected VMs",
+            impact_of=lambda vm: vm_destroy_impact(vm, {"expunge": True}),
+        )
+        if asked is not None:
+            return asked
         self._each(request, queryset, services.vm_expunge, "Expunged")
 
 

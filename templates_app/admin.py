@@ -32,14 +32,14 @@ from . import (
     services,
     sweeps,
 )
-from .admin_actions import ObjectActionsMixin, confirmation_page
+from .admin_actions import ObjectActionsMixin, confirm_bulk_action, confirmation_page
 from .admin_forms import TemplateChangeForm, TemplateRegisterForm
 from .admin_upload import UploadPageMixin
 from .choices import TemplateState
 from .copies import store_copy_retry
 from .copy_status import CopyStatus
 from .errors import InvalidInput, StencilError
-from .impacts import gc_sweep_impact
+from .impacts import gc_sweep_impact, template_deactivate_impact
 from .models import (
     Account,
     Event,
@@ -713,6 +713,15 @@ class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, ServiceRefusalMixin, Mo
 
     @admin.action(description="Deactivate (delete) selected templates", permissions=["change"])
     def deactivate_selected(self, request, queryset):
+        asked = confirm_bulk_action(
+            self,
+            request,
+            queryset.filter(state=TemplateState.ACTIVE),
+            label="Deactivate (delete) selected templates",
+            impact_of=template_deactivate_impact,
+        )
+        if asked is not None:
+            return asked
         self._transition_each(request, queryset, "deactivate", "Deactivated")
 
     @admin.action(description="Reactivate selected templates", permissions=["change"])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from django import forms
 from django.contrib import messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
@@ -242,10 +243,11 @@ def confirmation_page(
     impact: Impact,
     back_url: str,
     label: str,
-    hidden: dict | None = None,
+    hidden: list[tuple[str, object]] | None = None,
 ) -> HttpResponse:
     """The confirmation page of a destructive action that is not an object's (the list's GC
-    sweep): the same page, posting back to the same URL with confirm=yes."""
+    sweep, bulk actions): the same page, posting back to the same URL with confirm=yes and
+    the `hidden` (name, value) pairs."""
     context = {
         **modeladmin.admin_site.each_context(request),
         "opts": modeladmin.opts,
@@ -254,9 +256,46 @@ def confirmation_page(
         "confirming": True,
         "impact": impact,
         "change_url": back_url,
-        "hidden": hidden or {},
+        "hidden": hidden or [],
     }
     return TemplateResponse(request, ObjectActionsMixin.object_action_template, context)
+
+
+def merged_impact(summary: str, impacts: list[Impact]) -> Impact:
+    """Several objects' impacts on one confirmation page."""
+    return Impact(
+        summary=summary,
+        affected=[row for impact in impacts for row in impact.affected],
+        references=[row for impact in impacts for row in impact.references],
+        bytes_freed=sum(impact.bytes_freed for impact in impacts),
+        when=" ".join(dict.fromkeys(impact.when for impact in impacts if impact.when)),
+        notes=list(dict.fromkeys(note for impact in impacts for note in impact.notes)),
+    )
+
+
+def confirm_bulk_action(
+    modeladmin, request: HttpRequest, queryset, *, label: str, impact_of
+) -> HttpResponse | None:
+    """A destructive list action asks first: None once confirmed (go on), else the page listing
+    what every selected object's action affects, posting the same selection back."""
+    if request.POST.get("confirm") == "yes":
+        return None
+    objects = list(queryset.order_by("pk"))
+    impact = merged_impact(
+        f"{label}: {len(objects)} selected.", [impact_of(obj) for obj in objects]
+    )
+    opts = modeladmin.opts
+    hidden = [("action", request.POST.get("action", "")), ("index", "0")]
+    hidden += [(helpers.ACTION_CHECKBOX_NAME, obj.pk) for obj in objects]
+    return confirmation_page(
+        modeladmin,
+        request,
+        title=label,
+        impact=impact,
+        back_url=reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+        label=label,
+        hidden=hidden,
+    )
 
 
 def service_action(

@@ -68,7 +68,8 @@ def change_form_data(response, **changes) -> dict:
 def run_action(client, action: str, objects, model: str = "templates_app_template"):
     return client.post(
         reverse(f"admin:{model}_changelist"),
-        {"action": action, "_selected_action": [obj.pk for obj in objects]},
+        # Destructive actions ask first (their page is tested in test_admin_actions.py).
+        {"action": action, "_selected_action": [obj.pk for obj in objects], "confirm": "yes"},
         follow=True,
     )
 

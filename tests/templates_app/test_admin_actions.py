@@ -230,3 +230,19 @@ def test_history_shows_the_objects_events_and_the_admin_log(staff, register, mak
     assert "Changed display text." in text
     vm_history = staff.get(reverse("admin:agents_app_virtualmachine_history", args=[vm.pk]))
     assert "created" in vm_history.content.decode()
+
+
+def test_bulk_deactivate_asks_first_listing_every_selected_template(staff, register):
+    chosen = [register(name=f"bulk-{n}") for n in range(2)]
+    changelist = reverse("admin:templates_app_template_changelist")
+    selection = {"action": "deactivate_selected", "_selected_action": [t.pk for t in chosen]}
+
+    page = staff.post(changelist, selection)
+
+    html = page.content.decode()
+    assert "Deactivate (delete) selected templates: 2 selected." in html
+    assert "bulk-0 (version 1)" in html and "bulk-1 (version 1)" in html
+    assert set(Template.objects.values_list("state", flat=True)) == {TemplateState.ACTIVE}
+
+    staff.post(changelist, {**selection, "confirm": "yes", "index": "0"})
+    assert set(Template.objects.values_list("state", flat=True)) == {TemplateState.INACTIVE}

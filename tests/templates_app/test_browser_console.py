@@ -3,6 +3,7 @@ confirmation and reactivate, deploy a VM from the form, upload an image from the
 watch a download's progress move without a reload."""
 
 import hashlib
+import re
 import subprocess
 import threading
 import time
@@ -28,6 +29,13 @@ catalogue = browser.catalogue
 allow_orm_beside_playwright = browser.allow_orm_beside_playwright
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def patient(page):
+    # The theme's first page loads its fonts and styles through the live server; on a loaded
+    # 2-core machine that can take longer than the shared fixture's 5 s.
+    page.set_default_timeout(20_000)
 
 
 def qcow2(tmp_path, size: str, *, full: bool = False) -> bytes:
@@ -126,7 +134,7 @@ def test_upload_an_image_from_the_browser(catalogue, page, tmp_path):
     expect(page.locator("#upload-status")).to_contain_text("Uploaded: UPLOADED, READY")
     expect(page.locator("#upload-progress")).to_have_attribute("value", "100")
     page.get_by_role("link", name="Open the template").click()
-    expect(page.locator("#content")).to_contain_text("READY")
+    expect(page.locator("body")).to_contain_text(re.compile("READY|Ready"))
     ref = TemplateStoreRef.objects.get(template__name="alpine-3.20")
     assert (ref.download_state, ref.state, ref.physical_size) == (
         "UPLOADED",
@@ -153,7 +161,7 @@ def test_upload_page_names_the_missing_file(catalogue, page, tmp_path):
     assert not Template.objects.exists()
 
 
-def slow_image(data: bytes, chunk: int = 64 * 1024, pause: float = 0.08):
+def slow_image(data: bytes, chunk: int = 32 * 1024, pause: float = 0.08):
     """A handler that sends the image slowly, with its length known (so percent moves)."""
 
     def handler(request):
@@ -192,15 +200,14 @@ def test_download_progress_moves_without_a_reload(catalogue, page, httpserver, s
         page.goto(f"/admin/templates_app/template/{template.pk}/change/")
         page.evaluate("window.notReloaded = true")
         bar = page.locator(f'[data-stencil-progress="store:{ref.pk}"]')
-        expect(bar.locator(".stencil-progress-text")).to_contain_text("/s", timeout=8_000)
+        first = int(bar.locator("progress").get_attribute("value"))  # as the server rendered it
+        expect(bar.locator(".stencil-progress-text")).to_contain_text("/s")
         expect(bar.locator(".stencil-progress-text")).to_contain_text("left")
-        first = int(bar.locator("progress").get_attribute("value"))
         page.wait_for_function(
             f"document.querySelector('[data-stencil-progress=\"store:{ref.pk}\"] progress')"
-            f".value > {first}",
-            timeout=8_000,
+            f".value > {first}"
         )
-        expect(bar).to_have_attribute("data-active", "0", timeout=10_000)
+        expect(bar).to_have_attribute("data-active", "0", timeout=30_000)
         expect(bar.locator(".stencil-progress-text")).to_contain_text("DOWNLOADED")
         assert page.evaluate("window.notReloaded") is True, "the page was never reloaded"
     finally:
