@@ -8,6 +8,9 @@ from collections import Counter
 
 from django import forms
 from django.contrib import admin
+from django.db.models import Count
+from django.urls import reverse
+from django.utils.html import format_html
 from unfold.admin import ModelAdmin
 
 from templates_app.admin import (
@@ -74,7 +77,7 @@ class HostAdmin(ObjectActionsMixin, ActionsOnlyAdmin):
 
     change_form_template = "admin/stencil/change_form.html"
 
-    list_display = ("name", "zone", "state", "heartbeat", "libvirt_uri", "pool_names")
+    list_display = ("name", "zone", "state", "heartbeat", "libvirt_uri", "pool_names", "vm_count")
     heartbeat = when_column("last_heartbeat_at", "Last heartbeat")
     list_filter = ("state", "zone")
     list_select_related = ("zone",)
@@ -98,7 +101,17 @@ class HostAdmin(ObjectActionsMixin, ActionsOnlyAdmin):
     actions = ("enter_maintenance_selected", "leave_maintenance_selected")
 
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("pools")
+        return (
+            super()
+            .get_queryset(request)
+            .prefetch_related("pools")
+            .annotate(vms_on_host=Count("vms", distinct=True))
+        )
+
+    @admin.display(description="VMs", ordering="vms_on_host")
+    def vm_count(self, host: Host) -> str:
+        url = reverse("admin:agents_app_virtualmachine_changelist")
+        return format_html('<a href="{}?host__id__exact={}">{}</a>', url, host.pk, host.vms_on_host)
 
     @admin.display(description="Pools")
     def pool_names(self, host: Host) -> str:
@@ -161,12 +174,41 @@ class PrimaryPoolAdmin(ModelAdmin):
     """Primary storage: configuration, like image stores. Usage is counted, not typed in."""
 
     form = PrimaryPoolForm
-    list_display = ("name", "zone", "pool_type", "path", "capacity", "used", "threshold")
+    list_display = (
+        "name",
+        "zone",
+        "pool_type",
+        "path",
+        "capacity",
+        "used",
+        "threshold",
+        "copies",
+        "vm_count",
+    )
     list_filter = ("zone",)
     list_select_related = ("zone",)
     search_fields = ("name", "libvirt_pool_name", "path")
     filter_horizontal = ("hosts",)
     readonly_fields = ("uuid", "used_bytes", "created_at")
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                copy_count=Count("template_refs", distinct=True),
+                vms_on_pool=Count("vms", distinct=True),
+            )
+        )
+
+    @admin.display(description="Pool copies", ordering="copy_count")
+    def copies(self, pool: PrimaryPool) -> str:
+        url = reverse("admin:agents_app_templatepoolref_changelist")
+        return format_html('<a href="{}?pool__id__exact={}">{}</a>', url, pool.pk, pool.copy_count)
+
+    @admin.display(description="VMs", ordering="vms_on_pool")
+    def vm_count(self, pool: PrimaryPool) -> int:
+        return pool.vms_on_pool
 
     def has_delete_permission(self, request, obj=None):
         # Copies and VMs hold the pool (PROTECT); there is no decommission service yet.

@@ -6,7 +6,6 @@ copies, hosts or stores (tests/agents_app/test_dashboard.py asserts it); the dis
 image stores come from statvfs of their paths, not from the database.
 """
 
-import os
 from dataclasses import dataclass
 
 from django.db.models import Count, Exists, OuterRef, Q, Sum
@@ -16,7 +15,7 @@ from django.urls import reverse
 from templates_app.choices import DownloadState, StoreRefState, TemplateState
 from templates_app.copy_status import CopyStatus
 from templates_app.models import Event, ImageStore, Template, TemplateStoreRef
-from templates_app.selectors import store_copies_with_status
+from templates_app.selectors import disk_usage, store_copies_with_status, stores_with_usage
 
 from .choices import HostState, PoolCopyState
 from .models import Host, PrimaryPool, TemplatePoolRef
@@ -45,16 +44,6 @@ class Usage:
         if not self.capacity or self.used is None:
             return 0
         return min(100, round(self.used * 100 / self.capacity))
-
-
-def disk_usage(path: str) -> tuple[int | None, int | None]:
-    """(capacity, used) of the file system holding `path`, or (None, None) if unreadable."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None, None
-    capacity = st.f_blocks * st.f_frsize
-    return capacity, capacity - st.f_bfree * st.f_frsize
 
 
 def _admin(model: str, query: str = "") -> str:
@@ -95,7 +84,7 @@ def dashboard(request: HttpRequest | None = None) -> dict:
             "label": state.label,
             "state": state.value,
             "count": by_state.get(state.value, 0),
-            "url": _admin("templates_app_template", f"state__exact={state.value}"),
+            "url": _admin("templates_app_template", f"state={state.value}"),
         }
         for state in TemplateState
     ]
@@ -117,14 +106,8 @@ def dashboard(request: HttpRequest | None = None) -> dict:
         host_counts[host.state] = host_counts.get(host.state, 0) + 1
 
     stores = []
-    for store in (
-        ImageStore.objects.select_related("zone")
-        .annotate(
-            stencil_bytes=Sum(
-                "template_refs__physical_size", filter=Q(template_refs__state__in=ON_DISK)
-            )
-        )
-        .order_by("zone__name", "name")
+    for store in stores_with_usage(ImageStore.objects.select_related("zone")).order_by(
+        "zone__name", "name"
     ):
         capacity, used = disk_usage(store.path)
         stores.append(

@@ -14,12 +14,14 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.timesince import timesince, timeuntil
 from django.utils.timezone import localtime
 from django.views.decorators.http import require_POST
@@ -35,7 +37,7 @@ from . import (
 from .admin_actions import ObjectActionsMixin, confirm_bulk_action, confirmation_page
 from .admin_forms import TemplateChangeForm, TemplateRegisterForm
 from .admin_upload import UploadPageMixin
-from .choices import TemplateState
+from .choices import StoreRefState, TemplateState
 from .copies import store_copy_retry
 from .copy_status import CopyStatus
 from .errors import InvalidInput, StencilError
@@ -391,6 +393,51 @@ TRANSITIONS = {
 }
 
 
+class TemplateStateFilter(admin.SimpleListFilter):
+    """State, with REMOVED templates hidden unless asked for: their bytes are gone, and they
+    would crowd out what operators look for."""
+
+    title = "state"
+    parameter_name = "state"
+    EVERY = "all"
+
+    def lookups(self, request, model_admin):
+        return [
+            (None, "Not removed"),
+            *[(state.value, state.label) for state in TemplateState],
+            (self.EVERY, "All, removed too"),
+        ]
+
+    def choices(self, changelist):
+        for value, label in self.lookup_choices:
+            yield {
+                "selected": self.value() == value,
+                "query_string": changelist.get_query_string(
+                    {self.parameter_name: value} if value else {}, [self.parameter_name]
+                ),
+                "display": label,
+            }
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == self.EVERY:
+            return queryset
+        if value in TemplateState.values:
+            return queryset.filter(state=value)
+        return queryset.exclude(state=TemplateState.REMOVED)
+
+
+def readiness_text(copy: TemplateStoreRef) -> str:
+    """One store copy in a word: READY, n% while it moves, or the error."""
+    if copy.state == StoreRefState.READY:
+        return "READY"
+    if copy.download_state in selectors.STORE_COPY_IN_PROGRESS:
+        return f"{copy.download_percent}%"
+    if copy.error_text or copy.download_state in selectors.STORE_COPY_FAILED:
+        return f"error: {copy.error_text or copy.get_download_state_display()}"
+    return copy.get_download_state_display()
+
+
 @admin.register(Template)
 class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, ServiceRefusalMixin, ModelAdmin):
     """Templates and ISOs: registration, edits, the life cycle and the GC sweep."""
@@ -400,20 +447,32 @@ class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, ServiceRefusalMixin, Mo
     change_form_template = "admin/templates_app/template/change_form.html"
     change_list_template = "admin/templates_app/template/change_list.html"
     list_display = (
-        "name",
-        "version_number",
+        "version_column",
         "kind",
         "format",
+        "os_type",
         "account",
         "state_badge",
+        "readiness",
+        "sizes",
+        "zone_names",
         "removal",
         "references",
         "is_public",
-        "is_featured",
         "created_at_when",
     )
+    list_display_links = ("version_column",)
     created_at_when = when_column("created_at", "Registered")
-    list_filter = ("state", "kind", "zones", "account", "is_public", "is_featured")
+    list_filter = (
+        TemplateStateFilter,
+        "kind",
+        "format",
+        "zones",
+        "account",
+        "is_public",
+        "is_featured",
+        "direct_download",
+    )
     list_select_related = ("account",)
     search_fields = ("name", "display_text", "unique_name", "uuid")
     inlines = (TemplateStoreRefInline, TemplateDetailInline)
@@ -480,8 +539,57 @@ class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, ServiceRefusalMixin, Mo
     # Columns ---------------------------------------------------------------------------
 
     def get_queryset(self, request):
-        # The live reference count is one subquery of the list query, not a query per row.
-        return selectors.with_reference_count(super().get_queryset(request))
+        # The live reference count is one subquery of the list query, not a query per row;
+        # copies and zones are two prefetches for the whole page.
+        copies = TemplateStoreRef.objects.select_related("store__zone").order_by(
+            "store__zone__name"
+        )
+        return selectors.with_reference_count(super().get_queryset(request)).prefetch_related(
+            Prefetch("store_refs", queryset=copies), "zones"
+        )
+
+    @admin.display(description="Template", ordering="name")
+    def version_column(self, template: Template) -> str:
+        return template.version_label
+
+    @admin.display(description="Ready per zone")
+    def readiness(self, template: Template) -> str:
+        rows = [
+            (copy.store.zone.name if copy.store else "direct", readiness_text(copy))
+            for copy in template.store_refs.all()
+            if copy.state not in (StoreRefState.DESTROYING, StoreRefState.DESTROYED)
+        ]
+        if not rows:
+            return "—"
+        return format_html_join(
+            mark_safe("<br>"),
+            '{}: <span class="stencil-state stencil-state-{}">{}</span>',
+            (
+                (
+                    zone,
+                    "ready"
+                    if text == "READY"
+                    else "error"
+                    if text.startswith("error")
+                    else "progress",
+                    text,
+                )
+                for zone, text in rows
+            ),
+        )
+
+    @admin.display(description="Size (virtual / physical)")
+    def sizes(self, template: Template) -> str:
+        copies = [c for c in template.store_refs.all() if c.size or c.physical_size]
+        if not copies:
+            return "—"
+        virtual = max((c.size or 0) for c in copies)
+        physical = max((c.physical_size or 0) for c in copies)
+        return f"{human_size(virtual or None)} / {human_size(physical or None)}"
+
+    @admin.display(description="Zones")
+    def zone_names(self, template: Template) -> str:
+        return ", ".join(zone.name for zone in template.zones.all()) or "—"
 
     @admin.display(description="State", ordering="state")
     def state_badge(self, template: Template) -> str:
@@ -767,20 +875,36 @@ class ZoneAdmin(ModelAdmin):
 class ImageStoreAdmin(ModelAdmin):
     """Secondary storage: one directory per store, in one zone."""
 
-    list_display = ("name", "zone", "path", "state", "capacity", "used")
+    list_display = ("name", "zone", "path", "state", "disk", "stencil_bytes", "templates")
     list_filter = ("zone", "state")
     list_select_related = ("zone",)
     search_fields = ("name", "path")
     # Usage is counted by the storage services, not typed in.
     readonly_fields = ("uuid", "used_bytes", "created_at")
 
-    @admin.display(description="Capacity", ordering="capacity_bytes")
-    def capacity(self, store: ImageStore) -> str:
-        return "unknown" if store.capacity_bytes is None else filesizeformat(store.capacity_bytes)
+    def get_queryset(self, request):
+        return selectors.stores_with_usage(super().get_queryset(request))
 
-    @admin.display(description="Used", ordering="used_bytes")
-    def used(self, store: ImageStore) -> str:
-        return filesizeformat(store.used_bytes)
+    @admin.display(description="Disk (used of capacity)")
+    def disk(self, store: ImageStore) -> str:
+        # The file system itself (statvfs), so files on disk never read as 0 bytes.
+        capacity, used = selectors.disk_usage(store.path)
+        if capacity is None:
+            limit = store.capacity_bytes
+            return f"not readable here; limit {human_size(limit)}" if limit else "not readable here"
+        percent = round(used * 100 / capacity) if capacity else 0
+        return f"{filesizeformat(used)} of {filesizeformat(capacity)} ({percent}%)"
+
+    @admin.display(description="Stencil's copies", ordering="stencil_bytes")
+    def stencil_bytes(self, store: ImageStore) -> str:
+        return filesizeformat(store.stencil_bytes or 0)
+
+    @admin.display(description="Templates", ordering="template_count")
+    def templates(self, store: ImageStore) -> str:
+        url = reverse("admin:templates_app_templatestoreref_changelist")
+        return format_html(
+            '<a href="{}?store__id__exact={}">{}</a>', url, store.pk, store.template_count
+        )
 
 
 @admin.register(Account)

@@ -1,7 +1,9 @@
 """Read queries shared by the API, admin and commands. Each returns a ready-to-use queryset."""
 
+import os
+
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Sum
 
 from .choices import DownloadState, StoreRefState, TemplateFilter, TemplateState
 from .copy_status import filter_by_status
@@ -171,4 +173,24 @@ def store_copies_with_status(
         field="download_state",
         failed=STORE_COPY_FAILED,
         in_progress=STORE_COPY_IN_PROGRESS,
+    )
+
+
+def disk_usage(path: str) -> tuple[int | None, int | None]:
+    """(capacity, used) bytes of the file system holding `path` (statvfs), or (None, None)
+    when this process cannot read it (a store mounted only on its storage workers)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None, None
+    capacity = st.f_blocks * st.f_frsize
+    return capacity, capacity - st.f_bfree * st.f_frsize
+
+
+def stores_with_usage(queryset: QuerySet[ImageStore]) -> QuerySet[ImageStore]:
+    """Annotate `stencil_bytes` (bytes of the copies on disk) and `template_count`."""
+    on_disk = Q(template_refs__state__in=[StoreRefState.READY, StoreRefState.QUARANTINED])
+    return queryset.annotate(
+        stencil_bytes=Sum("template_refs__physical_size", filter=on_disk),
+        template_count=Count("template_refs__template", filter=on_disk, distinct=True),
     )

@@ -105,3 +105,42 @@ def test_dashboard_query_count_does_not_grow_with_the_cloud(staff, register, sto
         staff.get(reverse("admin:index"))
 
     assert len(large) == len(small) <= 25
+
+
+def test_store_pool_and_host_lists_show_usage_and_what_they_hold(staff, cloud, store):
+    stores = staff.get(reverse("admin:templates_app_imagestore_changelist")).content.decode()
+    assert re.search(r"[\d.]+\xa0[KMGT]B of [\d.]+\xa0[KMGT]B \(\d+%\)", stores), "statvfs usage"
+    assert "3.0\xa0MB" in stores  # Stencil's copies on the store: not 0 bytes
+    assert f"?store__id__exact={store.pk}" in stores
+
+    pools = staff.get(reverse("admin:agents_app_primarypool_changelist"))
+    (pool,) = pools.context["cl"].result_list
+    assert (pool.copy_count, pool.vms_on_pool) == (1, 0)
+    hosts = staff.get(reverse("admin:agents_app_host_changelist"))
+    assert [h.vms_on_host for h in hosts.context["cl"].result_list] == [0]
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "templates_app_template",
+        "templates_app_imagestore",
+        "templates_app_templatestoreref",
+        "agents_app_host",
+        "agents_app_primarypool",
+        "agents_app_templatepoolref",
+        "agents_app_virtualmachine",
+    ],
+)
+def test_changelists_make_a_constant_number_of_queries(staff, register, store, zone, cloud, model):
+    url = reverse(f"admin:{model}_changelist")
+    with CaptureQueriesContext(connection) as small:
+        assert staff.get(url).status_code == 200
+    for n in range(4):
+        downloaded(register(name=f"extra-{n}"), store, MB)
+        heartbeat.host_register(name=f"kvm-{n + 2}", zone=zone, libvirt_uri="test:///default")
+
+    with CaptureQueriesContext(connection) as large:
+        staff.get(url)
+
+    assert len(large) == len(small)

@@ -242,7 +242,12 @@ def test_bulk_reactivate_reports_each_refusal(staff, register, user):
         services.template_deactivate(template_id=template.pk, actor=user)
     services.gc_sweep(template_ids=[removed.pk])
 
-    response = run_action(staff, "reactivate_selected", [removed, inactive])
+    # REMOVED templates are listed (and so selectable) once the state filter asks for them.
+    response = staff.post(
+        url("changelist") + "?state=all",
+        {"action": "reactivate_selected", "_selected_action": [removed.pk, inactive.pk]},
+        follow=True,
+    )
 
     texts = messages_of(response)
     assert "Reactivated: 1." in texts
@@ -496,3 +501,32 @@ def test_live_references_heading_summary_and_rows_agree(staff, register, make_vm
     section = html[html.index('id="live-references"') : html.index('id="events"')]
     rows = re.findall(r"<tr>\s*<td>([^<]+)</td>\s*<td>(?:<a [^>]+>)?([^<]+)", section)
     assert rows == [("VM", "web-1"), ("VM pool", "lab")]
+
+
+def test_template_list_answers_is_it_usable(
+    staff, register, store, user, django_assert_max_num_queries
+):
+    ready, failing, removed = register(name="ubuntu"), register(name="broken"), register(name="old")
+    TemplateStoreRef.objects.filter(template=ready).update(
+        state="READY", download_state="DOWNLOADED", size=10 << 30, physical_size=700 << 20
+    )
+    TemplateStoreRef.objects.filter(template=failing).update(
+        download_state="DOWNLOAD_ERROR", error_text="HTTP 404 from mirror.example"
+    )
+    services.template_deactivate(template_id=removed.pk, actor=user)
+    services.gc_sweep(template_ids=[removed.pk])
+    for n in range(5):
+        register(name=f"more-{n}")
+
+    with django_assert_max_num_queries(12):
+        response = staff.get(url("changelist"))
+
+    html = response.content.decode()
+    names = [t.name for t in response.context["cl"].result_list]
+    assert "old" not in names and {"ubuntu", "broken"} <= set(names)
+    assert "zone-a: " in html and ">READY<" in html
+    assert "error: HTTP 404 from mirror.example" in html
+    assert "10.0\xa0GB / 700.0\xa0MB" in html
+    assert "ubuntu v1" in html
+    removed_list = staff.get(url("changelist"), {"state": "REMOVED"})
+    assert [t.name for t in removed_list.context["cl"].result_list] == ["old"]
