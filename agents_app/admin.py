@@ -25,13 +25,16 @@ from templates_app.admin import (
     progress_bar,
     when_column,
 )
+from templates_app.admin_actions import ObjectActionsMixin, confirm_bulk_action
 from templates_app.admin_forms import ServiceErrorFormMixin, TemplateVersionChoiceField
 from templates_app.errors import InvalidInput, StencilError, TemplateNotUsable
 from versions_app.channels import checked_channel_name
 from versions_app.selectors import channel_is_known
 
 from . import host_services, pool_copies, selectors, services, vm_pools
+from .admin_deploy import DeployPageMixin
 from .certificates import certificate_revoke
+from .impacts import vm_destroy_impact
 from .models import (
     DirectDownloadCertificate,
     Host,
@@ -42,6 +45,8 @@ from .models import (
     VmPool,
     VmSnapshot,
 )
+from .object_actions import register_object_actions
+from .progress import POOL_IN_FLIGHT, vms_progress
 
 
 class ActionsOnlyAdmin(ModelAdmin):
@@ -59,12 +64,18 @@ class ActionsOnlyAdmin(ModelAdmin):
         return False
 
 
+register_object_actions()
+
+
 # Hosts and pools ---------------------------------------------------------------------------
 
 
 @admin.register(Host)
-class HostAdmin(ActionsOnlyAdmin):
-    """KVM hosts, registered by their agents. Maintenance on/off are actions calling services."""
+class HostAdmin(ObjectActionsMixin, ActionsOnlyAdmin):
+    """KVM hosts, registered by their agents. Maintenance on/off are actions calling services
+    (on the list, and buttons on the host's page)."""
+
+    change_form_template = "admin/stencil/change_form.html"
 
     list_display = ("name", "zone", "state", "heartbeat", "libvirt_uri", "pool_names", "vm_count")
     heartbeat = when_column("last_heartbeat_at", "Last heartbeat")
@@ -217,12 +228,13 @@ class PrimaryPoolAdmin(ModelAdmin):
 
 
 @admin.register(TemplatePoolRef)
-class TemplatePoolRefAdmin(RetryDownloadMixin, ActionsOnlyAdmin):
+class TemplatePoolRefAdmin(ObjectActionsMixin, RetryDownloadMixin, ActionsOnlyAdmin):
     """Template copies on primary pools, with copy progress. Pinned copies are live references.
     A failed copy can be retried on an Up host of its pool (list action, button on its page)."""
 
     retry_service = staticmethod(pool_copies.pool_copy_retry)
     retry_transition = "retry_copy"
+    change_list_template = "admin/stencil/change_list.html"
 
     list_display = (
         "template",
@@ -266,7 +278,8 @@ class TemplatePoolRefAdmin(RetryDownloadMixin, ActionsOnlyAdmin):
 
     @admin.display(description="Progress", ordering="download_percent")
     def progress(self, ref: TemplatePoolRef) -> str:
-        return progress_bar(ref.download_percent)
+        active = ref.state in POOL_IN_FLIGHT
+        return progress_bar(ref.download_percent, f"pool:{ref.pk}", active)
 
     @admin.display(description="Size", ordering="size")
     def virtual_size(self, ref: TemplatePoolRef) -> str:
@@ -322,8 +335,12 @@ class VmSnapshotAdmin(ReadOnlyAdmin):
 
 
 @admin.register(VirtualMachine)
-class VirtualMachineAdmin(ModelAdmin):
-    """VM records. Start, stop, destroy, recover and expunge are actions calling the services."""
+class VirtualMachineAdmin(DeployPageMixin, ObjectActionsMixin, ModelAdmin):
+    """VM records. Start, stop, destroy, recover and expunge are actions calling the services;
+    the VM's page has buttons for its whole life cycle, snapshots and "Create version"."""
+
+    change_form_template = "admin/stencil/change_form.html"
+    change_list_template = "admin/agents_app/virtualmachine/change_list.html"
 
     list_display = ("name", "template", "zone", "host", "account", "state", "created_at_when")
     created_at_when = when_column("created_at", "Created")
@@ -333,6 +350,7 @@ class VirtualMachineAdmin(ModelAdmin):
     fields = (
         "name",
         "state",
+        "deploy_progress",
         "template",
         "zone",
         "host",
@@ -359,8 +377,20 @@ class VirtualMachineAdmin(ModelAdmin):
     )
 
     def has_add_permission(self, request):
-        # A VM is created through the API, which checks its template under the template's lock.
+        # A VM is made by vm_deploy (the "Deploy VM" page, the API), which checks its template
+        # under the template's lock, never by the model form.
         return False
+
+    @admin.display(description="Deploy progress")
+    def deploy_progress(self, vm: VirtualMachine) -> str:
+        row = vms_progress([vm.pk]).get(vm.pk)
+        if row is None or not row["active"]:
+            return "—"
+        return progress_bar(row["percent"], f"vm:{vm.pk}", active=True)
+
+    def changelist_view(self, request, extra_context=None):
+        context = {"may_deploy": self.may_deploy(request), **(extra_context or {})}
+        return super().changelist_view(request, context)
 
     def has_change_permission(self, request, obj=None):
         # The list's actions need the change permission; a VM's own page stays read-only because
@@ -385,6 +415,15 @@ class VirtualMachineAdmin(ModelAdmin):
 
     @admin.action(description="Destroy selected VMs (recoverable)", permissions=["change"])
     def destroy_selected(self, request, queryset):
+        asked = confirm_bulk_action(
+            self,
+            request,
+            queryset,
+            label="Destroy selected VMs",
+            impact_of=lambda vm: vm_destroy_impact(vm, {}),
+        )
+        if asked is not None:
+            return asked
         self._each(request, queryset, services.vm_destroy, "Destroyed")
 
     @admin.action(description="Recover selected destroyed VMs", permissions=["change"])
@@ -393,6 +432,15 @@ class VirtualMachineAdmin(ModelAdmin):
 
     @admin.action(description="Expunge selected destroyed VMs", permissions=["change"])
     def expunge_selected(self, request, queryset):
+        asked = confirm_bulk_action(
+            self,
+            request,
+            queryset,
+            label="Expunge selected VMs",
+            impact_of=lambda vm: vm_destroy_impact(vm, {"expunge": True}),
+        )
+        if asked is not None:
+            return asked
         self._each(request, queryset, services.vm_expunge, "Expunged")
 
 
@@ -439,7 +487,7 @@ class VmPoolForm(ServiceErrorFormMixin, forms.ModelForm):
 
 
 @admin.register(VmPool)
-class VmPoolAdmin(ServiceRefusalMixin, ModelAdmin):
+class VmPoolAdmin(ObjectActionsMixin, ServiceRefusalMixin, ModelAdmin):
     """Pools of stateless VMs; created through the service (which deploys the VMs), then taken
     from and returned to with the list's actions."""
 

@@ -11,6 +11,7 @@ class AgentsAppConfig(AppConfig):
     verbose_name = "Agents and VMs"
 
     def ready(self) -> None:
+        from templates_app.impacts import register_copy_bytes
         from templates_app.signals import template_removed, templates_deactivated
         from templates_app.url_checks import register_direct_download_checker
         from versions_app.channel_followers import register_follower_source
@@ -26,10 +27,14 @@ class AgentsAppConfig(AppConfig):
             on_templates_deactivated,
             on_version_usable,
         )
+        from .impacts import pool_copy_rows
+        from .progress import register_progress_sources
         from .references import register_compute_references
         from .services import direct_download_check
 
         register_compute_references()
+        register_copy_bytes("pool_copy", pool_copy_rows)
+        register_progress_sources()
         register_vm_commands()
         register_storage_commands()
         register_infrastructure_commands()

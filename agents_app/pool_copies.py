@@ -166,6 +166,50 @@ def pool_copy_retry(*, ref_id: int, actor) -> TemplatePoolRef:
     return ref
 
 
+# Operators: evict one copy now ----------------------------------------------------------
+
+
+class PoolCopyNotEvictable(StencilError):
+    """Pinned, in use by a VM disk, or not DOWNLOADED / DOWNLOAD_ERROR (409)."""
+
+    status_code = 409
+    code = "conflict"
+
+    def __init__(self, ref: TemplatePoolRef, reason: str):
+        super().__init__(f"cannot evict pool copy '{ref}' in state {ref.state}: {reason}")
+        self.state = ref.state
+
+
+@transaction.atomic
+def pool_copy_evict(*, ref_id: int, actor) -> TemplatePoolRef:
+    """'Evict' from the copy's page: an unpinned copy no VM disk is on goes EVICTING now, and
+    an Up host of its pool deletes the volume once this commits (the sweep asks again while
+    no host is Up). The rules are the sweep's (`_unused_copies`), checked under the locks."""
+    from .agent.tasks import pool_copy_evict_task
+
+    template_id = TemplatePoolRef.objects.values_list("template_id", flat=True).get(pk=ref_id)
+    lock_template(template_id)  # lock order: template -> pool copy
+    ref = TemplatePoolRef.objects.select_for_update().select_related("pool").get(pk=ref_id)
+    if ref.pinned:
+        raise PoolCopyNotEvictable(ref, "it is pinned; unpin it first")
+    if not can_proceed(ref.start_eviction):
+        raise PoolCopyNotEvictable(ref, "only DOWNLOADED or DOWNLOAD_ERROR copies are evicted")
+    if not _unused_copies().filter(pk=ref_id).exists():
+        raise PoolCopyNotEvictable(ref, "a VM's disk is on it")
+    before = ref.state
+    ref.start_eviction()
+    ref.save()
+    record_event(
+        ref, from_state=before, to_state=ref.state, actor=actor, reason="evicted by an operator"
+    )
+    host = _host_reaching(ref.pool)
+    if host is not None:
+        args = {"ref_id": ref.pk, "libvirt_uri": host.libvirt_uri}
+        queue = host.queue
+        transaction.on_commit(lambda: pool_copy_evict_task.apply_async(kwargs=args, queue=queue))
+    return ref
+
+
 # Eviction (in the GC sweep) ---------------------------------------------------------------
 
 

@@ -5,10 +5,12 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from templates_app.admin_progress import progress_view
 from templates_app.cloudstack.views import client_api
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/stencil/progress/", progress_view, name="stencil-progress"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("project.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -30,12 +30,20 @@ from django.views.decorators.http import require_POST
 from django_fsm import can_proceed
 from unfold.admin import ModelAdmin, TabularInline
 
-from . import extracts, selectors, services, sweeps
+from . import (
+    object_actions,  # noqa: F401  (registers the template's page actions)
+    selectors,
+    services,
+    sweeps,
+)
+from .admin_actions import ObjectActionsMixin, confirm_bulk_action, confirmation_page
 from .admin_forms import CopyToZonesForm, TemplateChangeForm, TemplateRegisterForm
+from .admin_upload import UploadPageMixin
 from .choices import StoreRefState, TemplateState
 from .copies import store_copy_retry
 from .copy_status import CopyStatus
 from .errors import InvalidInput, StencilError
+from .impacts import gc_sweep_impact, template_deactivate_impact
 from .models import (
     Account,
     Event,
@@ -46,6 +54,7 @@ from .models import (
     TemplateStoreRef,
     Zone,
 )
+from .progress import STORE_IN_FLIGHT
 from .references import describe_counts, reference_providers, reference_rows
 from .rescan import RescanResult, rescan_images
 from .secrets import AdminSecrets, public_url
@@ -220,8 +229,27 @@ class ReadOnlyTabularInline(TabularInline):
         return False
 
 
-def progress_bar(percent: int) -> str:
-    return format_html('<progress max="100" value="{}"></progress> {}%', percent, percent)
+def progress_bar(percent: int, key: str = "", active: bool = False) -> str:
+    """A progress bar; with `key` ("store:12") static/stencil/progress.js keeps it moving
+    while `active` (work in flight), with speed and time left."""
+    bar = format_html(
+        '<progress max="100" value="{}"></progress> <span class="stencil-progress-text">{}%</span>',
+        percent,
+        percent,
+    )
+    if not key:
+        return bar
+    return format_html(
+        '<span class="stencil-progress" data-stencil-progress="{}" data-active="{}">{}</span>',
+        key,
+        "1" if active else "0",
+        bar,
+    )
+
+
+def store_progress(ref: TemplateStoreRef) -> str:
+    active = ref.download_state in STORE_IN_FLIGHT
+    return progress_bar(ref.download_percent, f"store:{ref.pk}", active)
 
 
 def human_size(value: int | None) -> str:
@@ -323,7 +351,7 @@ class TemplateStoreRefInline(ReadOnlyTabularInline):
 
     @admin.display(description="Progress")
     def progress(self, ref: TemplateStoreRef) -> str:
-        return progress_bar(ref.download_percent)
+        return store_progress(ref)
 
     @admin.display(description="Size")
     def virtual_size(self, ref: TemplateStoreRef) -> str:
@@ -375,22 +403,10 @@ def state_badge(template: Template) -> str:
     )
 
 
-def extract_message(extract: extracts.Extract) -> str:
-    if extract.ready:
-        until = date_format(localtime(extract.expires_at), "DATETIME_FORMAT")
-        return format_html(
-            'Download URL, valid until {}: <a href="{}">{}</a>', until, extract.url, extract.url
-        )
-    return (
-        f"Copying the template into an image store of zone {extract.copy.store.zone} "
-        f"({extract.copy.download_percent}%): press Extract again once it is READY."
-    )
-
-
-# Buttons of the change page: action -> (service, label, the state it is offered in).
+# Bulk actions of the list: action -> service.
 TRANSITIONS = {
-    "deactivate": (services.template_deactivate, "Deactivate (delete)", TemplateState.ACTIVE),
-    "reactivate": (services.template_reactivate, "Reactivate", TemplateState.INACTIVE),
+    "deactivate": services.template_deactivate,
+    "reactivate": services.template_reactivate,
 }
 
 
@@ -440,7 +456,7 @@ def readiness_text(copy: TemplateStoreRef) -> str:
 
 
 @admin.register(Template)
-class TemplateAdmin(ServiceRefusalMixin, ModelAdmin):
+class TemplateAdmin(UploadPageMixin, ObjectActionsMixin, ServiceRefusalMixin, ModelAdmin):
     """Templates and ISOs: registration, edits, the life cycle and the GC sweep."""
 
     form = TemplateChangeForm
@@ -759,7 +775,6 @@ class TemplateAdmin(ServiceRefusalMixin, ModelAdmin):
         for row in references:
             row["kind_label"] = labels.get(row["kind"], row["kind"])
         return {
-            "transition_buttons": self._transition_buttons(request, template),
             "live_references": references,
             # Heading, summary and table come from the same rows, so they always agree.
             "reference_count": len(every),
@@ -767,22 +782,6 @@ class TemplateAdmin(ServiceRefusalMixin, ModelAdmin):
             "template_events": events[:EVENTS_SHOWN],
             "more_events_url": self._more_events_url(template) if more_events else "",
         }
-
-    def _transition_buttons(self, request, template: Template) -> list[dict]:
-        if not self.has_change_permission(request, template):
-            return []
-        buttons = [
-            {"label": label, "url": self._url(action, template.pk), "action": action}
-            for action, (_service, label, source) in TRANSITIONS.items()
-            if template.state == source
-        ]
-        if template.state != TemplateState.REMOVED and selectors.may_change_template(
-            request.user, template
-        ):
-            buttons.append(
-                {"label": "Extract", "url": self._url("extract", template.pk), "action": "extract"}
-            )
-        return buttons
 
     def _events_of(self, request, template: Template):
         content_type = ContentType.objects.get_for_model(Template)
@@ -817,63 +816,11 @@ class TemplateAdmin(ServiceRefusalMixin, ModelAdmin):
                 name=f"{prefix}_sweep_dry_run",
             ),
         ]
-        own += [
-            path(
-                f"<path:object_id>/{action}/",
-                wrap(require_POST(self.transition_view)),
-                {"action": action},
-                name=f"{prefix}_{action}",
-            )
-            for action in TRANSITIONS
-        ]
-        own.append(
-            path(
-                "<path:object_id>/extract/",
-                wrap(require_POST(self.extract_view)),
-                name=f"{prefix}_extract",
-            )
-        )
         # Before the admin's own patterns: `<path:object_id>/` would swallow these.
         return own + super().get_urls()
 
     def _url(self, name: str, *args) -> str:
         return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{name}", args=args)
-
-    def transition_view(self, request, object_id: str, action: str) -> HttpResponse:
-        template = self.get_object(request, unquote(object_id))
-        if template is None:
-            raise Http404(f"no template with id {object_id!r}")
-        if not self.has_change_permission(request, template):
-            raise PermissionDenied
-        service, label, _source = TRANSITIONS[action]
-        try:
-            template = service(template_id=template.pk, actor=request.user)
-        except StencilError as error:
-            self.message_user(request, error.message, messages.ERROR)
-        else:
-            done = f"{label}: template “{template}” is now {template.state}."
-            self.message_user(request, done, messages.SUCCESS)
-        return HttpResponseRedirect(self._url("change", template.pk))
-
-    def extract_view(self, request, object_id: str) -> HttpResponse:
-        """The Extract button: the signed download URL in a message (templates_app.extracts),
-        or the progress of the store copy being made first."""
-        template = self.get_object(request, unquote(object_id))
-        if template is None:
-            raise Http404(f"no template with id {object_id!r}")
-        if not selectors.may_change_template(request.user, template):
-            raise PermissionDenied
-        try:
-            extract = extracts.template_extract(
-                template_id=template.pk,
-                actor=request.user,
-                base_url=request.build_absolute_uri("/"),
-            )
-        except StencilError as error:
-            self.message_user(request, error.message, messages.ERROR)
-        else:
-            self.message_user(request, extract_message(extract), messages.SUCCESS)
-        return HttpResponseRedirect(self._url("change", template.pk))
 
     def sweep_view(self, request) -> HttpResponse:
         return self._sweep_and_return(request, dry_run=False)
@@ -884,6 +831,16 @@ class TemplateAdmin(ServiceRefusalMixin, ModelAdmin):
     def _sweep_and_return(self, request, *, dry_run: bool) -> HttpResponse:
         if not self.has_change_permission(request):
             raise PermissionDenied
+        if not dry_run and request.POST.get("confirm") != "yes":
+            # A sweep deletes bytes: first the page listing what it would remove, and why not.
+            return confirmation_page(
+                self,
+                request,
+                title="Run the GC sweep now",
+                impact=gc_sweep_impact(),
+                back_url=self._url("changelist"),
+                label="Run GC sweep now",
+            )
         self._sweep(request, dry_run=dry_run)
         return HttpResponseRedirect(self._url("changelist"))
 
@@ -901,6 +858,15 @@ class TemplateAdmin(ServiceRefusalMixin, ModelAdmin):
 
     @admin.action(description="Deactivate (delete) selected templates", permissions=["change"])
     def deactivate_selected(self, request, queryset):
+        asked = confirm_bulk_action(
+            self,
+            request,
+            queryset.filter(state=TemplateState.ACTIVE),
+            label="Deactivate (delete) selected templates",
+            impact_of=template_deactivate_impact,
+        )
+        if asked is not None:
+            return asked
         self._transition_each(request, queryset, "deactivate", "Deactivated")
 
     @admin.action(description="Reactivate selected templates", permissions=["change"])
@@ -908,7 +874,7 @@ class TemplateAdmin(ServiceRefusalMixin, ModelAdmin):
         self._transition_each(request, queryset, "reactivate", "Reactivated")
 
     def _transition_each(self, request, queryset, action: str, done: str) -> None:
-        service = TRANSITIONS[action][0]
+        service = TRANSITIONS[action]
         ids = queryset.order_by("pk").values_list("pk", flat=True)
         call_for_each(
             self, request, ids, lambda pk: service(template_id=pk, actor=request.user), done
@@ -1086,12 +1052,13 @@ class EventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(TemplateStoreRef)
-class TemplateStoreRefAdmin(RetryDownloadMixin, ReadOnlyAdmin):
+class TemplateStoreRefAdmin(ObjectActionsMixin, RetryDownloadMixin, ReadOnlyAdmin):
     """Every copy on every image store, with its download progress and errors; a failed
     download can be retried (list action, button on the copy's page)."""
 
     retry_service = staticmethod(store_copy_retry)
     retry_transition = "retry_download"
+    change_list_template = "admin/stencil/change_list.html"
     list_display = (
         "template",
         "store",
@@ -1116,7 +1083,7 @@ class TemplateStoreRefAdmin(RetryDownloadMixin, ReadOnlyAdmin):
 
     @admin.display(description="Progress", ordering="download_percent")
     def progress(self, ref: TemplateStoreRef) -> str:
-        return progress_bar(ref.download_percent)
+        return store_progress(ref)
 
     @admin.display(description="Size", ordering="size")
     def virtual_size(self, ref: TemplateStoreRef) -> str:

@@ -422,6 +422,13 @@ class StoreCopyNotRetryable(StencilError):
         self.state = ref.download_state
 
 
+class NothingToRetry(StencilError):
+    """A template with no failed store copy (409)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 @transaction.atomic
 def store_copy_retry(*, ref_id: int, actor) -> TemplateStoreRef:
     """'Retry download': a DOWNLOAD_ERROR or ABANDONED copy of an ACTIVE template goes back to
@@ -458,3 +465,23 @@ def store_copy_retry(*, ref_id: int, actor) -> TemplateStoreRef:
     )
     transaction.on_commit(lambda: store_copy_download_task.delay(ref_id=ref_id))
     return ref
+
+
+def retryable_store_copies(template_id: int):
+    """The copies of a template that "Retry download" would queue again."""
+    return TemplateStoreRef.objects.filter(
+        template_id=template_id,
+        store__isnull=False,
+        state=StoreRefState.ALLOCATED,
+        download_state__in=[DownloadState.DOWNLOAD_ERROR, DownloadState.ABANDONED],
+    ).order_by("pk")
+
+
+def template_downloads_retry(*, template_id: int, actor) -> list[TemplateStoreRef]:
+    """'Retry download' on a template's page: every failed store copy of it is queued again,
+    each through `store_copy_retry` (its own lock and re-check). None failed is a 409."""
+    ids = list(retryable_store_copies(template_id).values_list("pk", flat=True))
+    if not ids:
+        template = Template.objects.get(pk=template_id)
+        raise NothingToRetry(f"template '{template}' has no failed download to retry")
+    return [store_copy_retry(ref_id=ref_id, actor=actor) for ref_id in ids]

@@ -35,7 +35,7 @@ from .events import record_copy_event
 from .images.checksums import normalize_checksum, split_checksum
 from .images.inspection import ImageRejected, inspect_image
 from .locks import lock_copy, lock_template
-from .models import Account, TemplateStoreRef, Zone
+from .models import Account, Template, TemplateStoreRef, Zone
 from .services import _validate_kind_and_format, template_create, template_deactivate
 from .signals import send_store_copy_ready_on_commit
 
@@ -126,18 +126,7 @@ def template_upload_params(
         raise InvalidInput("a name is required", field="name")
     _validate_kind_and_format(kind, image_format)
     checksum = normalize_checksum(checksum)
-    if size < 0:
-        raise InvalidInput("size must be a number of bytes, 0 or more", field="size")
-    stores = list(zone.image_stores.filter(state=ImageStoreState.UP))
-    if not stores:
-        raise InvalidInput(f"zone '{zone.name}' has no image store that is up", field="zone")
-    expires_at = timezone.now() + timedelta(seconds=settings.STENCIL_UPLOAD_EXPIRY_SECONDS)
-    copy = TemplateStoreRef(
-        store=random.choice(stores),
-        download_state=DownloadState.NOT_UPLOADED,
-        upload_expires_at=expires_at,
-        charged_bytes=size,
-    )
+    copy = upload_copy(zone, size=size)
     template = template_create(
         account_id=account.pk,
         actor=actor,
@@ -153,19 +142,41 @@ def template_upload_params(
         os_type=os_type,
         is_public=is_public,
     )
+    return signed_upload_params(template, base_url=base_url)
+
+
+def upload_copy(zone: Zone, *, size: int) -> TemplateStoreRef:
+    """The unsaved NOT_UPLOADED copy of a template to upload: a random Up store of `zone`,
+    the upload URL's expiry, and the bytes charged until the real size is known."""
+    if size < 0:
+        raise InvalidInput("size must be a number of bytes, 0 or more", field="size")
+    stores = list(zone.image_stores.filter(state=ImageStoreState.UP))
+    if not stores:
+        raise InvalidInput(f"zone '{zone.name}' has no image store that is up", field="zone")
+    expires_at = timezone.now() + timedelta(seconds=settings.STENCIL_UPLOAD_EXPIRY_SECONDS)
+    return TemplateStoreRef(
+        store=random.choice(stores),
+        download_state=DownloadState.NOT_UPLOADED,
+        upload_expires_at=expires_at,
+        charged_bytes=size,
+    )
+
+
+def signed_upload_params(template: Template, *, base_url: str) -> UploadParams:
+    """The signed URL (and its metadata) to POST the bytes of `template`'s one upload copy to."""
     ref = template.store_refs.get()
     post_url = f"{base_url.rstrip('/')}/api/v1/uploads/{template.uuid}/"
     metadata = _encode(
         {
             "template": str(template.uuid),
             "copy": ref.pk,
-            "size": size,
+            "size": ref.charged_bytes,
             "unique_name": template.unique_name,
-            "format": image_format,
-            "checksum": checksum,
+            "format": template.format,
+            "checksum": template.checksum,
         }
     )
-    expires = expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = ref.upload_expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return UploadParams(
         id=str(template.uuid),
         post_url=post_url,

@@ -29,8 +29,11 @@ from templates_app.secrets import AdminSecrets
 from . import channels, selectors, services
 from .channel_followers import channel_followers
 from .models import Channel
+from .object_actions import register_object_actions
 
 HISTORY_SHOWN = 20
+
+register_object_actions()
 
 
 class TemplateVersionInline(ReadOnlyTabularInline):

@@ -7,16 +7,19 @@ from django.db.models import Max
 
 from templates_app.choices import TemplateState
 from templates_app.errors import InvalidInput, TransitionConflict
+from templates_app.images.checksums import normalize_checksum
 from templates_app.locks import lock_template
 from templates_app.models import Account, Template, TemplateStoreRef, Zone
 from templates_app.services import (
     VERSION_NAME_MAX_LENGTH,
+    _validate_kind_and_format,
     refuse_featuring_by_non_staff,
     stores_for,
     template_create,
     template_create_planned,
     template_registration_plan,
 )
+from templates_app.uploads import UploadParams, signed_upload_params, upload_copy
 
 from .signals import send_version_usable
 
@@ -185,3 +188,50 @@ def _version_usable_on_commit(version: Template) -> None:
     transaction.on_commit(
         lambda: send_version_usable(template_id=template_id, lineage_id=lineage_id)
     )
+
+
+@transaction.atomic
+def template_version_upload_params(
+    *,
+    base_template_id: int,
+    actor,
+    zone: Zone,
+    base_url: str,
+    version_name: str = "",
+    image_format: str = "",
+    checksum: str = "",
+    size: int = 0,
+) -> UploadParams:
+    """ "Upload a new version's bytes": the next version of the base, numbered under its lock,
+    with one NOT_UPLOADED copy in `zone` and the account charged, and the signed URL the bytes
+    are POSTed to (templates_app.uploads, as for any upload). It inherits the base's fields
+    and launch permissions; it is deployable once the upload is READY."""
+    version_name = _checked_version_name(version_name)
+    base = _lock_base(base_template_id, actor)
+    image_format = image_format or base.format
+    _validate_kind_and_format(base.kind, image_format)
+    copy = upload_copy(zone, size=size)
+    number = _next_number(base)
+    version = template_create(
+        account_id=base.account_id,
+        actor=actor,
+        name=base.name,
+        zones=[zone],
+        copies=[copy],
+        secondary_bytes=size,
+        reason=f"version {number} upload requested",
+        display_text=base.display_text,
+        kind=base.kind,
+        format=image_format,
+        checksum=normalize_checksum(checksum),
+        os_type=base.os_type,
+        hypervisor=base.hypervisor,
+        is_public=base.is_public,
+        is_featured=False,
+        primary_policy=base.primary_policy,
+        base=base,
+        version_number=number,
+        version_name=version_name,
+    )
+    version.shared_with.set(base.shared_with.all())
+    return signed_upload_params(version, base_url=base_url)

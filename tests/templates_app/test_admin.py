@@ -29,6 +29,10 @@ def url(name: str, *args) -> str:
     return reverse(f"admin:templates_app_template_{name}", args=args)
 
 
+def action(name: str, *args) -> str:
+    return reverse("admin:templates_app_template_action", args=[*args, name])
+
+
 def messages_of(response) -> list[str]:
     return [str(message) for message in response.context["messages"]]
 
@@ -65,7 +69,8 @@ def change_form_data(response, **changes) -> dict:
 def run_action(client, action: str, objects, model: str = "templates_app_template"):
     return client.post(
         reverse(f"admin:{model}_changelist"),
-        {"action": action, "_selected_action": [obj.pk for obj in objects]},
+        # Destructive actions ask first (their page is tested in test_admin_actions.py).
+        {"action": action, "_selected_action": [obj.pk for obj in objects], "confirm": "yes"},
         follow=True,
     )
 
@@ -154,7 +159,7 @@ def test_a_removed_template_cannot_be_edited_or_deleted(staff, register, user):
 def test_deactivate_button_makes_the_template_inactive(staff, register, admin_user):
     template = register()
 
-    response = staff.post(url("deactivate", template.pk), follow=True)
+    response = staff.post(action("deactivate", template.pk), {"confirm": "yes"}, follow=True)
 
     assert response.redirect_chain[-1][0] == url("change", template.pk)
     template.refresh_from_db()
@@ -162,8 +167,8 @@ def test_deactivate_button_makes_the_template_inactive(staff, register, admin_us
     assert template.removed_at is None
     assert any("is now INACTIVE" in text for text in messages_of(response))
     html = response.content.decode()
-    assert url("reactivate", template.pk) in html
-    assert url("deactivate", template.pk) not in html
+    assert action("reactivate", template.pk) in html
+    assert action("deactivate", template.pk) not in html
     event = Event.objects.filter(object_id=template.pk).first()
     assert (event.to_state, event.actor) == (TemplateState.INACTIVE, admin_user)
 
@@ -172,7 +177,7 @@ def test_reactivate_button_makes_it_active_again(staff, register, user):
     template = register()
     services.template_deactivate(template_id=template.pk, actor=user)
 
-    response = staff.post(url("reactivate", template.pk), follow=True)
+    response = staff.post(action("reactivate", template.pk), follow=True)
 
     template.refresh_from_db()
     assert template.state == TemplateState.ACTIVE
@@ -184,7 +189,7 @@ def test_reactivating_a_removed_template_shows_the_conflict(staff, register, use
     services.template_deactivate(template_id=template.pk, actor=user)
     services.gc_sweep()
 
-    response = staff.post(url("reactivate", template.pk), follow=True)
+    response = staff.post(action("reactivate", template.pk), follow=True)
 
     template.refresh_from_db()
     assert template.state == TemplateState.REMOVED
@@ -194,8 +199,9 @@ def test_reactivating_a_removed_template_shows_the_conflict(staff, register, use
 def test_transition_and_sweep_urls_refuse_get(staff, register):
     template = register()
 
-    assert staff.get(url("deactivate", template.pk)).status_code == 405
-    assert staff.get(url("reactivate", template.pk)).status_code == 405
+    # Deactivate's GET is its confirmation page; a one-click button is POST only.
+    assert "What will be affected" in staff.get(action("deactivate", template.pk)).content.decode()
+    assert staff.get(action("reactivate", template.pk)).status_code == 405
     assert staff.get(url("sweep")).status_code == 405
     assert staff.get(url("sweep_dry_run")).status_code == 405
     template.refresh_from_db()
@@ -205,7 +211,7 @@ def test_transition_and_sweep_urls_refuse_get(staff, register):
 def test_transition_urls_need_a_staff_login(client, register):
     template = register()
 
-    response = client.post(url("deactivate", template.pk))
+    response = client.post(action("deactivate", template.pk), {"confirm": "yes"})
 
     assert response.status_code == 302
     assert reverse("admin:login") in response["Location"]
@@ -273,7 +279,7 @@ def test_sweep_button_queues_a_run_that_removes_the_unused_and_keeps_the_used(
     unused, used = unused_and_used
 
     with sweeps_run_here():
-        response = staff.post(url("sweep"), follow=True)
+        response = staff.post(url("sweep"), {"confirm": "yes"}, follow=True)
         # Queued, not run inside the request: nothing is removed yet.
         assert Template.objects.get(pk=unused.pk).state == TemplateState.INACTIVE
 
@@ -497,7 +503,7 @@ def test_extract_button_gives_the_download_url(staff, register, store):
     )
 
     page = staff.get(url("change", template.pk))
-    response = staff.post(url("extract", template.pk), follow=True)
+    response = staff.post(url("action", template.pk, "extract"), follow=True)
 
     assert b'name="extract"' in page.content
     [message] = messages_of(response)
@@ -508,7 +514,7 @@ def test_extract_button_gives_the_download_url(staff, register, store):
 def test_extract_button_of_a_template_without_a_copy_says_why(staff, register):
     template = register()  # its copy is not downloaded yet
 
-    response = staff.post(url("extract", template.pk), follow=True)
+    response = staff.post(url("action", template.pk, "extract"), follow=True)
 
     assert messages_of(response)[0].startswith("Copying the template into an image store")
 

@@ -101,12 +101,16 @@ def test_register_deactivate_and_sweep_from_the_admin(catalogue, page, monkeypat
 
     open_from_list(page, "fedora-41 v1")
     expect(state_on_page(page)).to_have_text("ACTIVE")
-    page.get_by_role("button", name="Deactivate (delete)").click()
+    page.get_by_role("link", name="Deactivate (delete)").click()
+    expect(page.locator("#affected")).to_contain_text("ACTIVE → INACTIVE")
+    page.get_by_role("button", name="Yes, deactivate (delete)").click()
     expect(page.locator(".messagelist")).to_contain_text("is now INACTIVE")
     expect(state_on_page(page)).to_have_text("INACTIVE")
 
     page.goto("/admin/templates_app/template/")
     page.get_by_role("button", name="Run GC sweep now").click()
+    expect(page.locator("#affected")).to_contain_text("INACTIVE → REMOVED")
+    page.get_by_role("button", name="Yes, run gc sweep now").click()
     expect(page.locator(".messagelist")).to_contain_text(
         "GC sweep of every INACTIVE template queued"
     )
