@@ -1,6 +1,7 @@
 """Stencil settings. Everything an operator may change comes from environment variables (README)."""
 
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -32,7 +33,13 @@ if STENCIL_ENV not in STENCIL_ENVIRONMENTS:
 PRODUCTION = STENCIL_ENV == "production"
 DEVELOPMENT_SECRET_KEY = "stencil-dev-only-insecure-key-set-SECRET_KEY-in-production"
 SECRET_KEY = os.environ.get("SECRET_KEY", "").strip()
-if PRODUCTION and SECRET_KEY in ("", DEVELOPMENT_SECRET_KEY):
+# Commands that only read the code (its models and migrations) sign nothing and serve nothing:
+# they run anywhere, as CI's `makemigrations --check` does, without a production key.
+CODE_ONLY_COMMANDS = {"makemigrations", "showmigrations", "sqlmigrate", "help"}
+RUNS_CODE_ONLY = (
+    len(sys.argv) > 1 and sys.argv[0].endswith("manage.py") and (sys.argv[1] in CODE_ONLY_COMMANDS)
+)
+if PRODUCTION and SECRET_KEY in ("", DEVELOPMENT_SECRET_KEY) and not RUNS_CODE_ONLY:
     raise ImproperlyConfigured(
         "SECRET_KEY is not set (or is the development key): production (STENCIL_ENV=production, "
         "the default) needs a long random SECRET_KEY in the environment, see "
