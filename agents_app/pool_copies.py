@@ -114,14 +114,14 @@ def template_prepare(
 # Operators: retry a failed copy ------------------------------------------------------------
 
 
-class PoolCopyNotRetryable(StencilError):
-    """Only a DOWNLOAD_ERROR copy of a template that still has bytes can be retried (409)."""
+class PoolCopyRefused(StencilError):
+    """An operator's action on one pool copy that its state or use does not allow (409)."""
 
     status_code = 409
     code = "conflict"
 
-    def __init__(self, ref: TemplatePoolRef, reason: str):
-        super().__init__(f"cannot retry pool copy '{ref}' in state {ref.state}: {reason}")
+    def __init__(self, ref: TemplatePoolRef, action: str, reason: str):
+        super().__init__(f"cannot {action} pool copy '{ref}' in state {ref.state}: {reason}")
         self.state = ref.state
 
 
@@ -136,12 +136,12 @@ def pool_copy_retry(*, ref_id: int, actor) -> TemplatePoolRef:
     template = lock_template(template_id)  # lock order: template -> pool copy
     ref = TemplatePoolRef.objects.select_for_update().select_related("pool").get(pk=ref_id)
     if not can_proceed(ref.retry_copy):
-        raise PoolCopyNotRetryable(ref, "only DOWNLOAD_ERROR copies are retried")
+        raise PoolCopyRefused(ref, "retry", "only DOWNLOAD_ERROR copies are retried")
     if template.state == TemplateState.REMOVED:
-        raise PoolCopyNotRetryable(ref, f"its template '{template}' is REMOVED")
+        raise PoolCopyRefused(ref, "retry", f"its template '{template}' is REMOVED")
     host = _host_reaching(ref.pool)
     if host is None:
-        raise PoolCopyNotRetryable(ref, f"no Up host reaches pool '{ref.pool}'")
+        raise PoolCopyRefused(ref, "retry", f"no Up host reaches pool '{ref.pool}'")
     error = ref.error_text
     ref.retry_copy()
     ref.error_text = ""
@@ -169,17 +169,6 @@ def pool_copy_retry(*, ref_id: int, actor) -> TemplatePoolRef:
 # Operators: evict one copy now ----------------------------------------------------------
 
 
-class PoolCopyNotEvictable(StencilError):
-    """Pinned, in use by a VM disk, or not DOWNLOADED / DOWNLOAD_ERROR (409)."""
-
-    status_code = 409
-    code = "conflict"
-
-    def __init__(self, ref: TemplatePoolRef, reason: str):
-        super().__init__(f"cannot evict pool copy '{ref}' in state {ref.state}: {reason}")
-        self.state = ref.state
-
-
 @transaction.atomic
 def pool_copy_evict(*, ref_id: int, actor) -> TemplatePoolRef:
     """'Evict' from the copy's page: an unpinned copy no VM disk is on goes EVICTING now, and
@@ -191,11 +180,11 @@ def pool_copy_evict(*, ref_id: int, actor) -> TemplatePoolRef:
     lock_template(template_id)  # lock order: template -> pool copy
     ref = TemplatePoolRef.objects.select_for_update().select_related("pool").get(pk=ref_id)
     if ref.pinned:
-        raise PoolCopyNotEvictable(ref, "it is pinned; unpin it first")
+        raise PoolCopyRefused(ref, "evict", "it is pinned; unpin it first")
     if not can_proceed(ref.start_eviction):
-        raise PoolCopyNotEvictable(ref, "only DOWNLOADED or DOWNLOAD_ERROR copies are evicted")
+        raise PoolCopyRefused(ref, "evict", "only DOWNLOADED or DOWNLOAD_ERROR copies are evicted")
     if not _unused_copies().filter(pk=ref_id).exists():
-        raise PoolCopyNotEvictable(ref, "a VM's disk is on it")
+        raise PoolCopyRefused(ref, "evict", "a VM's disk is on it")
     before = ref.state
     ref.start_eviction()
     ref.save()
