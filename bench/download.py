@@ -44,6 +44,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # `bench._common` and the project, from any cwd
 GIB = 1 << 30
 MB = 1_000_000  # MB and MB/s are decimal throughout
 WRITE_CHUNK = 8 << 20
@@ -165,8 +166,6 @@ def _slice_writes(downloader, limit: int) -> None:
 def child_main(args: argparse.Namespace) -> int:
     """Set Django up, download once, print one JSON line (seconds, size, sha256, peak RSS)."""
     started = time.perf_counter()
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     import django
 
     django.setup()

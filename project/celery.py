@@ -6,6 +6,10 @@ from celery import Celery
 from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+# Celery runs Django's system checks when a worker starts; the URL check among them loads the
+# URLconf and every admin module, a fifth of a worker's memory (project/admin_apps.py). The
+# checks run where the code is deployed (`manage.py check`, `migrate`) and in the web process.
+os.environ.setdefault("CELERY_SKIP_CHECKS", "true")
 
 app = Celery("stencil")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -66,7 +66,8 @@ INSTALLED_APPS = [
     # The admin theme (docs/architecture.md, "The console"): before django.contrib.admin so its
     # templates win and its site is the one admin.autodiscover() registers into.
     "unfold",
-    "django.contrib.admin",
+    # The admin; its modules are loaded by project/urls.py, not by workers (project/admin_apps.py).
+    "project.admin_apps.ConsoleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -8,6 +8,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from templates_app.admin_progress import progress_view
 from templates_app.cloudstack.views import client_api
 
+# Only processes that serve requests load the admin modules (project/admin_apps.py).
+admin.autodiscover()
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/stencil/progress/", progress_view, name="stencil-progress"),

@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 
 class Command(BaseCommand):
     help = "Start the agent of one KVM host: a Celery worker on queue host.<name>."
+    # As for every worker (project/celery.py): the checks would load the admin, which an agent
+    # never serves; they run where Stencil is deployed.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser):
         parser.add_argument("--name", required=True, help="Host name (unique).")
