@@ -3,20 +3,28 @@
 Every outbound request (the first one and each redirect) goes through `urlsafety.validate_url`,
 and the connection goes to the address that was checked, with the original Host header and TLS
 server name. The body lands in a temporary file next to the destination; a thread of its own
-hashes the chunks while the network thread reads the next ones (hashlib and socket I/O both
-release the GIL, which is how Python gets near curl's speed; see FACTS.md "Throughput"). The
+hashes it while the network thread reads on (hashlib and socket I/O both release the GIL). A
+plain-HTTP body with a Content-Length never enters Python: splice(2) moves it socket -> pipe ->
+file in the kernel and the hashing thread reads the file's fresh pages through a mapping, one
+copy per byte where curl makes two (docs/benchmarks.md, "Store download"); TLS and chunked
+bodies are read into buffers that the hashing thread takes in turn. The
 file is renamed into place only when complete, checksum-verified and fsynced; after any failure
 nothing is left behind.
 
 Stdlib only (http.client, ssl): no shell, no third-party HTTP client.
 """
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import http.client
 import logging
+import mmap
 import os
 import queue
 import secrets
+import select
 import socket
 import ssl
 import threading
@@ -35,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20  # 1 MiB per read, write and hash update
 QUEUE_DEPTH = 4  # chunks waiting for the hashing thread; memory stays ~(QUEUE_DEPTH + 2) MiB
+# Plain HTTP bodies move socket -> pipe -> file inside the kernel (splice(2)) and are hashed from
+# the file's pages: one copy of each byte instead of two, and none through Python's buffers.
+SPLICE_WINDOW = 1 << 20  # bytes per splice, and per file range handed to the hashing thread
 USER_AGENT = "stencil-downloader/1"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Statuses that say "try again later" although they are 4xx; curl --retry agrees.
@@ -271,9 +282,17 @@ class _Hasher:
         """Hash buffer[:length]; the buffer returns to the free list afterwards."""
         self._work.put((buffer, length))
 
+    def submit_file_range(self, fd: int, offset: int, length: int) -> None:
+        """Hash bytes [offset, offset + length) of the open file `fd`, read from its pages."""
+        self._work.put((fd, offset, length))
+
     def reset(self) -> None:
-        """Start over: the bytes submitted so far are discarded (server restarted from zero)."""
+        """Start over: the bytes submitted so far are discarded (server restarted from zero).
+
+        Waits until the queued work is done: the caller truncates the file next, and a file
+        range being hashed must not vanish under its mapping."""
         self._work.put(self._RESET)
+        self._work.join()
 
     def finish(self) -> dict[str, str]:
         """Wait for the queued chunks and return {hashlib name: hex digest}."""
@@ -290,21 +309,51 @@ class _Hasher:
     def _run(self) -> None:
         while True:
             item = self._work.get()
-            if item is self._STOP:
-                return
-            if item is self._RESET:
-                self._hashes = self._new_hashes()
-                continue
-            buffer, length = item  # type: ignore[misc]
             try:
-                if self._error is None:
-                    with memoryview(buffer) as view, view[:length] as chunk:
-                        for h in self._hashes.values():
-                            h.update(chunk)
-            except BaseException as exc:  # reported by finish(); keep draining meanwhile
-                self._error = exc
+                if item is self._STOP:
+                    return
+                if item is self._RESET:
+                    self._hashes = self._new_hashes()
+                elif len(item) == 3:  # type: ignore[arg-type]
+                    self._hash_file_range(*item)  # type: ignore[misc]
+                else:
+                    self._hash_buffer(*item)  # type: ignore[misc]
             finally:
-                self._free.put(buffer)
+                self._work.task_done()
+
+    def _hash_buffer(self, buffer: bytearray, length: int) -> None:
+        try:
+            if self._error is None:
+                with memoryview(buffer) as view, view[:length] as chunk:
+                    for h in self._hashes.values():
+                        h.update(chunk)
+        except BaseException as exc:  # reported by finish(); keep draining meanwhile
+            self._error = exc
+        finally:
+            self._free.put(buffer)
+
+    def _hash_file_range(self, fd: int, offset: int, length: int) -> None:
+        if self._error is not None:
+            return
+        # The pages were just written: mapping them hashes the page cache itself, no copy.
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        skip = offset - start
+        try:
+            with (
+                mmap.mmap(
+                    fd,
+                    skip + length,
+                    flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                    prot=mmap.PROT_READ,
+                    offset=start,
+                ) as mapped,
+                memoryview(mapped) as view,
+                view[skip:] as chunk,
+            ):
+                for h in self._hashes.values():
+                    h.update(chunk)
+        except BaseException as exc:
+            self._error = exc
 
 
 @dataclass
@@ -340,6 +389,7 @@ class _Download:
     _tls: ssl.SSLContext | None = None  # built on the first https:// hop (maybe a redirect)
     _fd: int = -1
     _hasher: _Hasher | None = None
+    _splice_ok: bool | None = None  # whether the temporary file takes splice(2), once known
     _last_progress_call: float = float("-inf")  # the first chunk reports at once
 
     def run(
@@ -408,7 +458,8 @@ class _Download:
     def _open_temp(self) -> Path:
         """`.<name>.part-<random>` next to dest: same file system, so the rename is atomic."""
         tmp = self.dest.parent / f".{self.dest.name}.part-{secrets.token_hex(6)}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        # Read access too: spliced bodies are hashed from a mapping of this file.
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
             self._fd = os.open(tmp, flags, 0o666)  # the umask decides, as for any new file
         except OSError as exc:
@@ -458,7 +509,10 @@ class _Download:
                 body = self._accept(response, target)
                 self.final_url = redact_url(target.url)
                 self.content_type = response.getheader("Content-Type", "") or ""
-                self._read_body(response, body, target)
+                if self._can_splice(response, target):
+                    self._splice_body(response, body, target)
+                else:
+                    self._read_body(response, body, target)
                 return body.total
             finally:
                 conn.close()
@@ -605,6 +659,100 @@ class _Download:
                 retryable=True,
             )
 
+    def _can_splice(self, response: http.client.HTTPResponse, target: ResolvedTarget) -> bool:
+        """Plain HTTP with a Content-Length, onto a file system that takes splice(2) writes.
+        TLS bodies are decrypted in user space, chunked ones framed there: those are copied."""
+        if target.scheme != "http" or response.chunked or response.length is None:
+            return False
+        if not hasattr(os, "splice") or self._fd < 0:
+            return False
+        if self._splice_ok is None:
+            self._splice_ok = _file_takes_splice(self._fd, self.offset)
+        return self._splice_ok
+
+    def _splice_body(
+        self, response: http.client.HTTPResponse, body: _Body, target: ResolvedTarget
+    ) -> None:
+        """The body, socket -> pipe -> file in the kernel; the file's new ranges go to the
+        hashing thread as they land. Same rules as _read_body: limits, timeouts, short bodies."""
+        assert self._hasher is not None and body.length is not None
+        if self.max_bytes is not None and self.offset + body.length > self.max_bytes:
+            raise DownloadError(
+                f"{redact_url(target.url)} sends more than the limit of {self.max_bytes} bytes"
+            )
+        sock_fd = response.fileno()  # before a read that could close the response's file
+        received, last_byte_at = 0, time.monotonic()
+        hashed_to = self.offset
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(OSError):  # the default 64 KiB pipe still works
+                fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, SPLICE_WINDOW)
+            received = self._write_buffered_start(response, body.length, target)
+            poller = select.poll()
+            poller.register(sock_fd, select.POLLIN)
+            wait_ms = max(1, int(min(self.read_timeout, self.stall_timeout) * 1000))
+            while received < body.length:
+                try:
+                    count = os.splice(
+                        sock_fd, write_end, min(SPLICE_WINDOW, body.length - received)
+                    )
+                except BlockingIOError:  # the socket has a timeout, so it does not block
+                    if not poller.poll(wait_ms):
+                        raise self._network_error(TimeoutError(), target, last_byte_at) from None
+                    continue
+                except OSError as exc:
+                    raise self._network_error(exc, target, last_byte_at) from None
+                if not count:
+                    break
+                self._pipe_to_file(read_end, count)
+                self.offset += count
+                received += count
+                now = last_byte_at = time.monotonic()
+                if self.offset - hashed_to >= SPLICE_WINDOW:
+                    self._hasher.submit_file_range(self._fd, hashed_to, self.offset - hashed_to)
+                    hashed_to = self.offset
+                if now - self._last_progress_call >= self.progress_interval:
+                    self._report(body.total, now=now)
+        finally:
+            # Everything in the file is queued for hashing, as _read_body keeps it: a retry
+            # resumes from self.offset with the hash in step.
+            if self.offset > hashed_to:
+                self._hasher.submit_file_range(self._fd, hashed_to, self.offset - hashed_to)
+            os.close(read_end)
+            os.close(write_end)
+        if received < body.length:
+            raise DownloadError(
+                f"connection closed after {received} of {body.length} bytes from "
+                f"{redact_url(target.url)}",
+                retryable=True,
+            )
+
+    def _write_buffered_start(
+        self, response: http.client.HTTPResponse, length: int, target: ResolvedTarget
+    ) -> int:
+        """Body bytes http.client read along with the headers are in its buffer, not in the
+        socket: write those first. Returns how many."""
+        try:
+            pending = response.fp.peek() if length else b""
+            start = response.read(min(len(pending), length)) if pending else b""
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise self._network_error(exc, target, time.monotonic()) from None
+        if start:
+            try:
+                _write_all(self._fd, bytearray(start), len(start))
+            except OSError as exc:
+                raise DownloadError(f"cannot write {self.dest}: {exc.strerror}") from None
+            self.offset += len(start)
+        return len(start)
+
+    def _pipe_to_file(self, read_end: int, count: int) -> None:
+        while count:
+            try:
+                moved = os.splice(read_end, self._fd, count)
+            except OSError as exc:
+                raise DownloadError(f"cannot write {self.dest}: {exc.strerror}") from None
+            count -= moved
+
     def _report(self, total: int | None, *, now: float | None = None, final: bool = False) -> None:
         """Call progress; the final call always carries a total (the size, if none was known)."""
         if self.progress is None:
@@ -647,6 +795,24 @@ def _write_all(fd: int, buffer: bytearray, count: int) -> None:
         written = 0
         while written < count:
             written += os.write(fd, view[written : min(count, written + WRITE_SLICE)])
+
+
+def _file_takes_splice(fd: int, offset: int) -> bool:
+    """Whether splice(2) writes into this file (most local file systems; not every FUSE or
+    network one): one byte is spliced at the end of what is written, then cut off again."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        os.write(write_end, b"\0")
+        os.splice(read_end, fd, 1, offset_dst=offset)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+            raise DownloadError(f"cannot write the download: {exc.strerror}") from None
+        return False
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+        os.ftruncate(fd, offset)
 
 
 def _fsync_dir(folder: Path) -> None:
