@@ -238,10 +238,13 @@ def bench(size: int, server, src_dir: Path, pool: Path, workdir: Path, args, dea
         for kind in order:
             if kind.startswith("curl") and not dl.CURL.exists():
                 continue
+            if kind == "curl+sha256sum" and not args.sha256sum:
+                continue
             if time.monotonic() > deadline:
                 print(f"  time budget of {args.budget:.0f} s used up: stopping early")
                 return runs
             clear_pool(pool)
+            dl.settle()
             timeout = run_timeout(size, hard_deadline)
             server_cpu = server.cpu_seconds()
             if kind == "curl":
@@ -421,6 +424,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dir", default=None, help="where the temporary files go (default: the system's temp)"
+    )
+    parser.add_argument(
+        "--no-sha256sum",
+        dest="sha256sum",
+        action="store_false",
+        help="skip contestant (b), curl then sha256sum (a reference, not a target)",
     )
     parser.add_argument(
         "--budget",

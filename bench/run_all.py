@@ -31,10 +31,27 @@ from bench._common import RESULT_PREFIX, load_average  # noqa: E402
 BENCHES = [  # the limits add up to 20 minutes: one past its limit is stopped, shown so
     ("gc_sweep", ["gc_sweep.py"], 120),
     ("list_templates", ["list_templates.py"], 200),
-    ("download", ["download.py", "--sizes", "1,4", "--no-phases", "--budget", "130"], 180),
-    ("direct_download_0.25g", ["direct_download.py", "--size", "0.25", "--budget", "40"], 60),
-    ("direct_download_1g", ["direct_download.py", "--size", "1", "--budget", "70"], 100),
-    ("direct_download_4g", ["direct_download.py", "--size", "4", "--budget", "110"], 170),
+    # The downloads skip the curl-then-sha256sum reference (no target; half their time).
+    (
+        "download",
+        ["download.py", "--sizes", "1,4", "--no-phases", "--no-sha256sum"] + ["--budget", "200"],
+        260,
+    ),
+    (
+        "direct_download_0.25g",
+        ["direct_download.py", "--size", "0.25", "--no-sha256sum"] + ["--budget", "40"],
+        60,
+    ),
+    (
+        "direct_download_1g",
+        ["direct_download.py", "--size", "1", "--no-sha256sum"] + ["--budget", "70"],
+        100,
+    ),
+    (
+        "direct_download_4g",
+        ["direct_download.py", "--size", "4", "--no-sha256sum"] + ["--budget", "150"],
+        210,
+    ),
     ("deploy_storm", ["deploy_storm.py"], 100),
     ("deploy_latency", ["deploy_latency.py"], 100),
     ("fleet", ["fleet.py"], 170),
