@@ -18,8 +18,9 @@ sendfile(2)), and downloads it three times each, alternately, with
 It prints medians, the ratios to the targets below and MET/MISSED, then one more instrumented
 run of (c) per size that splits the reading thread's time (socket reads, file writes, waits for
 the hashing thread) from the hashing thread's, to explain a miss (those timers wrap the buffer
-path, which TLS and chunked bodies take; a plain-HTTP body is spliced and shows almost none), and a probe of page-cache
-write speed for 1 MiB against 256 KiB write() calls (`--no-phases` skips both).
+path, which TLS and chunked bodies take; a plain-HTTP body is spliced and shows almost none),
+and a probe of page-cache write speed for 1 MiB against 256 KiB write() calls (`--no-phases`
+skips both).
 `--write-slice 256` adds a what-if contestant: (c) with each os.write() cut to 256 KiB, patched
 in the child only. Every subprocess has a timeout, the server is always stopped and every file
 is removed at the end. No database, no network beyond 127.0.0.1. The page cache cannot be

@@ -143,7 +143,7 @@ def load(store_path: str, n_templates: int = N_TEMPLATES) -> dict:
             f"""
             INSERT INTO bench_vm (pk, st)
             SELECT k + k / 2 + 1, ({states})[j %% {len(ACTIVE_VM_STATES)} + 1]
-            FROM (SELECT j, (j * 7919) %% {n_active} AS k FROM generate_series(0, %s) j) s
+            FROM (SELECT j, (j::bigint * 7919) %% {n_active} AS k FROM generate_series(0, %s) j) s
             ORDER BY j
             """,
             [n_vms - inactive_vms - 1],
