@@ -5,6 +5,9 @@ grows with the catalogue) adds a count that stays cheap and a keyset cursor; doc
 what a client sees.
 """
 
+import json
+import threading
+import time
 from datetime import datetime
 
 from django.conf import settings
@@ -26,19 +29,45 @@ class StencilPagination(PageNumberPagination):
     max_page_size = 500
 
 
+# The planner's estimates, per worker process: (statement, params) -> (when, rows).
+ESTIMATE_TTL_SECONDS = 60.0
+ESTIMATE_CACHE_SIZE = 512
+_estimates: dict[tuple[str, tuple], tuple[float, int]] = {}
+_estimates_lock = threading.Lock()
+
+
 def estimated_rows(queryset: QuerySet) -> int | None:
-    """The planner's row estimate for the queryset (PostgreSQL), None elsewhere."""
+    """The planner's row estimate for the queryset (PostgreSQL), None elsewhere.
+
+    An estimate is a statistic that moves with ANALYZE, not with each insert: it is kept
+    ESTIMATE_TTL_SECONDS per worker process and statement (one per user and filter), so
+    a listing beyond the exact limit costs one EXPLAIN a minute, not one per request.
+    """
     if connection.vendor != "postgresql":
         return None
     sql, params = queryset.order_by().values("pk").query.sql_with_params()
+    key = (sql, tuple(str(param) for param in params))
+    now = time.monotonic()
+    cached = _estimates.get(key)
+    if cached is not None and now - cached[0] < ESTIMATE_TTL_SECONDS:
+        return cached[1]
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
         plan = cursor.fetchone()[0]
     if isinstance(plan, str):
-        import json
-
         plan = json.loads(plan)
-    return int(plan[0]["Plan"]["Plan Rows"])
+    rows = int(plan[0]["Plan"]["Plan Rows"])
+    with _estimates_lock:
+        if len(_estimates) >= ESTIMATE_CACHE_SIZE:
+            _estimates.clear()  # many users' statements: start over rather than track ages
+        _estimates[key] = (now, rows)
+    return rows
+
+
+def forget_estimates() -> None:
+    """Drop the cached estimates of this process (tests)."""
+    with _estimates_lock:
+        _estimates.clear()
 
 
 class _CappedCount(Subquery):
@@ -94,7 +123,10 @@ class TemplateListPagination(StencilPagination):
             offset = (number - 1) * page_size
             rows_queryset = queryset
         limit = settings.STENCIL_LISTING_EXACT_COUNT_LIMIT
-        visible = queryset.order_by().values("pk")[: limit + 1]
+        # Ordered by id, the count walks template_active_listing_idx (index only, in id
+        # order) and stops after `limit + 1` rows; unordered, the planner preferred the
+        # visibility index, whose private rows come first and fail the filter.
+        visible = queryset.order_by("pk").values("pk")[: limit + 1]
         counted = rows_queryset.annotate(_listing_count=_CappedCount(visible))
         rows = list(counted[offset : offset + page_size + 1])
         capped = rows[0]._listing_count if rows else visible.count()
