@@ -126,7 +126,13 @@ class TemplateListPagination(StencilPagination):
         # Ordered by id, the count walks template_active_listing_idx (index only, in id
         # order) and stops after `limit + 1` rows; unordered, the planner preferred the
         # visibility index, whose private rows come first and fail the filter.
-        visible = queryset.order_by("pk").values("pk")[: limit + 1]
+        visible = queryset.order_by("pk").values("pk")
+        # The rows' own annotations (reference counts: a subquery per kind) that no filter
+        # uses: the count leaves them out rather than resolve and relabel them a second time.
+        used = {ref.refs for ref in visible.query.where.get_refs()}
+        annotations = visible.query.annotations
+        visible.query.annotations = {k: v for k, v in annotations.items() if k in used}
+        visible = visible[: limit + 1]
         counted = rows_queryset.annotate(_listing_count=_CappedCount(visible))
         rows = list(counted[offset : offset + page_size + 1])
         capped = rows[0]._listing_count if rows else visible.count()
