@@ -130,3 +130,17 @@ def test_the_listing_fast_path_answers_what_the_serializer_fields_answer(api, re
     fast = TemplateSerializer(rows, many=True, context=context).data
     assert [dict(row) for row in fast] == [dict(row) for row in slow]
     assert [row["version"]["version_name"] for row in fast] == ["v2", ""]
+
+
+def test_filters_apply_and_reject_bad_values_while_an_unfiltered_page_skips_them(api, register):
+    register(name="alpha")
+    register(name="beta")
+    assert {row["name"] for row in api.get(LIST, {"page_size": 10}).data["results"]} == {
+        "alpha",
+        "beta",
+    }
+    assert [row["name"] for row in api.get(LIST, {"name": "alp"}).data["results"]] == ["alpha"]
+    bad = api.get(LIST, {"kind": "FLOPPY"})
+    assert bad.status_code == 400 and "kind" in bad.data
+    bad = api.get(LIST, {"templatefilter": "nonsense"})
+    assert bad.status_code == 400 and "templatefilter" in bad.data
