@@ -13,7 +13,9 @@ from .references import with_reference_count
 
 
 def account_ids_of(user: AbstractBaseUser) -> list[int]:
-    return list(Account.objects.filter(members=user).values_list("pk", flat=True))
+    """The accounts `user` is a member of (the membership rows alone: no join)."""
+    members = Account.members.through.objects.filter(user_id=user.pk)
+    return list(members.values_list("account_id", flat=True))
 
 
 def account_of(user: AbstractBaseUser) -> Account:
