@@ -1,6 +1,7 @@
 """Read queries shared by the API, admin and commands. Each returns a ready-to-use queryset."""
 
 import os
+from collections.abc import Collection
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Sum
@@ -42,10 +43,30 @@ def _shared_with(user: AbstractBaseUser) -> Exists:
     )
 
 
-def visible_to(user: AbstractBaseUser) -> Q:
+def _own(user: AbstractBaseUser, member_of: Collection[int] | None) -> Q:
+    if member_of is None:
+        return Q(_member_of(user, "account_id"))
+    return Q(account_id__in=member_of)
+
+
+def _shared(user: AbstractBaseUser, member_of: Collection[int] | None) -> Q:
+    if member_of is None:
+        return Q(_shared_with(user))
+    shared = Template.shared_with.through.objects.filter(
+        template_id=OuterRef("pk"), account_id__in=member_of
+    )
+    return Q(Exists(shared))
+
+
+def visible_to(user: AbstractBaseUser, *, member_of: Collection[int] | None = None) -> Q:
     """The one rule of who may see (and deploy) a template: public ones, the own account's,
-    and those shared with the user's account. Staff see everything (callers check)."""
-    return Q(is_public=True) | Q(_member_of(user, "account_id")) | Q(_shared_with(user))
+    and those shared with the user's account. Staff see everything (callers check).
+
+    `member_of`: the user's account ids (account_ids_of), when the caller has read them
+    already: the rule then compares ids instead of joining the membership rows in every
+    subquery (the listing, whose statement repeats the rule four times).
+    """
+    return Q(is_public=True) | _own(user, member_of) | _shared(user, member_of)
 
 
 def usable_by_account(account_id: int) -> Q:
@@ -65,20 +86,23 @@ def templates_visible_to(user: AbstractBaseUser) -> QuerySet[Template]:
 
 
 def _apply_template_filter(
-    queryset: QuerySet[Template], user: AbstractBaseUser, template_filter: str
+    queryset: QuerySet[Template],
+    user: AbstractBaseUser,
+    template_filter: str,
+    member_of: Collection[int] | None = None,
 ) -> QuerySet[Template]:
-    own = _member_of(user, "account_id")
+    own = _own(user, member_of)
     if template_filter == TemplateFilter.FEATURED:
         return queryset.filter(is_public=True, is_featured=True)
     if template_filter in (TemplateFilter.SELF, TemplateFilter.SELFEXECUTABLE):
         return queryset.filter(own)
     if template_filter == TemplateFilter.SHAREDEXECUTABLE:
-        return queryset.filter(_shared_with(user)).exclude(own)
+        return queryset.filter(_shared(user, member_of)).exclude(own)
     if template_filter == TemplateFilter.COMMUNITY:
         return queryset.filter(is_public=True, is_featured=False)
     if template_filter == TemplateFilter.ALL and user.is_staff:
         return queryset
-    return queryset.filter(visible_to(user))
+    return queryset.filter(visible_to(user, member_of=member_of))
 
 
 def template_list(
@@ -86,12 +110,14 @@ def template_list(
     user: AbstractBaseUser,
     template_filter: str = TemplateFilter.EXECUTABLE,
     states: list[str] | None = None,
+    member_of: Collection[int] | None = None,
 ) -> QuerySet[Template]:
     """The catalogue's listing: ACTIVE only unless staff asks for other states, every row the
-    filter admits (versions_app narrows it to one row per lineage)."""
+    filter admits (versions_app narrows it to one row per lineage). `member_of`: the user's
+    account ids if the caller read them (visible_to)."""
     states = listing_states(user, states)
     queryset = _apply_template_filter(
-        Template.objects.filter(state__in=states), user, template_filter
+        Template.objects.filter(state__in=states), user, template_filter, member_of
     )
     return with_listing_relations(queryset)
 
