@@ -1,9 +1,11 @@
 """Read queries shared by the API, admin and commands. Each returns a ready-to-use queryset."""
 
+import functools
 import os
 from collections.abc import Collection
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Sum
 
 from .choices import DownloadState, StoreRefState, TemplateFilter, TemplateState
@@ -140,22 +142,51 @@ def attach_listing_relations(templates: list[Template]) -> None:
     """Zones and details of a page of templates as plain lists (`listed_zones`: zone uuids,
     `listed_details`: key/value dicts), two queries for the page. The listing's hot path:
     prefetch_related builds a related manager and a queryset per row and relation, which cost
-    more than the page's SQL (docs/benchmarks.md)."""
+    more than the page's SQL (docs/benchmarks.md); two fixed statements (_listing_relations_sql)
+    spare building and compiling two querysets per request as well."""
     ids = [template.pk for template in templates]
     zones: dict[int, list] = {pk: [] for pk in ids}
     details: dict[int, list] = {pk: [] for pk in ids}
     if ids:
-        through = Template.zones.through.objects.filter(template_id__in=ids)
-        for template_id, zone_uuid in through.order_by("zone__name").values_list(
-            "template_id", "zone__uuid"
-        ):
-            zones[template_id].append(zone_uuid)
-        rows = TemplateDetail.objects.filter(template_id__in=ids).order_by("pk")
-        for template_id, key, value in rows.values_list("template_id", "key", "value"):
-            details[template_id].append({"key": key, "value": value})
+        zones_sql, details_sql = _listing_relations_sql()
+        in_ids = ", ".join(["%s"] * len(ids))
+        zone_uuid = Zone._meta.get_field("uuid").to_python  # SQLite stores it as text
+        with connection.cursor() as cursor:
+            cursor.execute(zones_sql.format(ids=in_ids), ids)
+            for template_id, uuid in cursor.fetchall():
+                zones[template_id].append(zone_uuid(uuid))
+            cursor.execute(details_sql.format(ids=in_ids), ids)
+            for template_id, key, value in cursor.fetchall():
+                details[template_id].append({"key": key, "value": value})
     for template in templates:
         template.listed_zones = zones[template.pk]
         template.listed_details = details[template.pk]
+
+
+@functools.cache
+def _listing_relations_sql() -> tuple[str, str]:
+    """A page's zones (by zone name) and details (in creation order), `{ids}` to fill in."""
+    q = connection.ops.quote_name
+    through = Template.zones.through._meta
+    template_col = q(through.get_field("template").column)
+    zone_col = q(through.get_field("zone").column)
+    zone = Zone._meta
+    detail = TemplateDetail._meta
+
+    def col(meta, name):
+        return q(meta.get_field(name).column)
+
+    zones = (
+        f"SELECT t.{template_col}, z.{col(zone, 'uuid')} FROM {q(through.db_table)} t "
+        f"JOIN {q(zone.db_table)} z ON z.{col(zone, 'id')} = t.{zone_col} "
+        f"WHERE t.{template_col} IN ({{ids}}) ORDER BY z.{col(zone, 'name')}"
+    )
+    details = (
+        f"SELECT {col(detail, 'template')}, {col(detail, 'key')}, {col(detail, 'value')} "
+        f"FROM {q(detail.db_table)} WHERE {col(detail, 'template')} IN ({{ids}}) "
+        f"ORDER BY {col(detail, 'id')}"
+    )
+    return zones, details
 
 
 def template_detail_queryset(*, user: AbstractBaseUser) -> QuerySet[Template]:
