@@ -38,11 +38,17 @@ class ReferenceProvider:
 
 
 _providers: dict[str, ReferenceProvider] = {}
+# The sum of every provider's count, built once per registry (with_reference_count): each
+# listing request annotates it, and building it is a queryset per provider. Annotating
+# resolves a copy, so the one expression serves every request.
+_reference_total: Any = None
 
 
 def register_reference(provider: ReferenceProvider) -> None:
     """Called by an upper layer's `AppConfig.ready()`; registering a kind again replaces it."""
+    global _reference_total
     _providers[provider.kind] = provider
+    _reference_total = None
 
 
 def reference_providers() -> list[ReferenceProvider]:
@@ -86,11 +92,19 @@ def describe_counts(counts: dict[str, int]) -> str:
     return ", ".join(words)
 
 
+def _total_of_counts() -> Any:
+    global _reference_total
+    total = _reference_total
+    if total is None:
+        counts = [_CountOf(p.live().order_by().values("pk")) for p in _providers.values()]
+        total = reduce(operator.add, counts, Value(0, output_field=IntegerField()))
+        _reference_total = total
+    return total
+
+
 def with_reference_count(queryset: QuerySet[Template]) -> QuerySet[Template]:
     """Annotate `references`: every live reference of every kind (a subquery per kind)."""
-    counts = [_CountOf(provider.live().order_by().values("pk")) for provider in _providers.values()]
-    total = reduce(operator.add, counts, Value(0, output_field=IntegerField()))
-    return queryset.annotate(references=total)
+    return queryset.annotate(references=_total_of_counts())
 
 
 def reference_rows(template: Template) -> list[dict[str, Any]]:

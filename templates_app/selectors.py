@@ -1,8 +1,11 @@
 """Read queries shared by the API, admin and commands. Each returns a ready-to-use queryset."""
 
+import functools
 import os
+from collections.abc import Collection
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Sum
 
 from .choices import DownloadState, StoreRefState, TemplateFilter, TemplateState
@@ -13,7 +16,9 @@ from .references import with_reference_count
 
 
 def account_ids_of(user: AbstractBaseUser) -> list[int]:
-    return list(Account.objects.filter(members=user).values_list("pk", flat=True))
+    """The accounts `user` is a member of (the membership rows alone: no join)."""
+    members = Account.members.through.objects.filter(user_id=user.pk)
+    return list(members.values_list("account_id", flat=True))
 
 
 def account_of(user: AbstractBaseUser) -> Account:
@@ -40,10 +45,30 @@ def _shared_with(user: AbstractBaseUser) -> Exists:
     )
 
 
-def visible_to(user: AbstractBaseUser) -> Q:
+def _own(user: AbstractBaseUser, member_of: Collection[int] | None) -> Q:
+    if member_of is None:
+        return Q(_member_of(user, "account_id"))
+    return Q(account_id__in=member_of)
+
+
+def _shared(user: AbstractBaseUser, member_of: Collection[int] | None) -> Q:
+    if member_of is None:
+        return Q(_shared_with(user))
+    shared = Template.shared_with.through.objects.filter(
+        template_id=OuterRef("pk"), account_id__in=member_of
+    )
+    return Q(Exists(shared))
+
+
+def visible_to(user: AbstractBaseUser, *, member_of: Collection[int] | None = None) -> Q:
     """The one rule of who may see (and deploy) a template: public ones, the own account's,
-    and those shared with the user's account. Staff see everything (callers check)."""
-    return Q(is_public=True) | Q(_member_of(user, "account_id")) | Q(_shared_with(user))
+    and those shared with the user's account. Staff see everything (callers check).
+
+    `member_of`: the user's account ids (account_ids_of), when the caller has read them
+    already: the rule then compares ids instead of joining the membership rows in every
+    subquery (the listing, whose statement repeats the rule four times).
+    """
+    return Q(is_public=True) | _own(user, member_of) | _shared(user, member_of)
 
 
 def usable_by_account(account_id: int) -> Q:
@@ -63,20 +88,23 @@ def templates_visible_to(user: AbstractBaseUser) -> QuerySet[Template]:
 
 
 def _apply_template_filter(
-    queryset: QuerySet[Template], user: AbstractBaseUser, template_filter: str
+    queryset: QuerySet[Template],
+    user: AbstractBaseUser,
+    template_filter: str,
+    member_of: Collection[int] | None = None,
 ) -> QuerySet[Template]:
-    own = _member_of(user, "account_id")
+    own = _own(user, member_of)
     if template_filter == TemplateFilter.FEATURED:
         return queryset.filter(is_public=True, is_featured=True)
     if template_filter in (TemplateFilter.SELF, TemplateFilter.SELFEXECUTABLE):
         return queryset.filter(own)
     if template_filter == TemplateFilter.SHAREDEXECUTABLE:
-        return queryset.filter(_shared_with(user)).exclude(own)
+        return queryset.filter(_shared(user, member_of)).exclude(own)
     if template_filter == TemplateFilter.COMMUNITY:
         return queryset.filter(is_public=True, is_featured=False)
     if template_filter == TemplateFilter.ALL and user.is_staff:
         return queryset
-    return queryset.filter(visible_to(user))
+    return queryset.filter(visible_to(user, member_of=member_of))
 
 
 def template_list(
@@ -84,12 +112,14 @@ def template_list(
     user: AbstractBaseUser,
     template_filter: str = TemplateFilter.EXECUTABLE,
     states: list[str] | None = None,
+    member_of: Collection[int] | None = None,
 ) -> QuerySet[Template]:
     """The catalogue's listing: ACTIVE only unless staff asks for other states, every row the
-    filter admits (versions_app narrows it to one row per lineage)."""
+    filter admits (versions_app narrows it to one row per lineage). `member_of`: the user's
+    account ids if the caller read them (visible_to)."""
     states = listing_states(user, states)
     queryset = _apply_template_filter(
-        Template.objects.filter(state__in=states), user, template_filter
+        Template.objects.filter(state__in=states), user, template_filter, member_of
     )
     return with_listing_relations(queryset)
 
@@ -112,22 +142,51 @@ def attach_listing_relations(templates: list[Template]) -> None:
     """Zones and details of a page of templates as plain lists (`listed_zones`: zone uuids,
     `listed_details`: key/value dicts), two queries for the page. The listing's hot path:
     prefetch_related builds a related manager and a queryset per row and relation, which cost
-    more than the page's SQL (docs/benchmarks.md)."""
+    more than the page's SQL (docs/benchmarks.md); two fixed statements (_listing_relations_sql)
+    spare building and compiling two querysets per request as well."""
     ids = [template.pk for template in templates]
     zones: dict[int, list] = {pk: [] for pk in ids}
     details: dict[int, list] = {pk: [] for pk in ids}
     if ids:
-        through = Template.zones.through.objects.filter(template_id__in=ids)
-        for template_id, zone_uuid in through.order_by("zone__name").values_list(
-            "template_id", "zone__uuid"
-        ):
-            zones[template_id].append(zone_uuid)
-        rows = TemplateDetail.objects.filter(template_id__in=ids).order_by("pk")
-        for template_id, key, value in rows.values_list("template_id", "key", "value"):
-            details[template_id].append({"key": key, "value": value})
+        zones_sql, details_sql = _listing_relations_sql()
+        in_ids = ", ".join(["%s"] * len(ids))
+        zone_uuid = Zone._meta.get_field("uuid").to_python  # SQLite stores it as text
+        with connection.cursor() as cursor:
+            cursor.execute(zones_sql.format(ids=in_ids), ids)
+            for template_id, uuid in cursor.fetchall():
+                zones[template_id].append(zone_uuid(uuid))
+            cursor.execute(details_sql.format(ids=in_ids), ids)
+            for template_id, key, value in cursor.fetchall():
+                details[template_id].append({"key": key, "value": value})
     for template in templates:
         template.listed_zones = zones[template.pk]
         template.listed_details = details[template.pk]
+
+
+@functools.cache
+def _listing_relations_sql() -> tuple[str, str]:
+    """A page's zones (by zone name) and details (in creation order), `{ids}` to fill in."""
+    q = connection.ops.quote_name
+    through = Template.zones.through._meta
+    template_col = q(through.get_field("template").column)
+    zone_col = q(through.get_field("zone").column)
+    zone = Zone._meta
+    detail = TemplateDetail._meta
+
+    def col(meta, name):
+        return q(meta.get_field(name).column)
+
+    zones = (
+        f"SELECT t.{template_col}, z.{col(zone, 'uuid')} FROM {q(through.db_table)} t "
+        f"JOIN {q(zone.db_table)} z ON z.{col(zone, 'id')} = t.{zone_col} "
+        f"WHERE t.{template_col} IN ({{ids}}) ORDER BY z.{col(zone, 'name')}"
+    )
+    details = (
+        f"SELECT {col(detail, 'template')}, {col(detail, 'key')}, {col(detail, 'value')} "
+        f"FROM {q(detail.db_table)} WHERE {col(detail, 'template')} IN ({{ids}}) "
+        f"ORDER BY {col(detail, 'id')}"
+    )
+    return zones, details
 
 
 def template_detail_queryset(*, user: AbstractBaseUser) -> QuerySet[Template]:

@@ -1,5 +1,7 @@
 """Reads about lineages: a base template (version 1) and its versions (2, 3, ...)."""
 
+from collections.abc import Collection
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import Exists, OuterRef, Q, QuerySet
@@ -24,7 +26,11 @@ def lineage_of(base_id: int) -> QuerySet[Template]:
     return Template.objects.filter(Q(pk=base_id) | Q(base_id=base_id)).order_by("version_number")
 
 
-def newer_version_exists(states: list[str], user: AbstractBaseUser | None = None) -> Exists:
+def newer_version_exists(
+    states: list[str],
+    user: AbstractBaseUser | None = None,
+    member_of: Collection[int] | None = None,
+) -> Exists:
     """For the outer template: its lineage has a higher-numbered version in one of `states`
     (with `user`, one that user may see: another account's private version hides nothing).
 
@@ -38,7 +44,7 @@ def newer_version_exists(states: list[str], user: AbstractBaseUser | None = None
         state__in=states,
     )
     if user is not None and not user.is_staff:
-        newer = newer.filter(catalogue.visible_to(user))
+        newer = newer.filter(catalogue.visible_to(user, member_of=member_of))
     return Exists(newer)
 
 
@@ -48,14 +54,19 @@ def template_list(
     template_filter: str = TemplateFilter.EXECUTABLE,
     states: list[str] | None = None,
     all_versions: bool = False,
+    member_of: Collection[int] | None = None,
 ) -> QuerySet[Template]:
     """The template listing: one row per lineage, its newest version in the listed states
     (ACTIVE: what 'latest' deploys), unless `all_versions`. Which version is newest does not
-    depend on the caller's filters."""
-    queryset = catalogue.template_list(user=user, template_filter=template_filter, states=states)
+    depend on the caller's filters. `member_of`: the user's account ids if the caller read
+    them (templates_app.selectors.visible_to)."""
+    queryset = catalogue.template_list(
+        user=user, template_filter=template_filter, states=states, member_of=member_of
+    )
     if all_versions:
         return queryset
-    return queryset.exclude(newer_version_exists(catalogue.listing_states(user, states), user))
+    states = catalogue.listing_states(user, states)
+    return queryset.exclude(newer_version_exists(states, user, member_of))
 
 
 def template_versions_list(*, user: AbstractBaseUser, template: Template) -> QuerySet[Template]:

@@ -5,6 +5,10 @@ grows with the catalogue) adds a count that stays cheap and a keyset cursor; doc
 what a client sees.
 """
 
+import json
+import threading
+import time
+from collections.abc import Hashable
 from datetime import datetime
 
 from django.conf import settings
@@ -26,19 +30,50 @@ class StencilPagination(PageNumberPagination):
     max_page_size = 500
 
 
-def estimated_rows(queryset: QuerySet) -> int | None:
-    """The planner's row estimate for the queryset (PostgreSQL), None elsewhere."""
+# The planner's estimates, per worker process: key -> (when, rows).
+ESTIMATE_TTL_SECONDS = 60.0
+ESTIMATE_CACHE_SIZE = 512
+_estimates: dict[Hashable, tuple[float, int]] = {}
+_estimates_lock = threading.Lock()
+
+
+def estimated_rows(queryset: QuerySet, *, key: Hashable | None = None) -> int | None:
+    """The planner's row estimate for the queryset (PostgreSQL), None elsewhere.
+
+    An estimate is a statistic that moves with ANALYZE, not with each insert: it is kept
+    ESTIMATE_TTL_SECONDS per worker process and `key` (what decides the statement; by
+    default the statement itself), so a listing beyond the exact limit costs one EXPLAIN a
+    minute, not one per request. A caller-given key spares compiling the statement on a hit.
+    """
     if connection.vendor != "postgresql":
         return None
-    sql, params = queryset.order_by().values("pk").query.sql_with_params()
+    sql = params = None
+    if key is None:
+        sql, params = queryset.order_by().values("pk").query.sql_with_params()
+        key = (sql, tuple(str(param) for param in params))
+    now = time.monotonic()
+    cached = _estimates.get(key)
+    if cached is not None and now - cached[0] < ESTIMATE_TTL_SECONDS:
+        return cached[1]
+    if sql is None:
+        sql, params = queryset.order_by().values("pk").query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
         plan = cursor.fetchone()[0]
     if isinstance(plan, str):
-        import json
-
         plan = json.loads(plan)
-    return int(plan[0]["Plan"]["Plan Rows"])
+    rows = int(plan[0]["Plan"]["Plan Rows"])
+    with _estimates_lock:
+        if len(_estimates) >= ESTIMATE_CACHE_SIZE:
+            _estimates.clear()  # many users' statements: start over rather than track ages
+        _estimates[key] = (now, rows)
+    return rows
+
+
+def forget_estimates() -> None:
+    """Drop the cached estimates of this process (tests)."""
+    with _estimates_lock:
+        _estimates.clear()
 
 
 class _CappedCount(Subquery):
@@ -94,7 +129,16 @@ class TemplateListPagination(StencilPagination):
             offset = (number - 1) * page_size
             rows_queryset = queryset
         limit = settings.STENCIL_LISTING_EXACT_COUNT_LIMIT
-        visible = queryset.order_by().values("pk")[: limit + 1]
+        # Ordered by id, the count walks template_active_listing_idx (index only, in id
+        # order) and stops after `limit + 1` rows; unordered, the planner preferred the
+        # visibility index, whose private rows come first and fail the filter.
+        visible = queryset.order_by("pk").values("pk")
+        # The rows' own annotations (reference counts: a subquery per kind) that no filter
+        # uses: the count leaves them out rather than resolve and relabel them a second time.
+        used = {ref.refs for ref in visible.query.where.get_refs()}
+        annotations = visible.query.annotations
+        visible.query.annotations = {k: v for k, v in annotations.items() if k in used}
+        visible = visible[: limit + 1]
         counted = rows_queryset.annotate(_listing_count=_CappedCount(visible))
         rows = list(counted[offset : offset + page_size + 1])
         capped = rows[0]._listing_count if rows else visible.count()
@@ -102,7 +146,7 @@ class TemplateListPagination(StencilPagination):
         rows = rows[:page_size]
         self.count_is_estimate = capped > limit
         if self.count_is_estimate:
-            estimate = estimated_rows(queryset)
+            estimate = estimated_rows(queryset, key=self._statement_key(request))
             if estimate is None:  # SQLite (the demo): small catalogues, an exact count is fine
                 self.count_is_estimate = False
                 self.count = queryset.count()
@@ -120,6 +164,16 @@ class TemplateListPagination(StencilPagination):
                 [last.created_at.isoformat(), last.pk], salt=CURSOR_SALT, compress=True
             )
         return rows
+
+    def _statement_key(self, request) -> tuple:
+        """What decides the listing's rows: the path, the caller and every query parameter
+        but those that only pick a page of them."""
+        page_only = {self.page_query_param, self.page_size_query_param, self.cursor_query_param}
+        params = tuple(
+            sorted((k, tuple(v)) for k, v in request.query_params.lists() if k not in page_only)
+        )
+        user = request.user
+        return (request.path, user.pk, user.is_staff, params)
 
     def _decode(self, raw: str) -> tuple[datetime, int]:
         try:

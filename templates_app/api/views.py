@@ -68,8 +68,22 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
                     "templatefilter", TemplateFilter.EXECUTABLE
                 ),
                 states=self.request.query_params.getlist("state"),
+                member_of=self.member_of(),
             )
         return selectors.template_detail_queryset(user=user)
+
+    def member_of(self) -> list[int]:
+        """The caller's account ids, read once per request: the listing's visibility rule
+        and the serializer's secrets rule both use them."""
+        if not hasattr(self, "_member_of"):
+            self._member_of = selectors.account_ids_of(self.request.user)
+        return self._member_of
+
+    def get_serializer_context(self) -> dict:
+        context = super().get_serializer_context()
+        if self.action == "list" and not getattr(self, "swagger_fake_view", False):
+            context["member_of"] = set(self.member_of())
+        return context
 
     def get_serializer_class(self):
         return TemplateSerializer if self.action == "list" else TemplateDetailViewSerializer

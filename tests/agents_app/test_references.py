@@ -112,3 +112,33 @@ def test_a_store_copy_moves_both_state_fields_in_one_step(register):
     ref.step("fail_download")
     assert (ref.download_state, ref.state) == ("DOWNLOAD_ERROR", "ALLOCATED")
     assert TemplateStoreRef.objects.get(pk=ref.pk).download_state == "NOT_DOWNLOADED"
+
+
+def test_a_kind_registered_later_counts_in_the_listing(register, api):
+    """The listing's sum of counts is built once; registering a kind rebuilds it."""
+    from django.db.models import OuterRef
+
+    from templates_app import references
+    from templates_app.models import TemplateDetail
+
+    register(name="detailed", details={"a": "1", "b": "2"})
+    listed = api.get("/api/v1/templates/").data["results"]
+    assert [row["references"] for row in listed if row["name"] == "detailed"] == [0]
+    saved = dict(references._providers)
+    try:
+        references.register_reference(
+            references.ReferenceProvider(
+                kind="detail",
+                label="detail",
+                live=lambda: TemplateDetail.objects.filter(template_id=OuterRef("pk")),
+                rows_for=lambda t: [],
+            )
+        )
+        listed = api.get("/api/v1/templates/").data["results"]
+        assert [row["references"] for row in listed if row["name"] == "detailed"] == [2]
+    finally:
+        references._providers.clear()
+        references._providers.update(saved)
+        references._reference_total = None
+    listed = api.get("/api/v1/templates/").data["results"]
+    assert [row["references"] for row in listed if row["name"] == "detailed"] == [0]

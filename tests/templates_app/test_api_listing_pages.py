@@ -5,6 +5,16 @@ import pytest
 LIST = "/api/v1/templates/"
 
 
+@pytest.fixture(autouse=True)
+def no_cached_estimates():
+    """The planner's estimates are kept per process: each test starts without any."""
+    from templates_app.api.pagination import forget_estimates
+
+    forget_estimates()
+    yield
+    forget_estimates()
+
+
 @pytest.fixture
 def catalogue(register, settings):
     settings.STENCIL_LISTING_EXACT_COUNT_LIMIT = 3
@@ -83,6 +93,24 @@ def test_listing_queries_stay_bounded_with_estimates_and_cursors(
         assert len(api.get(LIST, {"page_size": 3, "cursor": ""}).data["results"]) == 3
 
 
+def test_the_estimate_is_asked_once_a_minute_not_on_every_request(
+    api, catalogue, django_assert_num_queries
+):
+    # First listing beyond the limit: the page's statement, one EXPLAIN, zones, details,
+    # the caller's accounts. The next ones within ESTIMATE_TTL_SECONDS reuse the estimate.
+    with django_assert_num_queries(5):
+        first = api.get(LIST, {"page_size": 3}).data
+    with django_assert_num_queries(4):
+        again = api.get(LIST, {"page_size": 3}).data
+    assert (again["count"], again["count_is_estimate"]) == (first["count"], True)
+    with django_assert_num_queries(4):
+        deeper = api.get(LIST, {"page_size": 3, "cursor": first["next_cursor"]}).data
+    assert deeper["count"] == first["count"]
+    # Another filter is another statement: it gets its own estimate.
+    with django_assert_num_queries(5):
+        assert api.get(LIST, {"page_size": 3, "name": "t0"}).data["count_is_estimate"] is True
+
+
 def test_the_listing_fast_path_answers_what_the_serializer_fields_answer(api, register, user, rf):
     from rest_framework.request import Request
 
@@ -105,3 +133,17 @@ def test_the_listing_fast_path_answers_what_the_serializer_fields_answer(api, re
     fast = TemplateSerializer(rows, many=True, context=context).data
     assert [dict(row) for row in fast] == [dict(row) for row in slow]
     assert [row["version"]["version_name"] for row in fast] == ["v2", ""]
+
+
+def test_filters_apply_and_reject_bad_values_while_an_unfiltered_page_skips_them(api, register):
+    register(name="alpha")
+    register(name="beta")
+    assert {row["name"] for row in api.get(LIST, {"page_size": 10}).data["results"]} == {
+        "alpha",
+        "beta",
+    }
+    assert [row["name"] for row in api.get(LIST, {"name": "alp"}).data["results"]] == ["alpha"]
+    bad = api.get(LIST, {"kind": "FLOPPY"})
+    assert bad.status_code == 400 and "kind" in bad.data
+    bad = api.get(LIST, {"templatefilter": "nonsense"})
+    assert bad.status_code == 400 and "templatefilter" in bad.data

@@ -46,6 +46,7 @@ class TemplateViewSet(catalogue_views.TemplateViewSet):
             template_filter=request.query_params.get("templatefilter", TemplateFilter.EXECUTABLE),
             states=request.query_params.getlist("state"),
             all_versions=catalogue_views.query_flag(request, "all_versions"),
+            member_of=self.member_of(),
         )
 
     def register(self, serializer: TemplateCreateSerializer) -> Template:
