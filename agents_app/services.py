@@ -141,7 +141,14 @@ def _lock_usable_template(
 def _reserve_vm_slot(account: Account) -> None:
     """Refuse a new VM past the account's `max_vms`; the account row lock makes concurrent
     creates count one another. Taken after the template's lock, in the order a deactivation
-    takes them (template, then the account it releases), so the two never deadlock."""
+    takes them (template, then the account it releases), so the two never deadlock.
+
+    An account with no limit has nothing to count, and takes no lock: the lock serialized
+    every deploy of the account (50 concurrent deploys queued on it for up to 1.7 s). A limit
+    set meanwhile applies from its commit on; a deploy that read "no limit" before it is one
+    that would have gone first under the lock too."""
+    if Account.objects.filter(pk=account.pk).values_list("max_vms", flat=True).get() is None:
+        return
     locked = Account.objects.select_for_update().get(pk=account.pk)
     if locked.max_vms is None:
         return

@@ -7,7 +7,9 @@ reads its settings, so a benchmark never touches the tests' data.
 
 import itertools
 import os
+import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -315,3 +317,133 @@ def report(bench: str, rows: list[dict]) -> None:
             f"  {verdict}"
         )
     print(RESULT_PREFIX + json.dumps({"bench": bench, "load": load, "rows": rows}))
+
+
+# Real agents (manage.py run_agent) for the benchmarks that deploy through a broker -----------
+
+AGENT_START_SECONDS = 60
+
+
+def purge_host_queue(name: str) -> int:
+    """Drop the messages left on host.<name> by earlier runs (a run stopped half way leaves
+    deploys of VMs that the truncate removed): an agent must start on an empty queue."""
+    from project.celery import app
+
+    with app.connection_for_write() as conn:
+        return conn.default_channel.queue_purge(f"host.{name}") or 0
+
+
+def start_agent(
+    name: str, zone: str, uri: str, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Start `manage.py run_agent` for host `name` (its own process group) on an emptied queue,
+    and return once its worker answers a ping. Its output goes to `log`."""
+    import socket
+    import time
+
+    from project.celery import app
+
+    purged = purge_host_queue(name)
+    if purged:
+        print(f"  purged {purged} stale message(s) from host.{name}")
+    env = {
+        **os.environ,
+        "STENCIL_URL_ALLOW_LOOPBACK": "true",
+        "LOG_LEVEL": "WARNING",
+        **(env or {}),
+    }
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "run_agent", "--name", name, "--zone", zone]
+            + ["--libvirt-uri", uri, "--loglevel", "WARNING"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = f"agent-{name}@{socket.gethostname()}"
+    deadline = time.monotonic() + AGENT_START_SECONDS
+    while time.monotonic() < deadline and proc.poll() is None:
+        if app.control.ping(destination=[worker], timeout=0.5):
+            return proc
+    stop_agent(proc)
+    raise RuntimeError(f"the agent did not start:\n{log.read_text(errors='replace')[-2000:]}")
+
+
+def stop_agent(proc: subprocess.Popen) -> None:
+    """SIGTERM the agent's process group (its qemu-img children too); SIGKILL after 15 s."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+class StateWatcher:
+    """One thread that polls the database for VMs leaving STARTING, for every client at once
+    (one poller per client made 8 clients cost 800 queries a second beside the deploys).
+
+    `watch(uuid)` before the VM can leave STARTING, then `wait(uuid, timeout)` returns
+    (state, perf_counter() when it was seen out of STARTING)."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.pending: dict[str, threading.Event] = {}
+        self.seen: dict[str, tuple[str, float]] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="state-watcher")
+
+    def __enter__(self) -> "StateWatcher":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def watch(self, vm_uuid) -> None:
+        with self.lock:
+            self.pending[str(vm_uuid)] = threading.Event()
+
+    def wait(self, vm_uuid, timeout: float) -> tuple[str, float] | None:
+        key = str(vm_uuid)
+        with self.lock:
+            event = self.pending.get(key)
+        if event is None or not event.wait(timeout):
+            return None
+        with self.lock:
+            del self.pending[key]
+            return self.seen.pop(key)
+
+    def _run(self) -> None:
+        import time
+
+        from django.db import connection
+
+        from agents_app.models import VirtualMachine
+
+        try:
+            while not self.stop.wait(self.interval):
+                with self.lock:
+                    keys = [k for k, e in self.pending.items() if not e.is_set()]
+                if not keys:
+                    continue
+                done = (
+                    VirtualMachine.objects.filter(uuid__in=keys)
+                    .exclude(state="STARTING")
+                    .values_list("uuid", "state")
+                )
+                now = time.perf_counter()
+                with self.lock:
+                    for vm_uuid, state in done:
+                        key = str(vm_uuid)
+                        self.seen[key] = (state, now)
+                        self.pending[key].set()
+        finally:
+            connection.close()

@@ -3,19 +3,17 @@
 A real agent (`manage.py run_agent`, a Celery worker on the host's queue, libvirt test driver)
 on the Redis broker of CELERY_BROKER_URL (default redis://127.0.0.1:6379/14); the API is called
 in-process (DRF's APIClient, a non-staff member of the account), and each deploy is timed
-until its VM leaves STARTING (polled every 10 ms). p50/p95 over 50 sequential deploys, then
-over 50 deploys from 8 concurrent clients. Target: p50 < 300 ms. Database: stencil_bench
-(bench/_common.py), truncated first.
+until its VM leaves STARTING (one watcher thread polls every 10 ms for all clients). p50/p95
+over 50 sequential deploys, then over 50 deploys from 8 concurrent clients. Target: p50 <
+300 ms. Database: stencil_bench (bench/_common.py), truncated first.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/stencil .venv/bin/python bench/deploy_latency.py
 """
 
+import contextlib
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,44 +37,7 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered)) - 1))]
 
 
-def start_agent(name: str, zone: str, uri: str, log: Path) -> subprocess.Popen:
-    from project.celery import app
-
-    env = {**os.environ, "STENCIL_URL_ALLOW_LOOPBACK": "true", "LOG_LEVEL": "WARNING"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "manage.py", "run_agent", "--name", name, "--zone", zone]
-            + ["--libvirt-uri", uri, "--loglevel", "WARNING"],
-            cwd=_common.REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    worker = f"agent-{name}@{socket.gethostname()}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if app.control.ping(destination=[worker], timeout=0.5):
-            return proc
-    stop(proc)
-    raise RuntimeError(f"the agent did not start:\n{log.read_text(errors='replace')[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def deploy_once(client, template, zone, name: str) -> float:
-    from django.db import connection
-
-    from agents_app.models import VirtualMachine
-
+def deploy_once(client, watcher, template, zone, name: str) -> float:
     start = time.perf_counter()
     response = client.post(
         "/api/v1/vms/",
@@ -86,32 +47,27 @@ def deploy_once(client, template, zone, name: str) -> float:
     )
     assert response.status_code == 201, (response.status_code, response.content[:300])
     vm_uuid = response.data["id"]
-    deadline = time.monotonic() + DEPLOY_TIMEOUT
-    while time.monotonic() < deadline:
-        state = VirtualMachine.objects.filter(uuid=vm_uuid).values_list("state", flat=True)[0]
-        if state != "STARTING":
-            break
-        time.sleep(0.01)
-    else:
+    watcher.watch(vm_uuid)
+    seen = watcher.wait(vm_uuid, DEPLOY_TIMEOUT)
+    if seen is None:
         raise RuntimeError(f"{name}: still STARTING after {DEPLOY_TIMEOUT:.0f} s")
-    elapsed = (time.perf_counter() - start) * 1000
-    if threading.current_thread() is not threading.main_thread():
-        connection.close()  # each client thread's own connection, not kept across deploys
+    state, at = seen
     assert state == "RUNNING", f"{name}: {state}"
-    return elapsed
+    return (at - start) * 1000
 
 
 def main() -> int:
     os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
     _common.setup_django()
     from django.contrib.auth import get_user_model
-    from django.db import connections
+    from django.db import connection, connections
     from rest_framework.test import APIClient
 
     from bench import deploy_storm
 
     workdir = Path(tempfile.mkdtemp(prefix="stencil-bench-latency-"))
     agent = None
+    stack = contextlib.ExitStack()
     try:
         fx = deploy_storm.make_fixture(workdir)
         template, _ = deploy_storm.make_template(
@@ -121,7 +77,9 @@ def main() -> int:
         User.objects.filter(username="bench-deployer").delete()
         user = User.objects.create_user(username="bench-deployer", password=None)
         fx["account"].members.add(user)
-        agent = start_agent(fx["host"].name, fx["zone"].name, fx["uri"], workdir / "agent.log")
+        agent = _common.start_agent(
+            fx["host"].name, fx["zone"].name, fx["uri"], workdir / "agent.log"
+        )
         print(f"agent {fx['host'].name} up (pid {agent.pid}); load {_common.load_average()}")
 
         def client():
@@ -129,10 +87,12 @@ def main() -> int:
             api.force_authenticate(user)
             return api
 
-        warm = deploy_once(client(), template, fx["zone"], "warm-0")
+        watcher = stack.enter_context(_common.StateWatcher())
+        warm = deploy_once(client(), watcher, template, fx["zone"], "warm-0")
         print(f"  first deploy (pool copy made): {warm:.0f} ms")
         sequential = [
-            deploy_once(client(), template, fx["zone"], f"seq-{n}") for n in range(SEQUENTIAL)
+            deploy_once(client(), watcher, template, fx["zone"], f"seq-{n}")
+            for n in range(SEQUENTIAL)
         ]
         print(
             f"  {SEQUENTIAL} sequential: p50 {statistics.median(sequential):.0f} ms, "
@@ -150,9 +110,10 @@ def main() -> int:
                 with lock:
                     n = next(names, None)
                 if n is None:
+                    connection.close()  # this client thread's own connection
                     return
                 try:
-                    ms = deploy_once(api, template, fx["zone"], f"conc-{n}")
+                    ms = deploy_once(api, watcher, template, fx["zone"], f"conc-{n}")
                 except Exception as exc:  # reported below; the other clients go on
                     with lock:
                         errors.append(repr(exc))
@@ -175,8 +136,9 @@ def main() -> int:
         for error in errors[:5]:
             print(f"    failed: {error}")
     finally:
+        stack.close()
         if agent is not None:
-            stop(agent)
+            _common.stop_agent(agent)
         shutil.rmtree(workdir, ignore_errors=True)
     rows = [
         {

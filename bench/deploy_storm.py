@@ -7,23 +7,25 @@ Run from the repository root (`make bench`):
 Whatever database DATABASE_URL names, this script uses `stencil_bench` (created and migrated
 here; its catalogue tables are truncated first). The host is libvirt's in-process test driver
 (a node XML whose `dir` pool is a real directory): libvirt writes no bytes, our qemu-img calls
-write every one of them. Deploy tasks go to an in-memory Celery broker (CELERY_BROKER_URL is
-forced to memory://): the threads here play the host's agent themselves. Before each timed copy
+write every one of them. The host side is a real agent (`manage.py run_agent`, a Celery worker
+on the host's queue) on the Redis broker of CELERY_BROKER_URL (default redis://127.0.0.1:6379/14),
+started on an emptied queue. Before each timed copy
 the source image is synced and dropped from the page cache (posix_fadvise DONTNEED, this file
 only), so every timed copy reads it from disk as a copy from a mounted image store would.
 
 1. One copy alone: `pool_copy_ensure` of a 1 GiB qcow2 full of data for a fresh template, twice
    before the storm and once after it (fresh templates, same bytes); the median of the three is
    "one copy's time" (on a small VM single copies of the same bytes vary several-fold).
-2. The storm: 50 threads released together by a barrier, each `vm_deploy` then
-   `vm_deploy_on_host`, for a fresh template with the same bytes. Exactly one pool copy must
-   be made; target: all 50 RUNNING within 1.5 x one copy's time. A deploy that finds the copy
-   being made returns at once, waiting on it; the copy's finish re-queues it (`vm_deploy_task`
-   on the host's queue), and its thread, playing the agent, runs that re-queued deploy.
+2. The storm: 50 threads released together by a barrier, each `vm_deploy` (the API's service)
+   for a fresh template with the same bytes; the agent runs the 50 `vm_deploy_task`s. Exactly
+   one pool copy must be made; target: all 50 RUNNING within 1.5 x one copy's time. A deploy
+   that finds the copy being made returns at once, waiting on it; the copy's finish re-queues
+   it on the host's queue. A sampler reports the longest transaction open meanwhile.
    2b. The same 50 deploys again once the copy exists: the fixed cost of 50 deploys, which
    the storm pays on top of its copy.
 3. Linked clones: with the pool copies in place, a CACHE deploy (overlay, define, start) of a
-   1 GiB template and of a sparse 8 GiB one, median of 5 each. Target: within 1.2 x.
+   1 GiB template and of a sparse 8 GiB one, median of 5 each, run in this process (the agent
+   is stopped first). Target: within 1.2 x. Their SQL statements per deploy are counted.
 
 Every file (images, pool, node XML) lives in one temporary directory removed at the end.
 """
@@ -221,25 +223,15 @@ def one_copy(fx: dict, template, source: Path, label: str) -> float:
 
 
 def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
-    """STORM threads, released together, each vm_deploy then vm_deploy_on_host."""
+    """STORM threads, released together, each `vm_deploy` (the API's service); the real agent
+    (run_agent on the Redis broker) does the host side. Each thread's deploy ends when the
+    watcher sees its VM out of STARTING."""
     from django.db import connection, connections
 
     from agents_app import services as vm_services
-    from agents_app.agent import tasks, virt
-    from agents_app.agent.vms import vm_deploy_on_host
-
-    # The host queue, played here: a re-queued deploy wakes its VM's thread, which runs it.
-    requeued: dict[int, dict] = {}
-    woken = {n: threading.Event() for n in range(STORM)}
-    vm_thread: dict[int, int] = {}
-
-    def requeue(kwargs=None, queue=None, **options):
-        requeued[kwargs["vm_id"]] = kwargs
-        if kwargs["vm_id"] in vm_thread:
-            woken[vm_thread[kwargs["vm_id"]]].set()
+    from agents_app.models import VirtualMachine
 
     started: list[float] = []
-    converts: list[float] = []
     barrier = threading.Barrier(
         STORM, action=lambda: started.extend((time.perf_counter(), time.time()))
     )
@@ -247,7 +239,7 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
     statements = Counter()
     statements_lock = threading.Lock()
 
-    def deploy(n: int) -> None:
+    def deploy(n: int, watcher) -> None:
         counted = Counter()
 
         def count(execute, sql, params, many, context):
@@ -267,16 +259,19 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
                     account=fx["account"],
                     actor=None,
                 )
-                t1 = time.perf_counter()
-                vm_thread[vm.pk] = n
-                vm = vm_deploy_on_host(vm_id=vm.pk)
-                if vm.state == "STARTING" and woken[n].wait(timeout=STORM_JOIN_SECONDS):
-                    vm = vm_deploy_on_host(**requeued[vm.pk])
-            t2 = time.perf_counter()
+            t1 = time.perf_counter()
+            watcher.watch(vm.uuid)
+            seen = watcher.wait(vm.uuid, STORM_JOIN_SECONDS)
+            if seen is None:
+                raise RuntimeError(f"still STARTING after {STORM_JOIN_SECONDS:.0f} s")
+            state, t2 = seen
+            error, disk = VirtualMachine.objects.values_list("error_text", "root_disk_path").get(
+                pk=vm.pk
+            )
             result = {
-                "state": vm.state,
-                "error": vm.error_text,
-                "disk": vm.root_disk_path,
+                "state": state,
+                "error": error,
+                "disk": disk,
                 "api": t1 - t0,
                 "agent": t2 - t1,
                 "api_end": t1,
@@ -291,16 +286,11 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
             connections.close_all()
 
     cold(source)
-    threads = [
-        threading.Thread(target=deploy, args=(n,), name=f"storm-{n}", daemon=True)
-        for n in range(STORM)
-    ]
-    real_apply_async = tasks.vm_deploy_task.apply_async
-    tasks.vm_deploy_task.apply_async = requeue
-    with (
-        timed(virt, "qemu_img_convert", converts),
-        _restored(tasks.vm_deploy_task, real_apply_async),
-    ):
+    with _common.StateWatcher() as watcher, TransactionSampler() as held:
+        threads = [
+            threading.Thread(target=deploy, args=(n, watcher), name=f"storm-{n}", daemon=True)
+            for n in range(STORM)
+        ]
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + STORM_JOIN_SECONDS
@@ -313,16 +303,41 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
         "results": results,
         "alive": alive,
         "statements": statements,
-        "converts": converts,
+        "held": held.longest,
     }
 
 
-@contextlib.contextmanager
-def _restored(task, apply_async):
-    try:
-        yield
-    finally:
-        task.apply_async = apply_async
+class TransactionSampler:
+    """Samples pg_stat_activity every 20 ms during a storm: the longest-open transaction of any
+    other session of this database (a waiting deploy holding one would show here)."""
+
+    def __init__(self):
+        self.longest = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        try:
+            with connection.cursor() as cursor:
+                while not self.stop.wait(0.02):
+                    cursor.execute(
+                        "SELECT COALESCE(MAX(EXTRACT(EPOCH FROM now() - xact_start)), 0) "
+                        "FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+                    )
+                    self.longest = max(self.longest, float(cursor.fetchone()[0]))
+        finally:
+            connection.close()
 
 
 def copy_events(ref) -> dict:
@@ -369,8 +384,7 @@ def report_storm(fx: dict, template, run_: dict, alone_seconds: list[float]):
             copied = events["DOWNLOADED"].timestamp() - run_["started_epoch"]
             print(
                 f"    timeline after the barrier: copy claimed at {claimed:.2f} s, DOWNLOADED "
-                f"at {copied:.2f} s: the copy took {copied - claimed:.2f} s in the storm, "
-                f"of which qemu-img convert {sum(run_['converts']):.2f} s "
+                f"at {copied:.2f} s: the copy took {copied - claimed:.2f} s in the storm "
                 f"(one copy alone: {copy_seconds:.2f} s)"
             )
             timeline = (claimed, copied)
@@ -393,16 +407,17 @@ def report_storm(fx: dict, template, run_: dict, alone_seconds: list[float]):
             "after the barrier"
         )
         print(
-            "  vm_deploy_on_host (agent side; a waiter's until its re-queued run ends): "
+            "  agent side (vm_deploy committed to RUNNING seen; a waiter's includes its wait): "
             f"median {statistics.median(agent):.2f} s, max {agent[-1]:.2f} s"
         )
         print(
             f"  deploys finished after: first {ends[0]:.2f} s, median "
             f"{statistics.median(ends):.2f} s, last {ends[-1]:.2f} s"
         )
+    print(f"  longest transaction open during the storm (any session): {run_['held']:.3f} s")
     statements = run_["statements"]
     print(
-        f"  SQL statements issued by the {STORM} threads: {sum(statements.values())} "
+        f"  SQL statements issued by the {STORM} API-side threads: {sum(statements.values())} "
         f"({', '.join(f'{k} {v}' for k, v in statements.most_common())})"
     )
     backings = {backing_of(r["disk"]) for r in done if r["state"] == "RUNNING"}
@@ -483,10 +498,22 @@ def report_floor(template, run_: dict, storm_wall: float | None) -> tuple[bool, 
     return ok, line
 
 
+@contextlib.contextmanager
+def _not_sent(task):
+    real = task.apply_async
+    task.apply_async = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        task.apply_async = real
+
+
 def linked_clones(fx: dict, small, big) -> tuple[bool, str]:
     """Median time of a CACHE deploy on an existing pool copy, 1 GiB vs 8 GiB template."""
+    from django.db import connection
+
     from agents_app import services as vm_services
-    from agents_app.agent import virt, vms
+    from agents_app.agent import tasks, virt, vms
     from agents_app.agent.pool_copies import pool_copy_ensure
     from templates_app.images.qemu import run_qemu_img
 
@@ -504,7 +531,18 @@ def linked_clones(fx: dict, small, big) -> tuple[bool, str]:
     timings: dict[str, dict[str, list[float]]] = {}
     sizes: dict[str, tuple[int, int]] = {}
     pair = (("1 GiB", small), ("8 GiB", big))
-    with timed(virt, "write_overlay", overlay_times):
+    statements: list[int] = []
+    calls = [0]
+
+    def count(execute, sql, params, many, context):
+        calls[0] += 1
+        return execute(sql, params, many, context)
+
+    # This process runs the host side here: the tasks vm_deploy sends go nowhere.
+    with (
+        timed(virt, "write_overlay", overlay_times),
+        _not_sent(tasks.vm_deploy_task),
+    ):
         for round_ in range(-CLONE_WARMUP, CLONE_RUNS):  # rounds < 0 warm up, not counted
             # Alternate which size goes first (ABBA), so that a drift in load hits both alike.
             for label, template in pair if round_ % 2 else pair[::-1]:
@@ -515,8 +553,10 @@ def linked_clones(fx: dict, small, big) -> tuple[bool, str]:
                     account=fx["account"],
                     actor=None,
                 )
+                calls[0] = 0
                 start = time.perf_counter()
-                vm = vms.vm_deploy_on_host(vm_id=vm.pk)
+                with connection.execute_wrapper(count):
+                    vm = vms.vm_deploy_on_host(vm_id=vm.pk)
                 seconds = time.perf_counter() - start
                 if vm.state != "RUNNING":
                     raise RuntimeError(f"clone deploy failed: {vm.error_text}")
@@ -530,6 +570,7 @@ def linked_clones(fx: dict, small, big) -> tuple[bool, str]:
                     entry = timings.setdefault(label, {"deploy": [], "overlay": []})
                     entry["deploy"].append(seconds)
                     entry["overlay"].append(overlay_times[-1])
+                    statements.append(calls[0])
 
     medians = {label: statistics.median(t["deploy"]) for label, t in timings.items()}
     for label, t in timings.items():
@@ -539,6 +580,10 @@ def linked_clones(fx: dict, small, big) -> tuple[bool, str]:
             f"median {statistics.median(t['overlay']) * 1000:.1f} ms; overlay: virtual "
             f"{sizes[label][0] / GIB:.0f} GiB, file {sizes[label][1] / 1024:.0f} KiB"
         )
+    print(
+        f"  SQL statements per deploy on the host side (vm_deploy_on_host): median "
+        f"{statistics.median(statements):.0f} (min {min(statements)}, max {max(statements)})"
+    )
     ratio = medians["8 GiB"] / medians["1 GiB"]
     spread = max(ratio, 1 / ratio)
     met = spread <= CLONE_TARGET
@@ -561,8 +606,8 @@ def linked_clones(fx: dict, small, big) -> tuple[bool, str]:
 
 
 def main() -> int:
-    # Deploys enqueue a task for the host's agent on commit; here the threads are the agent.
-    os.environ["CELERY_BROKER_URL"] = "memory://localhost/"
+    # Deploys enqueue a task for the host's agent on commit; a real agent runs them.
+    os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
     _common.setup_django()
     from agents_app.agent import virt
 
@@ -582,6 +627,7 @@ def main() -> int:
     fx: dict = {}
     summaries: list[str] = []
     correct = True
+    agent = None
     try:
         fx = make_fixture(workdir)
         print(f"test driver {fx['uri']}, pool directory {fx['pool_dir']}")
@@ -613,6 +659,10 @@ def main() -> int:
             for n, template in enumerate(alone[:ALONE_BEFORE])
         ]
 
+        agent = _common.start_agent(
+            fx["host"].name, fx["zone"].name, fx["uri"], workdir / "agent.log"
+        )
+        print(f"\nagent {fx['host'].name} up (pid {agent.pid}); load {_common.load_average()}")
         print(f"\n[2] storm: {STORM} threads deploy one fresh template onto one pool")
         run_ = storm(fx, storm_tmpl, image)
 
@@ -631,6 +681,8 @@ def main() -> int:
 
         print(f"\n[2b] the same {STORM} concurrent deploys again, now that the copy exists")
         floor = storm(fx, storm_tmpl, image, prefix="floor")
+        _common.stop_agent(agent)
+        agent = None
         ok, line = report_floor(storm_tmpl, floor, storm_wall)
         correct = correct and ok
         summaries.append(line)
@@ -639,6 +691,8 @@ def main() -> int:
         _met, line = linked_clones(fx, copy_tmpl, big_tmpl)
         summaries.append(line)
     finally:
+        if agent is not None:
+            _common.stop_agent(agent)
         if fx:
             virt.close_connections(fx["uri"])  # the test driver's domains and volumes go too
         with contextlib.suppress(FileNotFoundError):

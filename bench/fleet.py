@@ -40,7 +40,7 @@ def main() -> int:
 
     from agents_app.agent.virt import write_test_node_xml
     from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine
-    from bench import deploy_latency, deploy_storm
+    from bench import deploy_storm
     from templates_app.models import Account, ImageStore, Zone
 
     workdir = Path(tempfile.mkdtemp(prefix="stencil-bench-fleet-"))
@@ -72,9 +72,7 @@ def main() -> int:
             pool_dir.mkdir()
             uri = write_test_node_xml(workdir / f"node-{i}.xml", pools={f"pool-{i}": pool_dir})
             name = f"fleet-kvm-{i}"
-            agents.append(
-                deploy_latency.start_agent(name, fx["zone"].name, uri, workdir / f"{name}.log")
-            )
+            agents.append(_common.start_agent(name, fx["zone"].name, uri, workdir / f"{name}.log"))
             pool = PrimaryPool.objects.create(
                 zone=fx["zone"], name=f"pool-{i}", libvirt_pool_name=f"pool-{i}", path=str(pool_dir)
             )
@@ -135,7 +133,7 @@ def main() -> int:
         attempts = list(TemplatePoolRef.objects.values_list("attempts", flat=True))
     finally:
         for agent in agents:
-            deploy_latency.stop(agent)
+            _common.stop_agent(agent)
         shutil.rmtree(workdir, ignore_errors=True)
     running = states.get("RUNNING", 0)
     mean = running / AGENTS if AGENTS else 0

@@ -343,6 +343,10 @@ STENCIL_POOL_COPY_MIN_AGE_SECONDS = int(os.environ.get("STENCIL_POOL_COPY_MIN_AG
 # A host task's claim on its VM (renewed every third of it while the task runs): a duplicate
 # delivery meeting a live claim leaves; one that finds it run out (the holder died) takes over.
 STENCIL_HOST_TASK_CLAIM_SECONDS = int(os.environ.get("STENCIL_HOST_TASK_CLAIM_SECONDS", "60"))
+# Threads of an agent's Celery worker (manage.py run_agent; --concurrency overrides it): how
+# many host tasks (deploys, copies, syncs) one host runs at once. Deploys mostly wait on
+# libvirt, qemu-img and PostgreSQL, so more threads than cores pay off.
+STENCIL_AGENT_CONCURRENCY = int(os.environ.get("STENCIL_AGENT_CONCURRENCY", "8"))
 # The heartbeat's VM reconcile leaves alone a VM changed this recently (its host task may still
 # be queued), and a VM whose host task claim is live.
 STENCIL_VM_RECONCILE_GRACE_SECONDS = int(

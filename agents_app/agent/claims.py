@@ -83,6 +83,22 @@ def vm_claim_release(vm_id: int, token: str) -> None:
     )
 
 
+# Claims given back by the transaction that recorded their task's result (vm_claim_give_back);
+# vm_claimed's exit then has nothing left to write. Tokens are unique, so one set serves all
+# threads (set.add and set.discard are atomic).
+_given_back: set[str] = set()
+
+
+def vm_claim_give_back(vm: VirtualMachine, token: str | None) -> None:
+    """Clear the claim on `vm` (locked and about to be saved by the caller, in the transaction
+    that records the task's result): one write and one commit fewer per task. Only its holder
+    can; once that transaction commits, vm_claimed's exit skips its own release."""
+    if not token or vm.host_task_token != token:
+        return
+    vm.host_task_token, vm.host_task_name, vm.host_task_expires_at = "", "", None
+    transaction.on_commit(lambda: _given_back.add(token))
+
+
 def live_claim_q(now=None) -> Q:
     """VMs a host task is working on now."""
     return ~Q(host_task_token="") & Q(host_task_expires_at__gt=now or timezone.now())
@@ -119,4 +135,7 @@ def vm_claimed(vm_id: int, task: str) -> Iterator[str | None]:
         with _ClaimKeeper(VirtualMachine, vm_id, token, claim_length()):
             yield token
     finally:
-        vm_claim_release(vm_id, token)
+        if token in _given_back:
+            _given_back.discard(token)
+        else:
+            vm_claim_release(vm_id, token)

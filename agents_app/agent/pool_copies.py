@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django_fsm import can_proceed
@@ -170,6 +170,52 @@ def _claim(
         reason=f"copy attempt {ref.attempts}",
     )
     return True, ref
+
+
+# A DOWNLOADED copy used this recently is read without its row lock or a write (below); the
+# LRU order of eviction needs last_used_at no finer than this.
+RECENT_USE_SECONDS = 60
+
+
+def _recently_used_copy(template_id: int, pool_id: int, *, vm_id: int) -> TemplatePoolRef | None:
+    """The cheap path of a deploy onto a copy in use: one statement, a shared row lock, no
+    write (the locked path serializes deploys of one template on one pool on the copy's row
+    and updates it every time). None when the locked path must decide: the copy is not
+    DOWNLOADED, is marked for eviction (the locked path clears the mark), was not used in the
+    last RECENT_USE_SECONDS, or the VM is not an alive VM of this template on this pool.
+
+    Why eviction cannot take the copy from under this VM: the VM row was committed before its
+    deploy task was sent, and this statement requires it. Every eviction moves the copy to
+    EVICTING in a transaction that holds the copy's FOR UPDATE lock and checks there that no
+    alive VM of the template is on the pool. FOR SHARE conflicts with that lock: either the
+    eviction locked first, and this read waits for its commit and finds EVICTING (no row); or
+    this read locked first, and the eviction's check runs after the VM's commit and sees it.
+    Afterwards the VM row keeps the copy, as it does once the locked path has committed.
+    Each eviction also shuts the window on its own: the sweep evicts only marked copies (never
+    read here), an operator's evict holds the template's lock (a new VM waits for it), a
+    removed template's holds the pool's row (the new VM's foreign key waits for it; see
+    tests/agents_app/test_pool_eviction.py). Shared locks do not wait for one another, so
+    concurrent deploys no longer queue on the copy's row.
+    """
+    if connection.vendor != "postgresql":
+        return None
+    refs, vms = TemplatePoolRef._meta.db_table, VirtualMachine._meta.db_table
+    rows = TemplatePoolRef.objects.raw(
+        f'SELECT r.* FROM "{refs}" r WHERE r."template_id" = %s AND r."pool_id" = %s '
+        f'AND r."state" = %s AND r."marked_for_eviction_at" IS NULL '
+        f'AND r."last_used_at" > %s AND EXISTS (SELECT 1 FROM "{vms}" v WHERE v."id" = %s '
+        f'AND v."template_id" = r."template_id" AND v."pool_id" = r."pool_id" '
+        f'AND v."state" <> %s) FOR SHARE OF r',
+        [
+            template_id,
+            pool_id,
+            PoolCopyState.DOWNLOADED,
+            timezone.now() - timedelta(seconds=RECENT_USE_SECONDS),
+            vm_id,
+            VmState.EXPUNGED,
+        ],
+    )
+    return next(iter(rows), None)
 
 
 def _add_waiter(ref: TemplatePoolRef, vm_id: int) -> None:
@@ -420,6 +466,10 @@ def pool_copy_ensure(
     `waited_for_attempt`: a woken waiter's attempt number; that attempt's failure is raised as
     PoolCopyFailed with the copy's error (the next deploy retries the copy), not retried here.
     """
+    if waiter_vm_id is not None:
+        ready = _recently_used_copy(template_id, pool_id, vm_id=waiter_vm_id)
+        if ready is not None:
+            return ready
     owner = leases.new_owner()
     claimed, ref = _claim(
         template_id,

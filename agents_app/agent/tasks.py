@@ -61,7 +61,11 @@ def _no_answer(text: str) -> dict:
     return {"ok": False, "error": text}
 
 
-@shared_task(name="agents_app.agent.tasks.vm_deploy_task", acks_late=True, bind=True)
+# ignore_result: a deploy's outcome is the VM's state, error text and events; storing the
+# returned state as a task result row too cost the agent one more write and commit per deploy.
+@shared_task(
+    name="agents_app.agent.tasks.vm_deploy_task", acks_late=True, bind=True, ignore_result=True
+)
 @retried_when_busy
 @fails_into(vm_failure("", into_error=True))
 def vm_deploy_task(self, vm_id: int, waited_for_attempt: int | None = None) -> str:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import libvirt
 
+from templates_app.images import qcow2
 from templates_app.images.inspection import inspect_image
 from templates_app.images.qemu import (
     qemu_format,
@@ -346,6 +347,18 @@ def _virtual_size(path: str, image_format: str) -> int:
     return int(qemu_img_info(Path(path), image_format)["virtual-size"])
 
 
+def _write_overlay_file(path: Path, backing: Path, backing_format: str, size: int) -> None:
+    """The overlay's few metadata clusters, written here (templates_app.images.qcow2); what
+    that writer does not cover (e.g. a backing format other than qcow2 or raw) by qemu-img."""
+    qemu_backing_format = qemu_format(backing_format)
+    if qcow2.supported(backing=str(backing), backing_format=qemu_backing_format, size=size):
+        qcow2.write_overlay(
+            path, backing=str(backing), backing_format=qemu_backing_format, size=size
+        )
+    else:
+        qemu_img_create_overlay(path, backing, backing_format, size=size)
+
+
 def write_overlay(
     conn: libvirt.virConnect,
     pool_name: str,
@@ -372,7 +385,7 @@ def write_overlay(
         backing=(backing_path, backing_format),
     )
     try:
-        qemu_img_create_overlay(Path(path), Path(backing_path), backing_format, size=capacity)
+        _write_overlay_file(Path(path), Path(backing_path).absolute(), backing_format, capacity)
         refresh_pool(conn, pool_name)
     except BaseException:
         _discard(conn, pool_name, vol_name, path)

@@ -21,7 +21,7 @@ from templates_app.images.qemu import QemuImgError
 from ..choices import VmState
 from ..models import VirtualMachine
 from . import virt
-from .claims import vm_claimed
+from .claims import vm_claim_give_back, vm_claimed
 from .failures import describe, vm_failed
 from .pool_copies import (
     PoolCopyFailed,
@@ -50,13 +50,22 @@ def domain_name(vm: VirtualMachine) -> str:
     return f"vm-{vm.uuid}"
 
 
+# The domain type per libvirt URI, asked once per agent process: a host's capabilities do not
+# change while its agent runs, and asking libvirtd costs ~4 ms (11 KB of XML) per deploy.
+_domain_types: dict[str, str] = {}
+
+
 def domain_type_for(uri: str) -> str:
     """The domain type libvirt offers for x86_64 guests: 'test' on the test driver, 'kvm'
     where the host can run KVM, else 'qemu' (asking libvirt beats guessing from /dev/kvm)."""
     if uri.startswith("test:"):
         return "test"
-    caps = virt.connection(uri).getCapabilities()
-    return "kvm" if "<domain type='kvm'" in caps or '<domain type="kvm"' in caps else "qemu"
+    known = _domain_types.get(uri)
+    if known is None:
+        caps = virt.connection(uri).getCapabilities()
+        kvm = "<domain type='kvm'" in caps or '<domain type="kvm"' in caps
+        known = _domain_types[uri] = "kvm" if kvm else "qemu"
+    return known
 
 
 def root_volume_name(vm: VirtualMachine) -> str:
@@ -112,10 +121,10 @@ def vm_deploy_on_host(*, vm_id: int, waited_for_attempt: int | None = None) -> V
     with vm_claimed(vm_id, "deploy") as token:
         if token is None:  # a duplicate delivery: the claim's holder does the work
             return VirtualMachine.objects.get(pk=vm_id)
-        return _deploy(vm_id, waited_for_attempt=waited_for_attempt)
+        return _deploy(vm_id, waited_for_attempt=waited_for_attempt, token=token)
 
 
-def _deploy(vm_id: int, *, waited_for_attempt: int | None) -> VirtualMachine:
+def _deploy(vm_id: int, *, waited_for_attempt: int | None, token: str) -> VirtualMachine:
     vm = VirtualMachine.objects.select_related("template", "host", "pool").get(pk=vm_id)
     if vm.state != VmState.STARTING or vm.root_disk_path:
         return vm
@@ -144,12 +153,12 @@ def _deploy(vm_id: int, *, waited_for_attempt: int | None) -> VirtualMachine:
             moved = _move_to_another_host(vm.pk, exc.message)
             if moved is not None:
                 return moved
-        return _deploy_failed(vm.pk, exc.message)
+        return _deploy_failed(vm.pk, exc.message, token=token)
     except Exception as exc:
         reason = _reason(exc)
         _discard_deploy(vm, conn)
-        return _deploy_failed(vm.pk, reason)
-    return _deploy_done(vm.pk, disk_path=disk_path, copy_id=copy_id)
+        return _deploy_failed(vm.pk, reason, token=token)
+    return _deploy_done(vm.pk, disk_path=disk_path, copy_id=copy_id, token=token)
 
 
 def _discard_deploy(vm: VirtualMachine, conn) -> None:
@@ -314,7 +323,10 @@ def _kept_down(vm: VirtualMachine) -> bool:
 
 
 @transaction.atomic
-def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualMachine:
+def _deploy_done(
+    vm_id: int, *, disk_path: str, copy_id: int | None, token: str | None = None
+) -> VirtualMachine:
+    """Record the deploy's result; with `token`, the host task's claim goes in the same write."""
     vm = VirtualMachine.objects.select_for_update().get(pk=vm_id)
     before = vm.state
     late = vm.state != VmState.STARTING  # the reaper, or a user's stop or destroy, ended it
@@ -325,6 +337,7 @@ def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualM
     vm.root_volume = os.path.basename(disk_path)
     vm.pool_copy_id = copy_id
     vm.awaited_copy_id = None
+    vm_claim_give_back(vm, token)
     vm.save()
     record_event(
         vm,
@@ -337,7 +350,8 @@ def _deploy_done(vm_id: int, *, disk_path: str, copy_id: int | None) -> VirtualM
 
 
 @transaction.atomic
-def _deploy_failed(vm_id: int, reason: str) -> VirtualMachine:
+def _deploy_failed(vm_id: int, reason: str, *, token: str | None = None) -> VirtualMachine:
+    """Record the deploy's failure; with `token`, the claim goes in the same write."""
     vm = VirtualMachine.objects.select_for_update().get(pk=vm_id)
     if vm.state != VmState.STARTING:
         return vm
@@ -345,6 +359,7 @@ def _deploy_failed(vm_id: int, reason: str) -> VirtualMachine:
     vm.transition_deadline, vm.transition_action = None, ""  # the result is recorded
     vm.error_text = reason[:4000]
     vm.awaited_copy_id = None
+    vm_claim_give_back(vm, token)
     vm.save()
     record_event(
         vm, from_state=VmState.STARTING, to_state=vm.state, actor_label="agent", reason=reason

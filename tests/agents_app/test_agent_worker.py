@@ -48,8 +48,9 @@ def wait_until(predicate, timeout: float = 30, what: str = "condition"):
 class Agent:
     """run_agent in its own process group, so a SIGKILL takes qemu-img down with it."""
 
-    def __init__(self, name: str, zone: str, uri: str):
+    def __init__(self, name: str, zone: str, uri: str, env: dict[str, str] | None = None):
         self.name, self.zone, self.uri = name, zone, uri
+        self.extra_env = env or {}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -58,6 +59,7 @@ class Agent:
             "DATABASE_URL": database_url(),
             "STENCIL_POOL_COPY_LEASE_SECONDS": "2",
             "STENCIL_URL_ALLOW_LOOPBACK": "true",
+            **self.extra_env,
         }
         self.process = subprocess.Popen(
             [
@@ -175,6 +177,22 @@ def test_sigkill_mid_copy_then_the_next_attempt_completes(setup, zone, admin_use
         text=True,
     )
     assert same.returncode == 0, same.stdout + same.stderr
+
+
+def test_the_agent_runs_as_many_threads_as_stencil_agent_concurrency_says(zone, tmp_path):
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir()
+    uri = virt.write_test_node_xml(tmp_path / "node.xml", pools={"pool-c": pool_dir})
+    agent = Agent(
+        f"kvm-{uuid.uuid4().hex[:8]}", zone.name, uri, env={"STENCIL_AGENT_CONCURRENCY": "3"}
+    )
+    agent.start()
+    try:
+        worker = f"agent-{agent.name}@{socket.gethostname()}"
+        stats = app.control.inspect(destination=[worker], timeout=5).stats()
+        assert stats[worker]["pool"]["max-concurrency"] == 3
+    finally:
+        agent.stop()
 
 
 def test_the_agent_deploys_a_vm_sent_through_the_api(setup, zone, api):

@@ -330,3 +330,36 @@ def test_unknown_domains_are_shown_to_staff_only(api, admin_api, zone):
 
     assert staff["unknown_domains"] == ["rogue"]
     assert member.status_code != 200 or "unknown_domains" not in member.json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_host_task_arriving_as_the_deploy_commits_finds_the_vm_free(deploy):
+    """The deploy's result and its claim's release commit together: a stop sent the moment the
+    VM is RUNNING is carried out at once, not retried a claim length (60 s) later."""
+    from django.db import transaction
+    from django.db.models.signals import post_save
+
+    vm = deploy()
+    seen = {}
+
+    def sync_claims_at_commit(sender, instance, **kwargs):
+        if instance.pk == vm.pk and instance.state == "RUNNING":
+
+            def claim_now():
+                try:
+                    seen["token"] = vm_claim(vm.pk, "sync")
+                except VmBusy as exc:
+                    seen["busy"] = exc
+
+            transaction.on_commit(claim_now)
+
+    post_save.connect(sync_claims_at_commit, sender=VirtualMachine)
+    try:
+        done = vms.vm_deploy_on_host(vm_id=vm.pk)
+    finally:
+        post_save.disconnect(sync_claims_at_commit, sender=VirtualMachine)
+
+    assert done.state == "RUNNING"
+    assert "busy" not in seen, seen
+    done.refresh_from_db()
+    assert done.host_task_token == seen["token"], "the deploy's exit left the new claim alone"

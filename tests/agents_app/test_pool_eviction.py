@@ -176,3 +176,115 @@ def test_delete_from_primary_storage_off_leaves_copies_to_eviction(
 
     assert TemplatePoolRef.objects.get(pk=ref.pk).state == "DOWNLOADED"
     assert pool_copies_evict() == {"marked": 1, "evicting": 0}
+
+
+# A deploy's cheap read of a copy in use (agents_app.agent.pool_copies._recently_used_copy)
+# against eviction, on separate PostgreSQL connections.
+
+
+def _alive_vm_on(template, pool, account, zone):
+    """A STARTING VM row of the template on the pool, as vm_deploy commits it."""
+    from agents_app.models import VirtualMachine
+
+    return VirtualMachine.objects.create(
+        name="racer", account=account, template=template, zone=zone, pool=pool, state="STARTING"
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deploy_racing_an_eviction_in_progress_waits_for_it_and_does_not_get_the_copy(
+    register, pool, account, zone, monkeypatch
+):
+    """The eviction has checked that no VM is on the copy and saved EVICTING, not committed
+    yet: the new VM's row waits for it (the eviction holds the pool's row), and the deploy's
+    read then finds the copy EVICTING and leaves it to the locked path."""
+    import threading
+
+    from django.db import connections
+
+    from agents_app import pool_copies as management
+    from agents_app.agent.pool_copies import _recently_used_copy
+    from agents_app.pool_copies import pool_copies_evict_removed
+    from templates_app.models import Template
+
+    template = register()
+    ref = cached_copy(template, pool, used_ago=5)
+    Template.objects.filter(pk=template.pk).update(state="REMOVED")
+    in_eviction, go = threading.Event(), threading.Event()
+    real_record_event = management.record_event
+
+    def paused_record_event(*args, **kwargs):
+        in_eviction.set()  # EVICTING is saved, its check done; not committed yet
+        assert go.wait(30)
+        return real_record_event(*args, **kwargs)
+
+    monkeypatch.setattr(management, "record_event", paused_record_event)
+    results = {}
+
+    def run(key, body):
+        try:
+            results[key] = body()
+        except Exception as exc:  # shown by the assertions below
+            results[key] = exc
+        finally:
+            connections.close_all()
+
+    evictor = threading.Thread(
+        target=run, args=("evicted", lambda: pool_copies_evict_removed(template_ids=[template.pk]))
+    )
+    evictor.start()
+    assert in_eviction.wait(10)
+    creator = threading.Thread(
+        target=run, args=("vm", lambda: _alive_vm_on(template, pool, account, zone))
+    )
+    creator.start()
+    creator.join(0.5)
+    assert creator.is_alive(), ("the VM row waits for the eviction", results)
+    go.set()
+    evictor.join(10)
+    creator.join(10)
+    vm = results["vm"]
+    read = _recently_used_copy(template.pk, pool.pk, vm_id=vm.pk)
+
+    assert (results["evicted"], read) == (1, None), "the locked path gets to decide"
+    assert TemplatePoolRef.objects.get(pk=ref.pk).state == "EVICTING"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_eviction_after_a_cheap_read_sees_the_vm_and_keeps_the_copy(
+    register, pool, account, zone
+):
+    from agents_app.agent.pool_copies import _recently_used_copy
+    from agents_app.pool_copies import pool_copies_evict_removed
+    from templates_app.models import Template
+
+    template = register()
+    ref = cached_copy(template, pool, used_ago=5)
+    vm = _alive_vm_on(template, pool, account, zone)
+    assert _recently_used_copy(template.pk, pool.pk, vm_id=vm.pk).pk == ref.pk
+
+    Template.objects.filter(pk=template.pk).update(state="REMOVED")
+    assert pool_copies_evict_removed(template_ids=[template.pk]) == 0
+    assert TemplatePoolRef.objects.get(pk=ref.pk).state == "DOWNLOADED"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"last_used_at": timezone.now() - timedelta(seconds=120)},
+        {"marked_for_eviction_at": timezone.now()},
+        {"state": "EVICTING"},
+    ],
+    ids=["used-long-ago", "marked", "evicting"],
+)
+def test_the_cheap_read_leaves_other_copies_to_the_locked_path(
+    register, pool, account, zone, change
+):
+    from agents_app.agent.pool_copies import _recently_used_copy
+
+    template = register()
+    ref = cached_copy(template, pool, used_ago=5)
+    vm = _alive_vm_on(template, pool, account, zone)
+    TemplatePoolRef.objects.filter(pk=ref.pk).update(**change)
+    assert _recently_used_copy(template.pk, pool.pk, vm_id=vm.pk) is None

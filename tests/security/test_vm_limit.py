@@ -89,3 +89,45 @@ def test_two_creates_racing_for_the_last_slot_get_one_vm(register, account, user
 
         assert sorted(type(r).__name__ for r in results) == ["LimitExceeded", "VirtualMachine"]
         assert VirtualMachine.objects.filter(account=account).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_a_limit_creates_do_not_queue_on_the_account_row(register, account, user, zone):
+    """An account with no max_vms has nothing to count: a create goes on while another
+    transaction updates the account's row (an operator's edit: FOR NO KEY UPDATE, which the
+    new VM's foreign key check does not conflict with). Before, every create took the row's
+    FOR UPDATE lock, so concurrent deploys of one account also ran one at a time."""
+    from django.db import transaction
+
+    from templates_app.models import Account
+
+    template = register()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_account_row():
+        try:
+            with transaction.atomic():
+                Account.objects.select_for_update(no_key=True).get(pk=account.pk)
+                holding.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    def create():
+        try:
+            return vm_services.vm_create(
+                name="free", template_id=template.pk, zone=zone, account=account, actor=user
+            )
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        holder = pool.submit(hold_the_account_row)
+        assert holding.wait(10)
+        created = pool.submit(create)
+        try:
+            vm = created.result(timeout=5)
+        finally:
+            release.set()
+        holder.result(timeout=10)
+    assert vm.name == "free"

@@ -26,7 +26,12 @@ class Command(BaseCommand):
         parser.add_argument("--zone", required=True, help="Zone name.")
         parser.add_argument("--libvirt-uri", required=True, help="e.g. qemu:///system")
         parser.add_argument("--address", default="")
-        parser.add_argument("--concurrency", type=int, default=4)
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help="Worker threads (default: STENCIL_AGENT_CONCURRENCY, 8).",
+        )
         parser.add_argument("--loglevel", default="INFO")
 
     def handle(
@@ -36,7 +41,7 @@ class Command(BaseCommand):
         zone: str,
         libvirt_uri: str,
         address: str,
-        concurrency: int,
+        concurrency: int | None,
         loglevel: str,
         **options,
     ):
@@ -64,7 +69,7 @@ class Command(BaseCommand):
             queues=[host.queue],
             hostname=f"agent-{name}@{socket.gethostname()}",
             pool="threads",
-            concurrency=concurrency,
+            concurrency=concurrency or settings.STENCIL_AGENT_CONCURRENCY,
             loglevel=loglevel,
         )
         try:
