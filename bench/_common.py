@@ -447,3 +447,21 @@ class StateWatcher:
                         self.pending[key].set()
         finally:
             connection.close()
+
+
+def process_group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every live process in a process group (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        # after the command: state ppid pgrp session … utime(12) stime(13)
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks

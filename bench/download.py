@@ -264,24 +264,6 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU of every live process in a process group (from /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        # after the command: state ppid pgrp session … utime(12) stime(13)
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
-
-
 class Server:
     """nginx (Debian's, sendfile on) or the --serve Python server; 127.0.0.1 only."""
 
@@ -375,7 +357,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}/{name}"
 
     def cpu_seconds(self) -> float:
-        return group_cpu_seconds(self.proc.pid) if self.proc else 0.0
+        from bench import _common
+
+        return _common.process_group_cpu_seconds(self.proc.pid) if self.proc else 0.0
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -329,24 +329,6 @@ def wait_until_ready(proc: subprocess.Popen, port: int, token: str, log_path: Pa
     raise RuntimeError(f"gunicorn did not answer within {SERVER_START_TIMEOUT:.0f} s:\n{log}")
 
 
-def server_cpu_seconds(master_pid: int) -> float:
-    """User + system CPU of gunicorn's master and workers so far (Linux /proc): per request,
-    what the server's Python costs whatever else shares the cores (PostgreSQL not included)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(entry.name), int(fields[1])
-        if pid == master_pid or ppid == master_pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile."""
     if not values:
@@ -485,10 +467,10 @@ def measure(n: int, tmp: str, database_url: str, explain: bool) -> dict:
             "1 client (service time)",
             run_clients(port, token, paths[:SEQUENTIAL_REQUESTS], 1, PHASE_BUDGET["sequential"]),
         )
-        cpu_before = server_cpu_seconds(proc.pid)
+        cpu_before = _common.process_group_cpu_seconds(proc.pid)
         concurrent_run = run_clients(port, token, paths, CLIENT_THREADS, PHASE_BUDGET["concurrent"])
         served = len(concurrent_run["latencies"]) + len(concurrent_run["failures"])
-        cpu_ms = (server_cpu_seconds(proc.pid) - cpu_before) * 1000 / max(served, 1)
+        cpu_ms = (_common.process_group_cpu_seconds(proc.pid) - cpu_before) * 1000 / max(served, 1)
         concurrent = summary(f"{CLIENT_THREADS} client threads", concurrent_run)
         print(f"    gunicorn CPU per request: {cpu_ms:.1f} ms (user + system, workers)")
     finally:
