@@ -129,6 +129,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # The listing's visibility subqueries push plan costs over jit_above_cost; compiling took
     # most of each request's time (docs/benchmarks.md).
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", "-c jit=off")
+# The template listing's statements are prepared on PostgreSQL, once per connection and with
+# a generic plan: planning its statement cost more than running it (docs/benchmarks.md). Only
+# statements run through templates_app.statements are prepared; the rest of Django binds its
+# parameters on the client as usual. Off behind a connection pooler that does not keep
+# prepared statements (PgBouncer before 1.21 in transaction mode).
+STENCIL_PREPARED_STATEMENTS = os.environ.get("STENCIL_PREPARED_STATEMENTS", "on") != "off"
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and (
+    STENCIL_PREPARED_STATEMENTS
+):
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    # psycopg prepares nothing with a threshold of None (Django's default), not even on
+    # request; this one is never reached by repetition alone.
+    options.setdefault("prepare_threshold", 2**31 - 1)
+    options["options"] += " -c plan_cache_mode=force_generic_plan"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker, beat and agent share one SQLite file in the zero-setup run. WAL lets readers
     # run beside the one writer; IMMEDIATE takes the write lock when a transaction begins, so a

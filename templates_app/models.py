@@ -85,6 +85,18 @@ class ImageStore(models.Model):
         return f"{self.zone.name}/{self.name}"
 
 
+def removal_not_before(
+    state: str, deactivated_at: datetime | None, updated_at: datetime | None
+) -> datetime | None:
+    """Template.removal_not_before of a template's fields (the listing has rows, not models)."""
+    if state != TemplateState.INACTIVE:
+        return None
+    since = deactivated_at or updated_at
+    if since is None:
+        return None
+    return since + timedelta(seconds=settings.STENCIL_GC_GRACE_SECONDS)
+
+
 class Template(ConcurrentTransitionMixin, models.Model):
     """A VM template or an ISO. `state` is what users may do; `removed_at`: the bytes are gone.
 
@@ -192,12 +204,7 @@ class Template(ConcurrentTransitionMixin, models.Model):
     def removal_not_before(self) -> datetime | None:
         """An INACTIVE template is kept at least until then (STENCIL_GC_GRACE_SECONDS after its
         delete), so a mistaken delete can be undone; None in any other state."""
-        if self.state != TemplateState.INACTIVE:
-            return None
-        since = self.deactivated_at or self.updated_at
-        if since is None:
-            return None
-        return since + timedelta(seconds=settings.STENCIL_GC_GRACE_SECONDS)
+        return removal_not_before(self.state, self.deactivated_at, self.updated_at)
 
     @property
     def lineage_id(self) -> int:

@@ -42,6 +42,7 @@ _providers: dict[str, ReferenceProvider] = {}
 # listing request annotates it, and building it is a queryset per provider. Annotating
 # resolves a copy, so the one expression serves every request.
 _reference_total: Any = None
+_reference_total_builds = 0  # how often it was (re)built: a compiled listing names it
 
 
 def register_reference(provider: ReferenceProvider) -> None:
@@ -93,13 +94,21 @@ def describe_counts(counts: dict[str, int]) -> str:
 
 
 def _total_of_counts() -> Any:
-    global _reference_total
+    global _reference_total, _reference_total_builds
     total = _reference_total
     if total is None:
         counts = [_CountOf(p.live().order_by().values("pk")) for p in _providers.values()]
         total = reduce(operator.add, counts, Value(0, output_field=IntegerField()))
         _reference_total = total
+        _reference_total_builds += 1
     return total
+
+
+def reference_count_generation() -> int:
+    """Changes whenever the `references` annotation's SQL may have (a kind registered): part
+    of the key of a statement compiled with it (templates_app.statements)."""
+    _total_of_counts()
+    return _reference_total_builds
 
 
 def with_reference_count(queryset: QuerySet[Template]) -> QuerySet[Template]:

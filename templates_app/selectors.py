@@ -138,13 +138,11 @@ def with_listing_relations(queryset: QuerySet[Template]) -> QuerySet[Template]:
     )
 
 
-def attach_listing_relations(templates: list[Template]) -> None:
-    """Zones and details of a page of templates as plain lists (`listed_zones`: zone uuids,
-    `listed_details`: key/value dicts), two queries for the page. The listing's hot path:
+def listing_relations(ids: list[int]) -> tuple[dict[int, list], dict[int, list]]:
+    """Zones (uuids) and details (key/value dicts) of a page of templates, per template id:
+    two fixed statements (_listing_relations_sql) for the page. The listing's hot path:
     prefetch_related builds a related manager and a queryset per row and relation, which cost
-    more than the page's SQL (docs/benchmarks.md); two fixed statements (_listing_relations_sql)
-    spare building and compiling two querysets per request as well."""
-    ids = [template.pk for template in templates]
+    more than the page's SQL (docs/benchmarks.md)."""
     zones: dict[int, list] = {pk: [] for pk in ids}
     details: dict[int, list] = {pk: [] for pk in ids}
     if ids:
@@ -158,9 +156,7 @@ def attach_listing_relations(templates: list[Template]) -> None:
             cursor.execute(details_sql.format(ids=in_ids), ids)
             for template_id, key, value in cursor.fetchall():
                 details[template_id].append({"key": key, "value": value})
-    for template in templates:
-        template.listed_zones = zones[template.pk]
-        template.listed_details = details[template.pk]
+    return zones, details
 
 
 @functools.cache

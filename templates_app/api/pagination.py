@@ -5,20 +5,25 @@ grows with the catalogue) adds a count that stays cheap and a keyset cursor; doc
 what a client sees.
 """
 
+import functools
 import json
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.core import signing
 from django.db import connection
-from django.db.models import IntegerField, Q, QuerySet, Subquery
+from django.db.models import DateTimeField, IntegerField, Q, QuerySet, Subquery
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
+
+from templates_app.references import reference_count_generation
+from templates_app.statements import StatementCache, Variable
 
 CURSOR_SALT = "stencil.templates.cursor"
 
@@ -37,26 +42,28 @@ _estimates: dict[Hashable, tuple[float, int]] = {}
 _estimates_lock = threading.Lock()
 
 
-def estimated_rows(queryset: QuerySet, *, key: Hashable | None = None) -> int | None:
+def estimated_rows(
+    queryset: QuerySet | Callable[[], QuerySet], *, key: Hashable | None = None
+) -> int | None:
     """The planner's row estimate for the queryset (PostgreSQL), None elsewhere.
 
     An estimate is a statistic that moves with ANALYZE, not with each insert: it is kept
     ESTIMATE_TTL_SECONDS per worker process and `key` (what decides the statement; by
     default the statement itself), so a listing beyond the exact limit costs one EXPLAIN a
-    minute, not one per request. A caller-given key spares compiling the statement on a hit.
+    minute, not one per request. With a caller-given key, `queryset` may be a function
+    that builds it, called on a miss only.
     """
     if connection.vendor != "postgresql":
         return None
-    sql = params = None
     if key is None:
-        sql, params = queryset.order_by().values("pk").query.sql_with_params()
+        queryset = queryset() if callable(queryset) else queryset
+        sql, params = _count_sql(queryset)
         key = (sql, tuple(str(param) for param in params))
     now = time.monotonic()
     cached = _estimates.get(key)
     if cached is not None and now - cached[0] < ESTIMATE_TTL_SECONDS:
         return cached[1]
-    if sql is None:
-        sql, params = queryset.order_by().values("pk").query.sql_with_params()
+    sql, params = _count_sql(queryset() if callable(queryset) else queryset)
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
         plan = cursor.fetchone()[0]
@@ -68,6 +75,18 @@ def estimated_rows(queryset: QuerySet, *, key: Hashable | None = None) -> int | 
             _estimates.clear()  # many users' statements: start over rather than track ages
         _estimates[key] = (now, rows)
     return rows
+
+
+def fresh_estimate(key: Hashable) -> int | None:
+    """The estimate kept for `key` if it is younger than ESTIMATE_TTL_SECONDS, else None."""
+    cached = _estimates.get(key)
+    if cached is not None and time.monotonic() - cached[0] < ESTIMATE_TTL_SECONDS:
+        return cached[1]
+    return None
+
+
+def _count_sql(queryset: QuerySet) -> tuple[str, tuple]:
+    return queryset.order_by().values("pk").query.sql_with_params()
 
 
 def forget_estimates() -> None:
@@ -82,6 +101,31 @@ class _CappedCount(Subquery):
 
     template = "(SELECT COUNT(*) FROM (%(subquery)s) _capped)"
     output_field = IntegerField()
+
+
+def _visible(queryset: QuerySet, limit: int) -> QuerySet:
+    """The listing's rows, at most `limit + 1`, for its capped count.
+
+    Ordered by id, the count walks template_active_listing_idx (index only, in id order) and
+    stops after `limit + 1` rows; unordered, the planner preferred the visibility index,
+    whose private rows come first and fail the filter. The rows' own annotations (reference
+    counts: a subquery per kind) that no filter uses are left out rather than resolved and
+    relabelled a second time.
+    """
+    visible = queryset.order_by("pk").values("pk")
+    used = {ref.refs for ref in visible.query.where.get_refs()}
+    annotations = visible.query.annotations
+    visible.query.annotations = {k: v for k, v in annotations.items() if k in used}
+    return visible[: limit + 1]
+
+
+# The listing's compiled page statements, per worker process.
+_statements = StatementCache()
+
+
+def forget_statements() -> None:
+    """Drop this process's compiled listing statements (tests)."""
+    _statements.clear()
 
 
 class TemplateListPagination(StencilPagination):
@@ -100,25 +144,37 @@ class TemplateListPagination(StencilPagination):
     display_page_controls = False
 
     def paginate_queryset(self, queryset, request, view=None):
+        raise TypeError("the template listing pages through paginate_listing")
+
+    def paginate_listing(
+        self,
+        request,
+        *,
+        build: Callable[[], QuerySet],
+        key: Hashable,
+        columns: Sequence[str],
+    ) -> list[dict[str, Any]]:
+        """The page's rows as dicts of `columns` (plus `pk` and `created_at`).
+
+        `build` makes the listing's queryset (filters applied, 400s raised); `key` is what
+        decides it (the caller, the filters). The page's statement is compiled once per key
+        and page shape (templates_app.statements): a cache hit builds no queryset at all.
+        """
         self.request = request
         self.cursor_mode = self.cursor_query_param in request.query_params
         params = request.query_params
         page_size = self.get_page_size(request)
+        cursor: dict[str, Any] = {}
         if self.cursor_mode:
             if params.get("ordering") or params.get(self.page_query_param):
                 raise ValidationError(
                     {"cursor": ["cursor cannot be combined with ordering or page (newest first)"]}
                 )
             number, offset = None, 0
-            rows_queryset = queryset.order_by("-created_at", "-pk")
             raw = params[self.cursor_query_param]
             if raw:
                 created_at, pk = self._decode(raw)
-                rows_queryset = rows_queryset.filter(
-                    # The first bound lets the index range scan start at the cursor.
-                    Q(created_at__lte=created_at),
-                    Q(created_at__lt=created_at) | Q(created_at=created_at, pk__lt=pk),
-                )
+                cursor = {"cursor_created_at": created_at, "cursor_pk": pk}
         else:
             try:
                 number = int(params.get(self.page_query_param, 1))
@@ -127,31 +183,38 @@ class TemplateListPagination(StencilPagination):
             except (TypeError, ValueError):
                 raise NotFound("Invalid page.") from None
             offset = (number - 1) * page_size
-            rows_queryset = queryset
         limit = settings.STENCIL_LISTING_EXACT_COUNT_LIMIT
-        # Ordered by id, the count walks template_active_listing_idx (index only, in id
-        # order) and stops after `limit + 1` rows; unordered, the planner preferred the
-        # visibility index, whose private rows come first and fail the filter.
-        visible = queryset.order_by("pk").values("pk")
-        # The rows' own annotations (reference counts: a subquery per kind) that no filter
-        # uses: the count leaves them out rather than resolve and relabel them a second time.
-        used = {ref.refs for ref in visible.query.where.get_refs()}
-        annotations = visible.query.annotations
-        visible.query.annotations = {k: v for k, v in annotations.items() if k in used}
-        visible = visible[: limit + 1]
-        counted = rows_queryset.annotate(_listing_count=_CappedCount(visible))
-        rows = list(counted[offset : offset + page_size + 1])
-        capped = rows[0]._listing_count if rows else visible.count()
+        build = functools.cache(build)
+        statement_key = self._statement_key(request)
+        # Known (within ESTIMATE_TTL_SECONDS) to be beyond the exact limit: counted by the
+        # estimate alone, without the capped count (half of the page statement's time).
+        estimate = fresh_estimate(statement_key)
+        statement = _statements.get_or_compile(
+            (
+                key,
+                statement_key,
+                reference_count_generation(),
+                self.cursor_mode,
+                bool(cursor),
+                limit if estimate is None else None,
+                *columns,
+            ),
+            lambda: self._page_queryset(
+                build(), bool(cursor), None if estimate is not None else limit, columns
+            ),
+        )
+        rows = statement.fetch(limit=page_size + 1, offset=offset, **cursor)
         more = len(rows) > page_size
+        if estimate is None:
+            capped = rows[0]["_listing_count"] if rows else _visible(build(), limit).count()
+            if capped > limit:
+                estimate = estimated_rows(build, key=statement_key)
+                if estimate is None:  # SQLite (the demo): an exact count is cheap enough
+                    capped = build().count()
         rows = rows[:page_size]
-        self.count_is_estimate = capped > limit
-        if self.count_is_estimate:
-            estimate = estimated_rows(queryset, key=self._statement_key(request))
-            if estimate is None:  # SQLite (the demo): small catalogues, an exact count is fine
-                self.count_is_estimate = False
-                self.count = queryset.count()
-            else:
-                self.count = max(estimate, limit + 1, offset + len(rows) + int(more))
+        self.count_is_estimate = estimate is not None
+        if estimate is not None:
+            self.count = max(estimate, limit + 1, offset + len(rows) + int(more))
         else:
             self.count = capped
         if number is not None and number > 1 and not rows:
@@ -161,9 +224,31 @@ class TemplateListPagination(StencilPagination):
         if rows and more and not params.get("ordering"):
             last = rows[-1]
             self.next_cursor = signing.dumps(
-                [last.created_at.isoformat(), last.pk], salt=CURSOR_SALT, compress=True
+                [last["created_at"].isoformat(), last["pk"]], salt=CURSOR_SALT, compress=True
             )
         return rows
+
+    def _page_queryset(
+        self, queryset: QuerySet, after_cursor: bool, limit: int | None, columns: Sequence[str]
+    ) -> QuerySet:
+        """The page's rows, with the count capped at `limit` riding along (None: without);
+        the cursor's position and the page's bounds are bound when the statement runs."""
+        rows_queryset = queryset
+        if self.cursor_mode:
+            rows_queryset = queryset.order_by("-created_at", "-pk")
+        if after_cursor:
+            created_at = Variable("cursor_created_at", DateTimeField())
+            pk = Variable("cursor_pk", IntegerField())
+            rows_queryset = rows_queryset.filter(
+                # The first bound lets the index range scan start at the cursor.
+                Q(created_at__lte=created_at),
+                Q(created_at__lt=created_at) | Q(created_at=created_at, pk__lt=pk),
+            )
+        names = dict.fromkeys(["pk", "created_at", *columns])
+        if limit is None:
+            return rows_queryset.values(*names)
+        counted = rows_queryset.annotate(_listing_count=_CappedCount(_visible(queryset, limit)))
+        return counted.values(*names, "_listing_count")
 
     def _statement_key(self, request) -> tuple:
         """What decides the listing's rows: the path, the caller and every query parameter

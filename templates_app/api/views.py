@@ -89,11 +89,23 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return TemplateSerializer if self.action == "list" else TemplateDetailViewSerializer
 
     def list(self, request: Request, *args, **kwargs) -> Response:
-        """A page of templates: zones and details as plain rows, not a prefetch (the hot path)."""
-        queryset = self.filter_queryset(self.get_queryset()).prefetch_related(None)
-        page = self.paginate_queryset(queryset)
-        selectors.attach_listing_relations(page)
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        """A page of templates as plain rows (the hot path): its statement compiled once per
+        caller and filters (templates_app.statements), zones and details in two fixed
+        statements, no model per row."""
+        serializer = self.get_serializer()
+        rows = self.paginator.paginate_listing(
+            request,
+            build=lambda: self.filter_queryset(self.get_queryset()).prefetch_related(None),
+            # With the paginator's own (path, user, filters): all the statement depends on.
+            key=(type(self).__qualname__, tuple(self.member_of())),
+            columns=serializer.LISTED_COLUMNS,
+        )
+        zones, details = selectors.listing_relations([row["pk"] for row in rows])
+        data = [
+            serializer.listed_representation(row, zones[row["pk"]], details[row["pk"]])
+            for row in rows
+        ]
+        return self.get_paginated_response(data)
 
     def _owned_template(self) -> Template:
         """Writes belong to the owning account or staff; others get 404, not a hint."""

@@ -129,10 +129,7 @@ def test_the_listing_fast_path_answers_what_the_serializer_fields_answer(api, re
     context = {"request": request}
     slow = TemplateSerializer(rows, many=True, context=context).data
     assert [dict(row) for row in listed] == [dict(row) for row in slow]
-    selectors.attach_listing_relations(rows)
-    fast = TemplateSerializer(rows, many=True, context=context).data
-    assert [dict(row) for row in fast] == [dict(row) for row in slow]
-    assert [row["version"]["version_name"] for row in fast] == ["v2", ""]
+    assert [row["version"]["version_name"] for row in listed] == ["v2", ""]
 
 
 def test_filters_apply_and_reject_bad_values_while_an_unfiltered_page_skips_them(api, register):

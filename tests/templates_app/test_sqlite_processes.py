@@ -378,3 +378,27 @@ def scenario(processes: Processes, port: int, token: str, server: HTTPServer, im
         processes,
         deadline,
     )
+    check_listing(get, [first, *others])
+
+
+def check_listing(get, template_ids: list[str]) -> None:
+    """The listing's compiled statements on SQLite (text UUIDs and datetimes, integer
+    booleans): each listed row is the template's own answer without its copies, page numbers
+    and cursor pages agree, twice over (the second time from compiled statements)."""
+    for _ in range(2):
+        paged = get("/templates/?page_size=500")
+        assert paged["count_is_estimate"] is False, paged
+        listed = {row["id"]: row for row in paged["results"]}
+        walked, cursor = [], ""
+        while cursor is not None:
+            body = get(f"/templates/?page_size=2&cursor={urllib.parse.quote(cursor)}")
+            walked += [row["id"] for row in body["results"]]
+            cursor = body["next_cursor"]
+        assert walked == list(listed), (walked, list(listed))
+        for template_id in template_ids:
+            detail = get(f"/templates/{template_id}/")
+            detail.pop("copies")
+            assert listed[template_id] == detail, (listed[template_id], detail)
+            flags = ("is_public", "is_featured", "cross_zones", "direct_download")
+            assert all(type(listed[template_id][flag]) is bool for flag in flags)  # 0 == False
+        assert listed[template_ids[0]]["references"] == DEPLOYS
