@@ -465,3 +465,86 @@ def process_group_cpu_seconds(pgid: int) -> float:
         if int(fields[2]) == pgid:
             total += int(fields[11]) + int(fields[12])
     return total / ticks
+
+
+# The production web server (the Procfile's gunicorn line, what `make run` serves) -------------
+
+WEB_START_SECONDS = 30.0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def web_command(port: int) -> list[str]:
+    """The Procfile's `web` line (what `make run` serves), on `port`."""
+    import shlex
+
+    procfile = (REPO_ROOT / "Procfile").read_text()
+    line = next(row for row in procfile.splitlines() if row.startswith("web:"))
+    command = shlex.split(line.removeprefix("web:").replace("${STENCIL_PORT:-8000}", str(port)))
+    if not (REPO_ROOT / command[0]).exists():
+        command[0] = str(Path(sys.executable).parent / "gunicorn")
+    return command
+
+
+def start_web(port: int, database_url: str, log_path: Path) -> subprocess.Popen:
+    """gunicorn as the Procfile runs it, in its own process group, with kept database
+    connections as docs/deployment.md's production environment keeps them."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DATABASE_CONN_MAX_AGE": "60",
+        "LOG_LEVEL": "WARNING",
+    }
+    env.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    env.setdefault("STENCIL_ENV", "development")
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            web_command(port),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped as one at the end
+        )
+
+
+def stop_web(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is not None:
+        return
+    proc.terminate()  # gunicorn's master stops its workers on SIGTERM
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def wait_for_web(proc: subprocess.Popen, port: int, token: str, path: str, log_path: Path) -> None:
+    """Until GET `path` with the token answers 200 (RuntimeError with the log's tail if not)."""
+    import http.client
+    import time
+
+    deadline = time.monotonic() + WEB_START_SECONDS
+    while time.monotonic() < deadline and proc.poll() is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", path, headers={"Authorization": f"Token {token}"})
+            response = conn.getresponse()
+            body = response.read()
+            if response.status == 200:
+                return
+            raise RuntimeError(f"server answered {response.status}: {body[:300]!r}")
+        except OSError:
+            time.sleep(0.2)
+        finally:
+            conn.close()
+    log = log_path.read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"gunicorn did not answer within {WEB_START_SECONDS:.0f} s:\n{log}")

@@ -31,6 +31,7 @@ Every file (images, pool, node XML) lives in one temporary directory removed at 
 """
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -132,6 +133,9 @@ def check_connections_headroom() -> None:
 def make_fixture(workdir: Path) -> dict:
     """Zone, store, account, an Up host on the test driver and its pool."""
     # Imported here: it imports models, which need django.setup() first.
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
     from agents_app.agent import heartbeat
     from agents_app.agent.virt import write_test_node_xml
     from agents_app.models import PrimaryPool
@@ -154,7 +158,11 @@ def make_fixture(workdir: Path) -> dict:
         zone=zone, name="bench-pool", libvirt_pool_name=POOL_NAME, path=str(pool_dir)
     )
     pool.hosts.add(host)
+    # Users and tokens outlive the truncated app tables: made once, joined to this account.
+    user, _ = get_user_model().objects.get_or_create(username="bench-deployer")
+    Account.objects.get(pk=account_id).members.add(user)
     return {
+        "token": Token.objects.get_or_create(user=user)[0].key,
         "uri": uri,
         "node_xml": node_xml,
         "pool_dir": pool_dir,
@@ -223,12 +231,12 @@ def one_copy(fx: dict, template, source: Path, label: str) -> float:
 
 
 def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
-    """STORM threads, released together, each `vm_deploy` (the API's service); the real agent
-    (run_agent on the Redis broker) does the host side. Each thread's deploy ends when the
-    watcher sees its VM out of STARTING."""
-    from django.db import connection, connections
+    """STORM client threads, released together, each `POST /api/v1/vms/` to the production
+    server (gunicorn, as `make run` serves it) on a connection opened before the barrier; the
+    real agent (run_agent on the Redis broker) does the host side. Each thread's deploy ends
+    when the watcher sees its VM out of STARTING."""
+    from django.db import connections
 
-    from agents_app import services as vm_services
     from agents_app.models import VirtualMachine
 
     started: list[float] = []
@@ -236,37 +244,36 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
         STORM, action=lambda: started.extend((time.perf_counter(), time.time()))
     )
     results: list[dict | None] = [None] * STORM
-    statements = Counter()
-    statements_lock = threading.Lock()
+    headers = {"Authorization": f"Token {fx['token']}", "Content-Type": "application/json"}
 
     def deploy(n: int, watcher) -> None:
-        counted = Counter()
-
-        def count(execute, sql, params, many, context):
-            counted[" ".join(sql.split()[:1]).upper()] += 1
-            return execute(sql, params, many, context)
-
         result: dict = {"state": "NOT RUN", "error": ""}
+        conn = http.client.HTTPConnection("127.0.0.1", fx["web_port"], timeout=60)
         try:
-            connection.ensure_connection()  # connecting is not part of a deploy
+            conn.connect()  # connecting is not part of a deploy
+            body = json.dumps(
+                {
+                    "name": f"{prefix}-{n:02d}",
+                    "template": str(template.uuid),
+                    "zone": str(fx["zone"].uuid),
+                    "deploy": True,
+                }
+            )
             barrier.wait(timeout=60)
             t0 = time.perf_counter()
-            with connection.execute_wrapper(count):
-                vm = vm_services.vm_deploy(
-                    name=f"{prefix}-{n:02d}",
-                    template_id=template.pk,
-                    zone=fx["zone"],
-                    account=fx["account"],
-                    actor=None,
-                )
+            conn.request("POST", "/api/v1/vms/", body=body, headers=headers)
+            response = conn.getresponse()
+            answer = json.loads(response.read())
             t1 = time.perf_counter()
-            watcher.watch(vm.uuid)
-            seen = watcher.wait(vm.uuid, STORM_JOIN_SECONDS)
+            if response.status != 201:
+                raise RuntimeError(f"POST /vms/ answered {response.status}: {answer}")
+            watcher.watch(answer["id"])
+            seen = watcher.wait(answer["id"], STORM_JOIN_SECONDS)
             if seen is None:
                 raise RuntimeError(f"still STARTING after {STORM_JOIN_SECONDS:.0f} s")
             state, t2 = seen
             error, disk = VirtualMachine.objects.values_list("error_text", "root_disk_path").get(
-                pk=vm.pk
+                uuid=answer["id"]
             )
             result = {
                 "state": state,
@@ -280,9 +287,8 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
         except Exception as exc:  # reported below; the benchmark goes on
             result = {"state": "EXCEPTION", "error": f"{type(exc).__name__}: {exc}"}
         finally:
+            conn.close()
             results[n] = result
-            with statements_lock:
-                statements.update(counted)
             connections.close_all()
 
     cold(source)
@@ -302,7 +308,6 @@ def storm(fx: dict, template, source: Path, prefix: str = "storm") -> dict:
         "started_epoch": started[1] if started else None,
         "results": results,
         "alive": alive,
-        "statements": statements,
         "held": held.longest,
     }
 
@@ -402,12 +407,12 @@ def report_storm(fx: dict, template, run_: dict, alone_seconds: list[float]):
         ends = sorted(r["end"] - run_["started"] for r in done)
         api_ends = sorted(r["api_end"] - run_["started"] for r in done)
         print(
-            f"  vm_deploy (API side): median {statistics.median(api) * 1000:.0f} ms, "
-            f"max {api[-1] * 1000:.0f} ms; all {STORM} committed {api_ends[-1]:.2f} s "
-            "after the barrier"
+            f"  POST /vms/ (API side): median {statistics.median(api) * 1000:.0f} ms, "
+            f"max {api[-1] * 1000:.0f} ms; first answered {api_ends[0]:.2f} s, all {STORM} "
+            f"{api_ends[-1]:.2f} s after the barrier"
         )
         print(
-            "  agent side (vm_deploy committed to RUNNING seen; a waiter's includes its wait): "
+            "  agent side (POST answered to RUNNING seen; a waiter's includes its wait): "
             f"median {statistics.median(agent):.2f} s, max {agent[-1]:.2f} s"
         )
         print(
@@ -415,11 +420,6 @@ def report_storm(fx: dict, template, run_: dict, alone_seconds: list[float]):
             f"{statistics.median(ends):.2f} s, last {ends[-1]:.2f} s"
         )
     print(f"  longest transaction open during the storm (any session): {run_['held']:.3f} s")
-    statements = run_["statements"]
-    print(
-        f"  SQL statements issued by the {STORM} API-side threads: {sum(statements.values())} "
-        f"({', '.join(f'{k} {v}' for k, v in statements.most_common())})"
-    )
     backings = {backing_of(r["disk"]) for r in done if r["state"] == "RUNNING"}
     install_paths = {ref.install_path for ref in refs}
     print(f"  backing files of the RUNNING VMs' disks: {len(backings)}")
@@ -485,13 +485,10 @@ def report_floor(template, run_: dict, storm_wall: float | None) -> tuple[bool, 
     api_ends = sorted(r["api_end"] - run_["started"] for r in done)
     print(
         f"  {running}/{STORM} RUNNING, copy attempts still {refs[0].attempts if refs else '-'}; "
-        f"all vm_deploy committed {api_ends[-1]:.2f} s after the barrier, first RUNNING "
+        f"all POST /vms/ answered {api_ends[-1]:.2f} s after the barrier, first RUNNING "
         f"{ends[0]:.2f} s, last {wall:.2f} s"
     )
-    print(
-        f"  SQL statements: {sum(run_['statements'].values())}; this is the fixed cost of "
-        f"{STORM} deploys on {os.cpu_count()} cores, copy or no copy"
-    )
+    print(f"  this is the fixed cost of {STORM} deploys on {os.cpu_count()} cores, copy or not")
     line = f"floor: {STORM} deploys on an existing copy take {wall:.2f} s"
     if storm_wall is not None:
         line += f" (the storm took {storm_wall:.2f} s)"
@@ -627,7 +624,7 @@ def main() -> int:
     fx: dict = {}
     summaries: list[str] = []
     correct = True
-    agent = None
+    agent = web = None
     try:
         fx = make_fixture(workdir)
         print(f"test driver {fx['uri']}, pool directory {fx['pool_dir']}")
@@ -663,6 +660,11 @@ def main() -> int:
             fx["host"].name, fx["zone"].name, fx["uri"], workdir / "agent.log"
         )
         print(f"\nagent {fx['host'].name} up (pid {agent.pid}); load {_common.load_average()}")
+        fx["web_port"] = _common.free_port()
+        web_log = workdir / "web.log"
+        web = _common.start_web(fx["web_port"], os.environ["DATABASE_URL"], web_log)
+        _common.wait_for_web(web, fx["web_port"], fx["token"], "/api/v1/zones/", web_log)
+        print(f"{' '.join(_common.web_command(fx['web_port'])[:9])} (pid {web.pid}) answers")
         print(f"\n[2] storm: {STORM} threads deploy one fresh template onto one pool")
         run_ = storm(fx, storm_tmpl, image)
 
@@ -681,6 +683,8 @@ def main() -> int:
 
         print(f"\n[2b] the same {STORM} concurrent deploys again, now that the copy exists")
         floor = storm(fx, storm_tmpl, image, prefix="floor")
+        _common.stop_web(web)
+        web = None
         _common.stop_agent(agent)
         agent = None
         ok, line = report_floor(storm_tmpl, floor, storm_wall)
@@ -691,6 +695,8 @@ def main() -> int:
         _met, line = linked_clones(fx, copy_tmpl, big_tmpl)
         summaries.append(line)
     finally:
+        if web is not None:
+            _common.stop_web(web)
         if agent is not None:
             _common.stop_agent(agent)
         if fx:

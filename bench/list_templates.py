@@ -17,10 +17,6 @@ import http.client
 import json
 import math
 import os
-import shlex
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,7 +40,6 @@ DEEP_EVERY = 10  # every 10th request asks for a page further down
 TARGET_P95_MS = 50.0
 TARGET_QUERIES = 6
 TARGET_TEXT = "targets: p95 < 50 ms, at most 6 queries per request"
-SERVER_START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 30.0
 PHASE_BUDGET = {"warm-up": 20.0, "sequential": 30.0, "concurrent": 60.0}  # seconds, at most
 
@@ -232,12 +227,6 @@ def in_process_queries(token: str, path: str, explain: bool) -> list[dict]:
     return queries
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def get(port: int, path: str, token: str) -> tuple[int, bytes, float]:
     """One GET on a new connection (polling the server until it answers)."""
     client = KeepAliveClient(port, token)
@@ -282,64 +271,6 @@ class KeepAliveClient:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-
-
-def web_command(port: int) -> list[str]:
-    """The Procfile's `web` line (what `make run` serves), on `port`."""
-    procfile = (_common.REPO_ROOT / "Procfile").read_text()
-    line = next(row for row in procfile.splitlines() if row.startswith("web:"))
-    command = line.removeprefix("web:").replace("${STENCIL_PORT:-8000}", str(port))
-    return shlex.split(command)
-
-
-def start_server(port: int, database_url: str, log_path: Path) -> subprocess.Popen:
-    command = web_command(port)
-    if not (_common.REPO_ROOT / command[0]).exists():
-        command[0] = str(Path(sys.executable).parent / "gunicorn")
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url,
-        DATABASE_CONN_MAX_AGE="60",
-        LOG_LEVEL="WARNING",
-    )
-    env.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    env.setdefault("STENCIL_ENV", "development")
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            command,
-            cwd=_common.REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped as one at the end
-        )
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()  # gunicorn's master stops its workers on SIGTERM
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def wait_until_ready(proc: subprocess.Popen, port: int, token: str, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            status, body, _ = get(port, "/api/v1/templates/?page_size=1", token)
-            if status == 200:
-                return
-            raise RuntimeError(f"server answered {status}: {body[:300]!r}")
-        except OSError:
-            time.sleep(0.2)
-    log = log_path.read_text(errors="replace")[-3000:]
-    raise RuntimeError(f"gunicorn did not answer within {SERVER_START_TIMEOUT:.0f} s:\n{log}")
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -469,12 +400,12 @@ def measure(n: int, tmp: str, database_url: str, explain: bool) -> dict:
     )
     connections.close_all()  # nothing of ours stays open while the server runs
 
-    port = free_port()
+    port = _common.free_port()
     log_path = Path(tmp) / f"gunicorn-{n}.log"
-    proc = start_server(port, database_url, log_path)
+    proc = _common.start_web(port, database_url, log_path)
     try:
-        wait_until_ready(proc, port, token, log_path)
-        print(f"  {' '.join(web_command(port)[:9])} (pid {proc.pid}) answers")
+        _common.wait_for_web(proc, port, token, "/api/v1/templates/?page_size=1", log_path)
+        print(f"  {' '.join(_common.web_command(port)[:9])} (pid {proc.pid}) answers")
         paths = request_paths(cursors, REQUESTS)
         run_clients(port, token, paths[:WARMUP_REQUESTS], CLIENT_THREADS, PHASE_BUDGET["warm-up"])
         sequential = summary(
@@ -488,7 +419,7 @@ def measure(n: int, tmp: str, database_url: str, explain: bool) -> dict:
         concurrent = summary(f"{CLIENT_THREADS} client threads", concurrent_run)
         print(f"    gunicorn CPU per request: {cpu_ms:.1f} ms (user + system, workers)")
     finally:
-        stop_server(proc)
+        _common.stop_web(proc)
     return {
         "n": n,
         "queries": len(queries),

@@ -93,10 +93,16 @@ def vm_claim_give_back(vm: VirtualMachine, token: str | None) -> None:
     """Clear the claim on `vm` (locked and about to be saved by the caller, in the transaction
     that records the task's result): one write and one commit fewer per task. Only its holder
     can; once that transaction commits, vm_claimed's exit skips its own release."""
+    if vm_claim_clear(vm, token):
+        transaction.on_commit(lambda: _given_back.add(token))
+
+
+def vm_claim_clear(vm: VirtualMachine, token: str | None) -> bool:
+    """Clear the claim's fields on `vm` (the caller saves it) if `token` holds it."""
     if not token or vm.host_task_token != token:
-        return
+        return False
     vm.host_task_token, vm.host_task_name, vm.host_task_expires_at = "", "", None
-    transaction.on_commit(lambda: _given_back.add(token))
+    return True
 
 
 def live_claim_q(now=None) -> Q:
@@ -139,3 +145,73 @@ def vm_claimed(vm_id: int, task: str) -> Iterator[str | None]:
             _given_back.discard(token)
         else:
             vm_claim_release(vm_id, token)
+
+
+class _ClaimsKeeper(leases.LeaseKeeper):
+    """Renews one token's claims on several VMs (vms_claimed); lost when it holds none."""
+
+    def __init__(self, pks: list[int], owner: str, length: timedelta):
+        super().__init__(VirtualMachine, 0, owner, length)
+        self.pks = pks
+
+    def _renew(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self.stop.wait(self.length.total_seconds() / 3):
+                renewed = VirtualMachine.objects.filter(
+                    pk__in=self.pks, host_task_token=self.owner
+                ).update(host_task_expires_at=timezone.now() + self.length)
+                if not renewed:
+                    self.lost.set()
+                    return
+        finally:
+            connection.close()  # this thread's own connection
+
+
+@transaction.atomic
+def _vms_claim(vm_ids: list[int], task: str, token: str) -> tuple[list[int], list[int]]:
+    """vm_claim for several VMs in one transaction, with one token: (claimed, busy). Busy: a
+    live claim of another kind of task holds the VM. A live claim of `task` itself is a
+    duplicate delivery's, and the VM is in neither list."""
+    now = timezone.now()
+    vms = VirtualMachine.objects.select_for_update(of=("self",)).filter(pk__in=vm_ids)
+    claimed, busy = [], []
+    for vm in vms.order_by("pk"):
+        if not claim_is_live(vm, now=now):
+            claimed.append(vm.pk)
+            if vm.host_task_token:
+                logger.warning(
+                    "VM %s: %s takes over the run-out claim of %s", vm.pk, task, vm.host_task_name
+                )
+        elif vm.host_task_name != task:
+            busy.append(vm.pk)
+        else:
+            logger.info("VM %s: duplicate %s skipped, another attempt holds the claim", vm.pk, task)
+    VirtualMachine.objects.filter(pk__in=claimed).update(
+        host_task_token=token,
+        host_task_name=task,
+        host_task_expires_at=now + claim_length(),
+        updated_at=now,
+    )
+    return claimed, busy
+
+
+@contextlib.contextmanager
+def vms_claimed(vm_ids: list[int], task: str) -> Iterator[tuple[str, list[int], list[int]]]:
+    """vm_claimed for a batch of VMs (the deploys a pool copy's finish woke): one claiming
+    transaction and one renewing thread for all. Yields (token, claimed ids, busy ids); the
+    claims still held by the token are given back on exit, in one statement (the block
+    gives back those whose results it recorded with vm_claim_clear)."""
+    token = leases.new_owner()
+    claimed, busy = _vms_claim(vm_ids, task, token)
+    try:
+        with _ClaimsKeeper(claimed, token, claim_length()):
+            yield token, claimed, busy
+    finally:
+        VirtualMachine.objects.filter(pk__in=claimed, host_task_token=token).update(
+            host_task_token="",
+            host_task_name="",
+            host_task_expires_at=None,
+            updated_at=timezone.now(),
+        )

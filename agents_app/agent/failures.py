@@ -79,6 +79,20 @@ def vm_failure(action: str, *, into_error: bool) -> Recorder:
     return record
 
 
+def vms_failure(action: str, *, into_error: bool) -> Recorder:
+    """vm_failure for a task of several VMs (`vm_ids`): recorded on those still STARTING
+    (the others' results were recorded before the failure)."""
+
+    def record(arguments: dict[str, Any], text: str) -> None:
+        starting = VirtualMachine.objects.filter(
+            pk__in=arguments["vm_ids"], state=VmState.STARTING
+        ).values_list("pk", flat=True)
+        for vm_id in starting:
+            vm_failed(vm_id, f"{action}: {text}" if action else text, into_error=into_error)
+
+    return record
+
+
 @transaction.atomic
 def vm_failed(vm_id: int, reason: str, *, into_error: bool) -> VirtualMachine | None:
     """Write a host task's failure on the VM (and into ERROR where its FSM allows it)."""

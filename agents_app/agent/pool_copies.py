@@ -15,12 +15,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django_fsm import can_proceed
 
 from templates_app import leases
-from templates_app.choices import StoreRefState, TemplateState
+from templates_app.choices import PrimaryPolicy, StoreRefState, TemplateState
 from templates_app.errors import StencilError
 from templates_app.events import record_event
 from templates_app.images.inspection import ImageRejected
@@ -218,6 +218,47 @@ def _recently_used_copy(template_id: int, pool_id: int, *, vm_id: int) -> Templa
     return next(iter(rows), None)
 
 
+def pool_copy_wait_if_in_progress(*, vm_id: int) -> bool:
+    """A deploy that arrives while another worker makes its template's copy on its pool: the
+    VM is recorded as waiting on that copy in one transaction, without claiming the VM (its
+    deploy does no host work before the copy's finish wakes it). True when it now waits;
+    False: the deploy goes its usual way (no copy in progress, or it is free to take).
+
+    One statement when there is nothing to wait for. Under the copy's row lock, as in `_claim`:
+    `_finish` and `_fail` take it too, so they see this waiter or this sees their result.
+    During a storm the copy shares the disk with every commit: each waiter commits once here
+    instead of three times (claim, waiter, claim given back).
+    """
+    cached = Q(template__primary_policy=PrimaryPolicy.CACHE) | Q(template__direct_download=True)
+    deploy = VirtualMachine.objects.filter(
+        cached,
+        pk=vm_id,
+        template_id=OuterRef("template_id"),
+        pool_id=OuterRef("pool_id"),
+        state=VmState.STARTING,
+        root_disk_path="",
+    )
+    in_progress = TemplatePoolRef.objects.filter(
+        Exists(deploy), state=PoolCopyState.DOWNLOAD_IN_PROGRESS
+    )
+    ref_id = in_progress.values_list("pk", flat=True).first()
+    if ref_id is None:
+        return False
+    with transaction.atomic():
+        ref = (
+            TemplatePoolRef.objects.select_for_update(of=("self",))
+            .select_related("pool")
+            .filter(pk=ref_id)
+            .first()
+        )
+        if ref is None or ref.state != PoolCopyState.DOWNLOAD_IN_PROGRESS or ref.lease_is_free():
+            return False
+        if not VirtualMachine.objects.filter(pk=vm_id, state=VmState.STARTING).exists():
+            return False
+        _add_waiter(ref, vm_id)
+    return True
+
+
 def _add_waiter(ref: TemplatePoolRef, vm_id: int) -> None:
     """Record that the VM waits on the copy (in the caller's transaction, the copy locked), and
     schedule its re-check at the end of the copy's lease."""
@@ -259,7 +300,7 @@ def _wake_waiters(ref: TemplatePoolRef, *, failed_attempt: int | None = None) ->
     each to its own host's queue, after commit: a STARTING VM's deploy, a STOPPED one's rebuild.
     `failed_attempt`: the attempt that failed, which each waiter then reports as its own error.
     Clearing `awaited_copy` here makes the wake-up single: a later re-check finds nothing."""
-    from .tasks import vm_deploy_task, vm_rebuild_task
+    from .tasks import vm_deploy_task, vm_deploys_woken_task, vm_rebuild_task
 
     waiters = list(
         VirtualMachine.objects.filter(awaited_copy=ref).select_related("host").order_by("pk")
@@ -271,10 +312,20 @@ def _wake_waiters(ref: TemplatePoolRef, *, failed_attempt: int | None = None) ->
     )
     kwargs = {} if failed_attempt is None else {"waited_for_attempt": failed_attempt}
     sends = []
+    deploys: dict[str, list[int]] = {}  # a finished copy's deploys, per host queue
     for vm in waiters:
         task = {VmState.STARTING: vm_deploy_task, VmState.STOPPED: vm_rebuild_task}.get(vm.state)
-        if task is not None and vm.host_id is not None:
+        if task is None or vm.host_id is None:
+            continue
+        if task is vm_deploy_task and failed_attempt is None:
+            deploys.setdefault(vm.host.queue, []).append(vm.pk)
+        else:
             sends.append((task, {"vm_id": vm.pk, **kwargs}, vm.host.queue))
+    for queue, vm_ids in deploys.items():
+        if len(vm_ids) == 1:
+            sends.append((vm_deploy_task, {"vm_id": vm_ids[0]}, queue))
+        else:  # one pass for all of them (vms.vm_deploys_woken_on_host)
+            sends.append((vm_deploys_woken_task, {"vm_ids": vm_ids}, queue))
 
     def send() -> None:
         for task, task_kwargs, queue in sends:

@@ -15,7 +15,7 @@ from celery import shared_task
 from . import vms
 from .claims import VmBusy
 from .direct_download import url_check, url_verify
-from .failures import fails_into, logged_only, vm_failure
+from .failures import fails_into, logged_only, vm_failure, vms_failure
 from .pool_copies import (
     PoolCopyFailed,
     PoolCopyInProgress,
@@ -72,6 +72,16 @@ def vm_deploy_task(self, vm_id: int, waited_for_attempt: int | None = None) -> s
     """Make the disk, define and start the domain; a repeat after success does nothing.
     A VM that must wait for a pool copy stays STARTING; the copy re-queues this task."""
     return vms.vm_deploy_on_host(vm_id=vm_id, waited_for_attempt=waited_for_attempt).state
+
+
+@shared_task(
+    name="agents_app.agent.tasks.vm_deploys_woken_task", acks_late=True, ignore_result=True
+)
+@fails_into(vms_failure("", into_error=True))
+def vm_deploys_woken_task(vm_ids: list[int]) -> int:
+    """The deploys on this host that a pool copy's finish woke, in one pass; how many were
+    deployed (a VM another host task holds is handed to its own vm_deploy_task)."""
+    return len(vms.vm_deploys_woken_on_host(vm_ids=vm_ids))
 
 
 @shared_task(name="agents_app.agent.tasks.pool_copy_waiter_recheck_task", acks_late=True, bind=True)

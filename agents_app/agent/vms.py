@@ -11,22 +11,26 @@ re-queues it (agents_app.agent.pool_copies).
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 
 from django.db import transaction
+from django.utils import timezone
 
 from templates_app.choices import PrimaryPolicy
-from templates_app.events import record_event
+from templates_app.events import build_event, record_event, record_events
 from templates_app.images.qemu import QemuImgError
+from templates_app.models import Event
 
 from ..choices import VmState
 from ..models import VirtualMachine
 from . import virt
-from .claims import vm_claim_give_back, vm_claimed
+from .claims import vm_claim_clear, vm_claim_give_back, vm_claimed, vms_claimed
 from .failures import describe, vm_failed
 from .pool_copies import (
     PoolCopyFailed,
     PoolCopyInProgress,
     pool_copy_ensure,
+    pool_copy_wait_if_in_progress,
     pool_copy_waiter_release,
     store_source_of,
 )
@@ -118,6 +122,8 @@ def vm_deploy_on_host(*, vm_id: int, waited_for_attempt: int | None = None) -> V
     copy, and this returns at once; the copy's finish or failure re-queues this deploy (then with
     `waited_for_attempt` on a failure, which this VM reports as its own error).
     """
+    if waited_for_attempt is None and pool_copy_wait_if_in_progress(vm_id=vm_id):
+        return VirtualMachine.objects.get(pk=vm_id)  # waiting: no claim, no host work yet
     with vm_claimed(vm_id, "deploy") as token:
         if token is None:  # a duplicate delivery: the claim's holder does the work
             return VirtualMachine.objects.get(pk=vm_id)
@@ -126,6 +132,28 @@ def vm_deploy_on_host(*, vm_id: int, waited_for_attempt: int | None = None) -> V
 
 def _deploy(vm_id: int, *, waited_for_attempt: int | None, token: str) -> VirtualMachine:
     vm = VirtualMachine.objects.select_related("template", "host", "pool").get(pk=vm_id)
+    outcome = _deploy_vm(vm, waited_for_attempt=waited_for_attempt, token=token)
+    if isinstance(outcome, Deployed):
+        return _deploy_done(
+            vm.pk, disk_path=outcome.disk_path, copy_id=outcome.copy_id, token=token
+        )
+    return outcome
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A deploy's host side is done (disk made, domain defined and started); not recorded."""
+
+    vm_id: int
+    disk_path: str
+    copy_id: int | None
+
+
+def _deploy_vm(
+    vm: VirtualMachine, *, waited_for_attempt: int | None, token: str
+) -> Deployed | VirtualMachine:
+    """The host side of a deploy: Deployed, for the caller to record; or the VM as it is now
+    (nothing to do, waiting on a copy, or its failure recorded)."""
     if vm.state != VmState.STARTING or vm.root_disk_path:
         return vm
     conn = virt.connection(vm.host.libvirt_uri)
@@ -158,7 +186,30 @@ def _deploy(vm_id: int, *, waited_for_attempt: int | None, token: str) -> Virtua
         reason = _reason(exc)
         _discard_deploy(vm, conn)
         return _deploy_failed(vm.pk, reason, token=token)
-    return _deploy_done(vm.pk, disk_path=disk_path, copy_id=copy_id, token=token)
+    return Deployed(vm.pk, disk_path, copy_id)
+
+
+def vm_deploys_woken_on_host(*, vm_ids: list[int]) -> list[int]:
+    """The deploys a pool copy's finish woke on this host, in one pass (the ids deployed):
+    one claiming transaction and one claim keeper for all, then each VM's disk, define and
+    start, then one transaction recording every result. Deploy by deploy, the claims, the
+    keepers' threads and the commits cost more than the overlays. A VM another host task
+    holds goes back to its own vm_deploy_task, which waits for that task."""
+    from .tasks import vm_deploy_task
+
+    done: list[Deployed] = []
+    with vms_claimed(vm_ids, "deploy") as (token, claimed, busy):
+        for vm in VirtualMachine.objects.filter(pk__in=busy).select_related("host"):
+            vm_deploy_task.apply_async(kwargs={"vm_id": vm.pk}, queue=vm.host.queue)
+        vms = VirtualMachine.objects.filter(pk__in=claimed).select_related(
+            "template", "host", "pool"
+        )
+        for vm in vms.order_by("pk"):
+            outcome = _deploy_vm(vm, waited_for_attempt=None, token=token)
+            if isinstance(outcome, Deployed):
+                done.append(outcome)
+        _deploys_done(done, token=token)
+    return [outcome.vm_id for outcome in done]
 
 
 def _discard_deploy(vm: VirtualMachine, conn) -> None:
@@ -328,25 +379,65 @@ def _deploy_done(
 ) -> VirtualMachine:
     """Record the deploy's result; with `token`, the host task's claim goes in the same write."""
     vm = VirtualMachine.objects.select_for_update().get(pk=vm_id)
+    event = _record_deployed(vm, Deployed(vm_id, disk_path, copy_id))
+    vm_claim_give_back(vm, token)
+    vm.save()
+    event.save()
+    return vm
+
+
+# What _record_deployed changes on a VM (bulk_update of a batch writes these).
+DEPLOYED_FIELDS = (
+    "state",
+    "transition_deadline",
+    "transition_action",
+    "root_disk_path",
+    "root_volume",
+    "pool_copy",
+    "awaited_copy",
+    "host_task_token",
+    "host_task_name",
+    "host_task_expires_at",
+    "updated_at",
+)
+
+
+@transaction.atomic
+def _deploys_done(done: list[Deployed], *, token: str) -> None:
+    """_deploy_done for a batch (vm_deploys_woken_on_host): one transaction, one UPDATE and
+    one INSERT of events for all; the batch's claims are given back in the same write."""
+    if not done:
+        return
+    outcomes = {outcome.vm_id: outcome for outcome in done}
+    vms = list(VirtualMachine.objects.select_for_update().filter(pk__in=outcomes).order_by("pk"))
+    now = timezone.now()
+    events = []
+    for vm in vms:
+        events.append(_record_deployed(vm, outcomes[vm.pk]))
+        vm_claim_clear(vm, token)
+        vm.updated_at = now  # bulk_update leaves auto_now fields alone
+    VirtualMachine.objects.bulk_update(vms, DEPLOYED_FIELDS)
+    record_events(events)
+
+
+def _record_deployed(vm: VirtualMachine, outcome: Deployed) -> Event:
+    """Apply a deploy's result to the locked VM (the caller saves it); its event, unsaved."""
     before = vm.state
     late = vm.state != VmState.STARTING  # the reaper, or a user's stop or destroy, ended it
     vm.transition_deadline, vm.transition_action = None, ""  # the result is recorded
     if not late:  # a late one keeps its state; its disk is recorded so destroy/expunge clean it
         vm.stop() if _kept_down(vm) else vm.mark_running()
-    vm.root_disk_path = disk_path
-    vm.root_volume = os.path.basename(disk_path)
-    vm.pool_copy_id = copy_id
+    vm.root_disk_path = outcome.disk_path
+    vm.root_volume = os.path.basename(outcome.disk_path)
+    vm.pool_copy_id = outcome.copy_id
     vm.awaited_copy_id = None
-    vm_claim_give_back(vm, token)
-    vm.save()
-    record_event(
+    return build_event(
         vm,
         from_state=before,
         to_state=vm.state,
         actor_label="agent",
         reason=f"deployed after the VM became {vm.state}" if late else "deployed",
     )
-    return vm
 
 
 @transaction.atomic

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from agents_app import services as vm_services
 from agents_app.agent import heartbeat, pool_copies, tasks
-from agents_app.agent.vms import vm_copy_wait_recheck, vm_deploy_on_host
+from agents_app.agent.vms import vm_copy_wait_recheck, vm_deploy_on_host, vm_deploys_woken_on_host
 from agents_app.models import PrimaryPool, TemplatePoolRef, VirtualMachine
 from agents_app.pool_copies import pool_copy_set_pinned
 from templates_app import services
@@ -211,13 +211,27 @@ def sent(monkeypatch):
 
         return record
 
-    for task in (tasks.vm_deploy_task, tasks.vm_rebuild_task, tasks.pool_copy_waiter_recheck_task):
+    for task in (
+        tasks.vm_deploy_task,
+        tasks.vm_deploys_woken_task,
+        tasks.vm_rebuild_task,
+        tasks.pool_copy_waiter_recheck_task,
+    ):
         monkeypatch.setattr(task, "apply_async", recorder(task.name.rsplit(".", 1)[-1]))
     return calls
 
 
 def deploys_in(calls) -> list[tuple[dict, str]]:
     return [(kwargs, queue) for name, kwargs, queue, _ in calls if name == "vm_deploy_task"]
+
+
+def woken_in(calls) -> list[tuple[list[int], str]]:
+    """The batches of deploys a copy's finish woke (vm_deploys_woken_task): (vm ids, queue)."""
+    return [
+        (kwargs["vm_ids"], queue)
+        for name, kwargs, queue, _ in calls
+        if name == "vm_deploys_woken_task"
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -247,20 +261,27 @@ def test_deploy_storm_makes_exactly_one_copy(test_driver_cloud, account, user, z
     waiting = {vm.pk for vm in vms if vm.state == "STARTING"}
     assert waiting, "deploys met the copy while it was being made"
     assert all(vm.state in ("RUNNING", "STARTING") for vm in vms), [vm.error_text for vm in vms]
-    # Every waiter was re-queued by the copy's finish (the others found it DOWNLOADED).
-    requeued = [kwargs["vm_id"] for kwargs, queue in deploys_in(sent) if kwargs["vm_id"] in waiting]
-    assert sorted(requeued) == sorted(waiting)
+    # Every waiter was re-queued by the copy's finish (the others found it DOWNLOADED), in one
+    # batch for the host's queue.
+    [(requeued, queue)] = woken_in(sent)
+    assert sorted(requeued) == sorted(waiting) and queue == pool.hosts.get().queue
+    assert not deploys_in(sent)
     assert not VirtualMachine.objects.filter(awaited_copy__isnull=False).exists()
 
-    def redeliver(vm_id: int) -> VirtualMachine:
+    def deliver() -> list[int]:
         try:
-            return vm_deploy_on_host(vm_id=vm_id)
+            return vm_deploys_woken_on_host(vm_ids=requeued)
         finally:
             connections.close_all()
 
-    with ThreadPoolExecutor(max_workers=STORM) as pool_executor:
-        list(pool_executor.map(redeliver, requeued))
+    # Delivered twice at once (a broker's redelivery): each VM is deployed by one of them.
+    with ThreadPoolExecutor(max_workers=2) as pool_executor:
+        deployed = [pool_executor.submit(deliver) for _ in range(2)]
+        deployed = [future.result() for future in deployed]
+    assert sorted(deployed[0] + deployed[1]) == sorted(requeued)
+    assert vm_deploys_woken_on_host(vm_ids=requeued) == []  # a late redelivery: nothing to do
     vms = list(VirtualMachine.objects.filter(template=template))
+    assert not any(vm.host_task_token for vm in vms), "every claim was given back"
     assert len(vms) == STORM
     copy.refresh_from_db()
     assert copy.attempts == 1
@@ -536,3 +557,108 @@ def test_a_rebuild_waits_on_a_copy_being_made_and_is_requeued_by_its_finish(
     assert Event.objects.filter(
         object_uuid=vm.uuid, reason__startswith="root disk rebuilt"
     ).exists()
+
+
+@pytest.fixture
+def woken(test_driver_cloud, account, user, zone, sent):
+    """Four VMs waiting to deploy on a DOWNLOADED pool copy, as a copy's finish leaves them."""
+    template, pool = test_driver_cloud
+    first = vm_services.vm_deploy(
+        name="first", template_id=template.pk, zone=zone, account=account, actor=user
+    )
+    assert vm_deploy_on_host(vm_id=first.pk).state == "RUNNING"
+    vms = [
+        vm_services.vm_deploy(
+            name=f"woken-{n}", template_id=template.pk, zone=zone, account=account, actor=user
+        )
+        for n in range(4)
+    ]
+    sent.clear()
+    return [vm.pk for vm in vms]
+
+
+def states_of(vm_ids) -> dict[int, tuple[str, str]]:
+    rows = VirtualMachine.objects.filter(pk__in=vm_ids).values_list("pk", "state", "error_text")
+    return {pk: (state, error) for pk, state, error in rows}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_woken_batch_hands_a_vm_another_task_holds_to_its_own_deploy_task(woken, sent):
+    from agents_app.agent.claims import vm_claim
+
+    busy = woken[1]
+    assert vm_claim(busy, "sync")
+    deployed = tasks.vm_deploys_woken_task(vm_ids=woken)
+    assert deployed == 3
+    states = states_of(woken)
+    assert states.pop(busy)[0] == "STARTING"
+    assert {state for state, _ in states.values()} == {"RUNNING"}
+    assert [kwargs["vm_id"] for kwargs, _ in deploys_in(sent)] == [busy]
+    assert VirtualMachine.objects.get(pk=busy).host_task_name == "sync"  # left to its holder
+    assert (
+        not VirtualMachine.objects.filter(pk__in=woken).exclude(pk=busy).exclude(host_task_token="")
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_failing_deploy_of_a_woken_batch_fails_alone(woken, monkeypatch):
+    from agents_app.agent import virt
+
+    failing = VirtualMachine.objects.get(pk=woken[2])
+    real_define = virt.define_domain
+
+    def define(conn, xml):
+        if str(failing.uuid) in xml:
+            raise virt.VirtError("cannot define domain: injected")
+        return real_define(conn, xml)
+
+    monkeypatch.setattr(virt, "define_domain", define)
+    assert tasks.vm_deploys_woken_task(vm_ids=woken) == 3
+    states = states_of(woken)
+    assert states.pop(failing.pk) == ("ERROR", "cannot define domain: injected")
+    assert {state for state, _ in states.values()} == {"RUNNING"}
+    pool_dir = Path(failing.pool.path)
+    assert not (pool_dir / f"vm-{failing.uuid}-root.qcow2").exists(), "nothing left on the host"
+    assert not VirtualMachine.objects.filter(pk__in=woken).exclude(host_task_token="")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_woken_batch_whose_results_cannot_be_recorded_leaves_no_vm_starting(woken, monkeypatch):
+    from agents_app.agent import vms
+
+    def refuse(events):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(vms, "record_events", refuse)
+    tasks.vm_deploys_woken_task(vm_ids=woken)
+    states = states_of(woken)
+    assert {state for state, _ in states.values()} == {"ERROR"}
+    assert all("the database went away" in error for _, error in states.values())
+    assert not VirtualMachine.objects.filter(pk__in=woken).exclude(host_task_token="")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deploy_arriving_during_a_copy_waits_in_one_commit_without_a_claim(
+    test_driver_cloud, account, user, zone, sent
+):
+    from templates_app import leases
+
+    template, pool = test_driver_cloud
+    owner = leases.new_owner()
+    with transaction.atomic():
+        claimed, ref = pool_copies._claim(template.pk, pool.pk, owner, waited_for_attempt=None)
+    assert claimed and ref.state == "DOWNLOAD_IN_PROGRESS"
+    vm = vm_services.vm_deploy(
+        name="waiter", template_id=template.pk, zone=zone, account=account, actor=user
+    )
+    with CaptureQueriesContext(connection) as queries:
+        waiting = vm_deploy_on_host(vm_id=vm.pk)
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert (waiting.state, waiting.awaited_copy_id) == ("STARTING", ref.pk)
+    assert statements.count("COMMIT") == 1, statements
+    assert not any("host_task_token" in sql and sql.startswith("UPDATE") for sql in statements)
+    assert not Path(pool.path, f"vm-{vm.uuid}-root.qcow2").exists()
+    sent.clear()
+    with transaction.atomic():
+        pool_copies._finish(ref.pk, owner, path="/nowhere/copy.qcow2", size=1, physical=1)
+    assert [kwargs["vm_id"] for kwargs, _ in deploys_in(sent)] == [vm.pk]  # woken once
