@@ -2,7 +2,11 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agents_app.models import Host, PrimaryPool, TemplatePoolRef, VirtualMachine, VmPool
-from templates_app.api.serializers import StaffOnlyFieldsMixin, UuidRelatedField
+from templates_app.api.serializers import (
+    StaffOnlyFieldsMixin,
+    UuidRelatedField,
+    VisibleTemplateField,
+)
 from templates_app.models import Template, Zone
 
 POOL_TYPES = [("dir", "Directory")]
@@ -74,7 +78,8 @@ class VirtualMachineSerializer(StaffOnlyFieldsMixin, serializers.ModelSerializer
 
 class VirtualMachineCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=128)
-    template = UuidRelatedField(queryset=Template.objects.all())
+    # Another tenant's private template is "unknown", exactly like a wrong id (one query).
+    template = VisibleTemplateField(queryset=Template.objects.none())
     zone = UuidRelatedField(queryset=Zone.objects.all())
     deploy = serializers.BooleanField(
         default=True,

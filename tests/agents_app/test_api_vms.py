@@ -69,3 +69,25 @@ def test_vm_list_query_count_is_constant(
         make_vm(template, name=f"vm-{n}")
     with django_assert_max_num_queries(3):
         assert len(api.get("/api/v1/vms/").data["results"]) == 21
+
+
+def test_another_accounts_private_template_is_as_unknown_as_a_wrong_id(
+    api, other_api, register, zone, other_account
+):
+    import uuid
+
+    from agents_app.models import VirtualMachine
+    from templates_app.models import Event
+
+    private = register(name="globex-only", account=other_account)
+    events = Event.objects.count()
+    hidden = create_vm(api, private, zone)
+    missing = api.post(
+        "/api/v1/vms/",
+        {"name": "web-1", "template": str(uuid.uuid4()), "zone": str(zone.uuid), "deploy": False},
+    )
+    assert (hidden.status_code, missing.status_code) == (400, 400)
+    assert hidden.data["template"] == [f"unknown template id '{private.uuid}'"]
+    assert str(missing.data["template"][0]).startswith("unknown template id")
+    assert not VirtualMachine.objects.exists() and Event.objects.count() == events
+    assert create_vm(other_api, private, zone).status_code == 201  # its owner may
