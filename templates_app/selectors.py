@@ -140,28 +140,29 @@ def with_listing_relations(queryset: QuerySet[Template]) -> QuerySet[Template]:
 
 def listing_relations(ids: list[int]) -> tuple[dict[int, list], dict[int, list]]:
     """Zones (uuids) and details (key/value dicts) of a page of templates, per template id:
-    two fixed statements (_listing_relations_sql) for the page. The listing's hot path:
+    one fixed statement for the page (_listing_relations_sql). The listing's hot path:
     prefetch_related builds a related manager and a queryset per row and relation, which cost
-    more than the page's SQL (docs/benchmarks.md)."""
+    more than the page's SQL (docs/benchmarks.md), and a second statement was one more round
+    trip per request."""
     zones: dict[int, list] = {pk: [] for pk in ids}
     details: dict[int, list] = {pk: [] for pk in ids}
     if ids:
-        zones_sql, details_sql = _listing_relations_sql()
         in_ids = ", ".join(["%s"] * len(ids))
         zone_uuid = Zone._meta.get_field("uuid").to_python  # SQLite stores it as text
         with connection.cursor() as cursor:
-            cursor.execute(zones_sql.format(ids=in_ids), ids)
-            for template_id, uuid in cursor.fetchall():
-                zones[template_id].append(zone_uuid(uuid))
-            cursor.execute(details_sql.format(ids=in_ids), ids)
-            for template_id, key, value in cursor.fetchall():
-                details[template_id].append({"key": key, "value": value})
+            cursor.execute(_listing_relations_sql().format(ids=in_ids), [*ids, *ids])
+            for is_detail, template_id, first, second, _name, _id in cursor.fetchall():
+                if is_detail:
+                    details[template_id].append({"key": first, "value": second})
+                else:
+                    zones[template_id].append(zone_uuid(first))
     return zones, details
 
 
 @functools.cache
-def _listing_relations_sql() -> tuple[str, str]:
-    """A page's zones (by zone name) and details (in creation order), `{ids}` to fill in."""
+def _listing_relations_sql() -> str:
+    """A page's zones (by zone name), then its details (in creation order), `{ids}` to fill
+    in twice: rows of (is_detail, template id, zone uuid or key, value)."""
     q = connection.ops.quote_name
     through = Template.zones.through._meta
     template_col = q(through.get_field("template").column)
@@ -172,17 +173,15 @@ def _listing_relations_sql() -> tuple[str, str]:
     def col(meta, name):
         return q(meta.get_field(name).column)
 
-    zones = (
-        f"SELECT t.{template_col}, z.{col(zone, 'uuid')} FROM {q(through.db_table)} t "
+    return (
+        f"SELECT 0, t.{template_col}, CAST(z.{col(zone, 'uuid')} AS VARCHAR(36)), NULL, "
+        f"z.{col(zone, 'name')}, 0 FROM {q(through.db_table)} t "
         f"JOIN {q(zone.db_table)} z ON z.{col(zone, 'id')} = t.{zone_col} "
-        f"WHERE t.{template_col} IN ({{ids}}) ORDER BY z.{col(zone, 'name')}"
+        f"WHERE t.{template_col} IN ({{ids}}) "
+        f"UNION ALL SELECT 1, d.{col(detail, 'template')}, d.{col(detail, 'key')}, "
+        f"d.{col(detail, 'value')}, NULL, d.{col(detail, 'id')} FROM {q(detail.db_table)} d "
+        f"WHERE d.{col(detail, 'template')} IN ({{ids}}) ORDER BY 1, 5, 6"
     )
-    details = (
-        f"SELECT {col(detail, 'template')}, {col(detail, 'key')}, {col(detail, 'value')} "
-        f"FROM {q(detail.db_table)} WHERE {col(detail, 'template')} IN ({{ids}}) "
-        f"ORDER BY {col(detail, 'id')}"
-    )
-    return zones, details
 
 
 def template_detail_queryset(*, user: AbstractBaseUser) -> QuerySet[Template]:

@@ -10,6 +10,7 @@ Rows come back as dicts, converted by the backend's converters exactly as `value
 convert them (SQLite's text UUIDs and integer booleans included): no model per row.
 """
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -79,18 +80,49 @@ def _cursor():
     running it. Django's other statements stay unprepared (client-side binding)."""
     if connection.vendor != "postgresql" or not settings.STENCIL_PREPARED_STATEMENTS:
         return connection.cursor()
-    from django.db.backends.postgresql.base import ServerBindingCursor
-
-    class PreparedCursor(ServerBindingCursor):
-        def execute(self, query, params=None, **kwargs):
-            return super().execute(query, params, prepare=True)
-
     # What connection.cursor() does, with Django's server-binding cursor class (the one of
     # OPTIONS server_side_binding) preparing its statements.
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     with connection.wrap_database_errors:
-        return connection._prepare_cursor(PreparedCursor(connection.connection))
+        return connection._prepare_cursor(_prepared_cursor_class()(connection.connection))
+
+
+@functools.cache
+def _prepared_cursor_class():
+    from django.db.backends.postgresql.base import ServerBindingCursor
+    from psycopg.types.datetime import TimestamptzLoader
+
+    class PreparedCursor(ServerBindingCursor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # psycopg's own loader (C, with psycopg[binary]) instead of Django's subclass in
+            # Python, which parsed two timestamps a row: the same instants, in the session's
+            # time zone (UTC, which Django sets on every connection).
+            self.adapters.register_loader("timestamptz", TimestamptzLoader)
+
+        def execute(self, query, params=None, **kwargs):
+            result = super().execute(query, params, prepare=True)
+            self._query = _LoggedQuery(self.connection, query, params)
+            return result
+
+    return PreparedCursor
+
+
+class _LoggedQuery:
+    """What Django's query log reads of a cursor's last statement (`cursor._query.query`,
+    DatabaseOperations.last_executed_query): psycopg keeps nothing there for a server-binding
+    cursor, so connection.queries and the debug tools showed None for the listing. The SQL
+    with its parameters is composed only when read."""
+
+    def __init__(self, connection, sql: str, params):
+        self._connection, self._sql, self._params = connection, sql, params
+
+    @functools.cached_property
+    def query(self) -> bytes:
+        import psycopg
+
+        return psycopg.ClientCursor(self._connection).mogrify(self._sql, self._params).encode()
 
 
 def compile_values(queryset: QuerySet) -> CompiledStatement:

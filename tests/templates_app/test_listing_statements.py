@@ -207,3 +207,16 @@ def test_the_statement_cache_keeps_the_most_recently_used(db):
     with pytest.raises(ValueError):
         cache.get_or_compile("d", refuse)
     assert len(cache) == 2
+
+
+def test_the_query_log_shows_the_listing_statement_with_its_parameters(api, register):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    register(name="alpha")
+    with CaptureQueriesContext(connection) as queries:
+        assert names(api) == {"alpha"}
+    logged = [q["sql"] for q in queries.captured_queries]
+    assert all(logged), logged  # none is None
+    [page] = [sql for sql in logged if "LIMIT 101 OFFSET 0" in sql]
+    assert "'ACTIVE'" in page
