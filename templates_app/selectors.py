@@ -16,9 +16,21 @@ from .references import with_reference_count
 
 
 def account_ids_of(user: AbstractBaseUser) -> list[int]:
-    """The accounts `user` is a member of (the membership rows alone: no join)."""
-    members = Account.members.through.objects.filter(user_id=user.pk)
-    return list(members.values_list("account_id", flat=True))
+    """The accounts `user` is a member of (the membership rows alone: no join), in one fixed
+    statement: every listing and secrets check asks it, and building the queryset cost more
+    than running it."""
+    with connection.cursor() as cursor:
+        cursor.execute(_account_ids_sql(), [user.pk])
+        return [account_id for (account_id,) in cursor.fetchall()]
+
+
+@functools.cache
+def _account_ids_sql() -> str:
+    through = Account.members.through._meta
+    q = connection.ops.quote_name
+    account = q(through.get_field("account").column)
+    user = q(through.get_field("user").column)
+    return f"SELECT {account} FROM {q(through.db_table)} WHERE {user} = %s"
 
 
 def account_of(user: AbstractBaseUser) -> Account:
