@@ -9,18 +9,20 @@ here; its catalogue tables are truncated first). The host is libvirt's in-proces
 (a node XML whose `dir` pool is a real directory): libvirt writes no bytes, our qemu-img calls
 write every one of them. The host side is a real agent (`manage.py run_agent`, a Celery worker
 on the host's queue) on the Redis broker of CELERY_BROKER_URL (default redis://127.0.0.1:6379/14),
-started on an emptied queue. Before each timed copy
+started on an emptied queue, beside gunicorn on the same database and broker. Before each timed copy
 the source image is synced and dropped from the page cache (posix_fadvise DONTNEED, this file
 only), so every timed copy reads it from disk as a copy from a mounted image store would.
 
 1. One copy alone: `pool_copy_ensure` of a 1 GiB qcow2 full of data for a fresh template, twice
    before the storm and once after it (fresh templates, same bytes); the median of the three is
    "one copy's time" (on a small VM single copies of the same bytes vary several-fold).
-2. The storm: 50 threads released together by a barrier, each `vm_deploy` (the API's service)
-   for a fresh template with the same bytes; the agent runs the 50 `vm_deploy_task`s. Exactly
-   one pool copy must be made; target: all 50 RUNNING within 1.5 x one copy's time. A deploy
-   that finds the copy being made returns at once, waiting on it; the copy's finish re-queues
-   it on the host's queue. A sampler reports the longest transaction open meanwhile.
+2. The storm: 50 client threads released together by a barrier, each `POST /api/v1/vms/` to
+   the production web server (the Procfile's gunicorn, warmed up first) on a connection opened
+   before the barrier, for a fresh template with the same bytes; the agent runs the host side.
+   Exactly one pool copy must be made; target: all 50 RUNNING within 1.5 x one copy's time. A
+   deploy that finds the copy being made records its VM as waiting on it (one commit) and
+   returns; the copy's finish deploys its waiters as one task on the host's queue. A sampler
+   reports the longest transaction open meanwhile.
    2b. The same 50 deploys again once the copy exists: the fixed cost of 50 deploys, which
    the storm pays on top of its copy.
 3. Linked clones: with the pool copies in place, a CACHE deploy (overlay, define, start) of a
