@@ -227,15 +227,6 @@ def in_process_queries(token: str, path: str, explain: bool) -> list[dict]:
     return queries
 
 
-def get(port: int, path: str, token: str) -> tuple[int, bytes, float]:
-    """One GET on a new connection (polling the server until it answers)."""
-    client = KeepAliveClient(port, token)
-    try:
-        return client.get(path)
-    finally:
-        client.close()
-
-
 class KeepAliveClient:
     """One client thread's HTTP/1.1 connection, kept alive between requests as a browser or
     a requests.Session keeps it; reopened once when the server closed it while idle."""

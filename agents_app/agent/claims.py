@@ -111,44 +111,8 @@ def live_claim_q(now=None) -> Q:
 
 
 class _ClaimKeeper(leases.LeaseKeeper):
-    """A LeaseKeeper for the VM's host task claim fields."""
-
-    def _renew(self) -> None:
-        from django.db import connection
-
-        try:
-            while not self.stop.wait(self.length.total_seconds() / 3):
-                renewed = VirtualMachine.objects.filter(
-                    pk=self.pk, host_task_token=self.owner
-                ).update(host_task_expires_at=timezone.now() + self.length)
-                if not renewed:
-                    self.lost.set()
-                    return
-        finally:
-            connection.close()  # this thread's own connection
-
-
-@contextlib.contextmanager
-def vm_claimed(vm_id: int, task: str) -> Iterator[str | None]:
-    """`with vm_claimed(vm.pk, "deploy") as token:` — None: another attempt of this task holds
-    the VM, do nothing (VmBusy: one of another kind does). Otherwise the claim is renewed while
-    the block runs and given back after it (the block records its result first)."""
-    token = vm_claim(vm_id, task)
-    if token is None:
-        yield None
-        return
-    try:
-        with _ClaimKeeper(VirtualMachine, vm_id, token, claim_length()):
-            yield token
-    finally:
-        if token in _given_back:
-            _given_back.discard(token)
-        else:
-            vm_claim_release(vm_id, token)
-
-
-class _ClaimsKeeper(leases.LeaseKeeper):
-    """Renews one token's claims on several VMs (vms_claimed); lost when it holds none."""
+    """A LeaseKeeper for the host task claim fields of one token's VMs (one for vm_claimed,
+    a batch for vms_claimed); lost when the token holds none of them any more."""
 
     def __init__(self, pks: list[int], owner: str, length: timedelta):
         super().__init__(VirtualMachine, 0, owner, length)
@@ -167,6 +131,25 @@ class _ClaimsKeeper(leases.LeaseKeeper):
                     return
         finally:
             connection.close()  # this thread's own connection
+
+
+@contextlib.contextmanager
+def vm_claimed(vm_id: int, task: str) -> Iterator[str | None]:
+    """`with vm_claimed(vm.pk, "deploy") as token:` — None: another attempt of this task holds
+    the VM, do nothing (VmBusy: one of another kind does). Otherwise the claim is renewed while
+    the block runs and given back after it (the block records its result first)."""
+    token = vm_claim(vm_id, task)
+    if token is None:
+        yield None
+        return
+    try:
+        with _ClaimKeeper([vm_id], token, claim_length()):
+            yield token
+    finally:
+        if token in _given_back:
+            _given_back.discard(token)
+        else:
+            vm_claim_release(vm_id, token)
 
 
 @transaction.atomic
@@ -206,7 +189,7 @@ def vms_claimed(vm_ids: list[int], task: str) -> Iterator[tuple[str, list[int], 
     token = leases.new_owner()
     claimed, busy = _vms_claim(vm_ids, task, token)
     try:
-        with _ClaimsKeeper(claimed, token, claim_length()):
+        with _ClaimKeeper(claimed, token, claim_length()):
             yield token, claimed, busy
     finally:
         VirtualMachine.objects.filter(pk__in=claimed, host_task_token=token).update(
