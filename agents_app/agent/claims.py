@@ -49,6 +49,25 @@ def claim_is_live(vm: VirtualMachine, *, now=None) -> bool:
     )
 
 
+# What a host task meets on the VM it wants to claim.
+FREE, BUSY, DUPLICATE = "free", "busy", "duplicate"
+
+
+def _claim_verdict(vm: VirtualMachine, task: str, now) -> str:
+    """FREE: no live claim (a run-out one is taken over); BUSY: a live claim of another kind
+    of task; DUPLICATE: a live claim of `task` itself (another delivery's: nothing to do)."""
+    if claim_is_live(vm, now=now):
+        if vm.host_task_name != task:
+            return BUSY
+        logger.info("VM %s: duplicate %s skipped, another attempt holds the claim", vm.pk, task)
+        return DUPLICATE
+    if vm.host_task_token:
+        logger.warning(
+            "VM %s: %s takes over the run-out claim of %s", vm.pk, task, vm.host_task_name
+        )
+    return FREE
+
+
 @transaction.atomic
 def vm_claim(vm_id: int, task: str) -> str | None:
     """Claim the VM for `task`: the new token, or None while another attempt of the same task
@@ -56,16 +75,12 @@ def vm_claim(vm_id: int, task: str) -> str | None:
     another kind holds it: host work on one VM runs one task at a time."""
     vm = VirtualMachine.objects.select_for_update(of=("self",)).get(pk=vm_id)
     now = timezone.now()
-    if claim_is_live(vm, now=now):
-        if vm.host_task_name != task:
-            left = (vm.host_task_expires_at - now).total_seconds()
-            raise VmBusy(vm_id, vm.host_task_name, left + RETRY_MARGIN_SECONDS)
-        logger.info("VM %s: duplicate %s skipped, another attempt holds the claim", vm_id, task)
+    verdict = _claim_verdict(vm, task, now)
+    if verdict == BUSY:
+        left = (vm.host_task_expires_at - now).total_seconds()
+        raise VmBusy(vm_id, vm.host_task_name, left + RETRY_MARGIN_SECONDS)
+    if verdict == DUPLICATE:
         return None
-    if vm.host_task_token:
-        logger.warning(
-            "VM %s: %s takes over the run-out claim of %s", vm_id, task, vm.host_task_name
-        )
     token = leases.new_owner()
     vm.host_task_token, vm.host_task_name = token, task
     vm.host_task_expires_at = timezone.now() + claim_length()
@@ -161,16 +176,11 @@ def _vms_claim(vm_ids: list[int], task: str, token: str) -> tuple[list[int], lis
     vms = VirtualMachine.objects.select_for_update(of=("self",)).filter(pk__in=vm_ids)
     claimed, busy = [], []
     for vm in vms.order_by("pk"):
-        if not claim_is_live(vm, now=now):
+        verdict = _claim_verdict(vm, task, now)
+        if verdict == FREE:
             claimed.append(vm.pk)
-            if vm.host_task_token:
-                logger.warning(
-                    "VM %s: %s takes over the run-out claim of %s", vm.pk, task, vm.host_task_name
-                )
-        elif vm.host_task_name != task:
+        elif verdict == BUSY:
             busy.append(vm.pk)
-        else:
-            logger.info("VM %s: duplicate %s skipped, another attempt holds the claim", vm.pk, task)
     VirtualMachine.objects.filter(pk__in=claimed).update(
         host_task_token=token,
         host_task_name=task,
